@@ -1,0 +1,43 @@
+"""The ``imagescore`` console script: one subcommand per job, each a thin layer over a module's ``run``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Each module exposes ``run(argv: list[str])``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipelines.demo", "build the offline sample catalog, score it and write a contact sheet"),
+    "backfill": ("pipelines.backfill", "score recent items and write image_score to Elasticsearch or files"),
+    "collect": ("pipelines.collect", "turn search logs into SERP windows (+ historical CTR)"),
+    "label": ("labeling.label", "label SERP windows with a vision-LLM judge"),
+    "analyze": ("training.analyze", "compare labels of clicked and not-clicked images"),
+    "simulate": ("training.simulate", "write an offline marketplace: photos, search logs, latent quality"),
+    "embed": ("pipelines.embed", "embed images with a frozen CLIP backbone into Parquet"),
+    "train": ("training.train", "train the MLP head with pairwise focal or CE loss"),
+    "evaluate": ("training.evaluate", "OPA and CA of Image Score against the paper's baselines"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: imagescore COMMAND [flags]   (imagescore COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"imagescore: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.run(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The one model interface every serving path implements.
+
+A score model takes a batch of uint8 images in NHWC layout, already decoded,
+resized and centre-cropped to ``input_size``, and returns one float per image
+in [0, 1]. Normalisation happens inside the model, so the local PyTorch path,
+Triton and any exported artefact preprocess identically.
+"""
+from __future__ import annotations
+
+import abc
+import os
+
+import torch
+
+
+class ScoreModel(torch.nn.Module, abc.ABC):
+    """Base class: ``forward(uint8 [N, H, W, 3]) -> float32 [N]`` in [0, 1]."""
+
+    #: identifier and version written to ``image_score_model``, e.g. ``handcrafted-v1``
+    model_id: str = "unset"
+    #: side of the square uint8 image the decoder must produce
+    input_size: int = 224
+
+    @abc.abstractmethod
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Score a uint8 NHWC batch; see :func:`check_batch`."""
+
+
+def check_batch(images: torch.Tensor, input_size: int) -> None:
+    """Refuse a batch that breaks the interface, naming what is wrong."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"score models take uint8 NHWC images with 3 channels, got dtype={images.dtype} "
+            f"shape={tuple(images.shape)}; decode with transforms.decode.decode_image first")
+    if images.shape[1] != input_size or images.shape[2] != input_size:
+        raise ValueError(f"expected {input_size}x{input_size} images, got {images.shape[1]}x{images.shape[2]}")
+
+
+DEFAULT_MODEL = "handcrafted"
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> ScoreModel:
+    """Load the model that ``--model`` names: ``handcrafted`` or a training run directory.
+
+    The device defaults to CUDA when it is available and the CPU otherwise. The
+    model comes back in eval mode with gradients off.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "handcrafted":
+        from scoring.handcrafted import HandcraftedScorer
+        model: ScoreModel = HandcraftedScorer()
+    elif os.path.isdir(spec):
+        from scoring.checkpoint import load_run
+        model = load_run(spec, device=device)
+    else:
+        raise ValueError(
+            f"--model {spec!r} is neither 'handcrafted' nor a training run directory; "
+            "pass --model handcrafted, --model RUN_DIR (from `imagescore train`) or --model triton://HOST:PORT/NAME")
+    model.eval().requires_grad_(False)
+    return model.to(device)

@@ -1,0 +1,48 @@
+"""imagescore: learn how appealing listing photos are and index the score."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]>=2.77,<3",
+    "tritonclient[grpc]>=2.50",
+    "elasticsearch>=8.13,<10",  # 9.x by default; `pip install 'elasticsearch>=8,<9'` for 8.x clusters
+    "google-cloud-pubsub>=2.20",
+    "pillow>=10.3",
+    "requests>=2.31",
+    "torch>=2.3",
+    "numpy>=1.24,<2",  # nvidia-pytriton 0.7 (Triton test server) needs numpy<2
+    "transformers>=4.45",
+    "safetensors>=0.4",
+    "scipy>=1.11",
+    "pyarrow>=14",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    # Real photos (scikit-image's sample images) for the demo catalog and tests.
+    "demo": ["scikit-image>=0.22"],
+    # Plots and the adjective lexicon for `imagescore analyze` and training reports.
+    "analysis": ["matplotlib>=3.8", "nltk>=3.8"],
+    # open_clip backbones pull torchvision, which on CPU-only machines here forces a CUDA torch.
+    "open_clip": ["open_clip_torch>=2.24"],
+}
+EXTRAS["dev"] = sorted(
+    set(EXTRAS["demo"] + EXTRAS["analysis"])
+    | {
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
+    }
+)
+
+setup(
+    name="imagescore",
+    version="0.1.0",
+    description="Image Score: learn human preferences for listing photos and feed them into search ranking",
+    python_requires=">=3.10",
+    py_modules=["imagescore"],
+    packages=find_packages(include=["pipelines*", "transforms*", "es*", "scoring*", "training*", "labeling*"]),
+    package_data={"labeling": ["prompts/*.txt"], "templates": ["*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["imagescore=imagescore:main"]},
+)

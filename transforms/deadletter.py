@@ -1,0 +1,64 @@
+"""Dead-letter records: where every input that could not be scored ends up.
+
+Every stage that rejects an input raises :class:`Rejected` with a short machine
+reason (``http_404``, ``not_an_image``, ...). The DoFn that catches it turns it
+into one dead-letter record with the original payload, so nothing is dropped
+silently and an operator can replay the record once the cause is fixed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import apache_beam as beam
+
+DEAD_LETTER = "deadletter"  # tag of the dead-letter output of every DoFn
+
+# Environment variables whose values must never leave the process in a record,
+# a log line or an error message.
+SECRET_ENV_VARS = ("ES_API_KEY", "ES_PASSWORD", "ES_USERNAME", "OPENAI_API_KEY", "LLM_API_KEY")
+
+
+class Rejected(Exception):
+    """An input that cannot be processed, with a short reason for counting and routing."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def redact(text: str) -> str:
+    """Replace the value of every secret environment variable in ``text``."""
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, f"<{name} redacted>")
+    return text
+
+
+def _payload_text(payload: Any) -> str:
+    if isinstance(payload, bytes):
+        return payload.decode("utf-8", errors="replace")
+    if isinstance(payload, str):
+        return payload
+    return json.dumps(payload, default=str, sort_keys=True)
+
+
+def dead_letter(stage: str, reason: str, error: str | BaseException, payload: Any,
+                id: str | None = None) -> dict:
+    """Build one dead-letter record: ``id`` (when known), ``stage``, ``reason``, ``error``, ``payload``."""
+    return {
+        "id": id,
+        "stage": stage,
+        "reason": reason,
+        "error": redact(str(error)),
+        "payload": redact(_payload_text(payload)),
+    }
+
+
+def to_dead_letter(stage: str, exc: BaseException, payload: Any, id: str | None = None) -> beam.pvalue.TaggedOutput:
+    """The tagged output for an exception; :class:`Rejected` keeps its reason, anything else is ``unexpected_error``."""
+    reason = exc.reason if isinstance(exc, Rejected) else "unexpected_error"
+    beam.metrics.Metrics.counter("imagescore", f"deadletter_{stage}_{reason}").inc()
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(stage, reason, exc, payload, id=id))
