@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench clean system-deps
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -23,7 +23,13 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(VENV)/bin/imagescore demo
 
-test: $(VENV)/.installed-dev
+# WordNet 3.0 (Debian's wordnet-base) is the adjective lexicon of `imagescore analyze`.
+system-deps:
+	@test -d /usr/share/wordnet || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null) \
+	  || echo "note: install WordNet for analyze's adjectives: sudo apt-get install wordnet-base"; }
+
+test: $(VENV)/.installed-dev system-deps
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed-dev

@@ -15,13 +15,15 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",
     "pyarrow>=14",
     "tqdm>=4.66",
+    "openai>=1.45",
+    "matplotlib>=3.8",  # training curves and analysis plots  # the vision-LLM judge (any OpenAI-compatible endpoint)
 ]
 
 EXTRAS = {
     # Real photos (scikit-image's sample images) for the demo catalog and tests.
     "demo": ["scikit-image>=0.22"],
-    # Plots and the adjective lexicon for `imagescore analyze` and training reports.
-    "analysis": ["matplotlib>=3.8", "nltk>=3.8"],
+    # The adjective lexicon (WordNet through NLTK) for `imagescore analyze`.
+    "analysis": ["nltk>=3.8"],
     # open_clip backbones pull torchvision, which on CPU-only machines here forces a CUDA torch.
     "open_clip": ["open_clip_torch>=2.24"],
 }

@@ -8,6 +8,7 @@ Triton and any exported artefact preprocess identically.
 from __future__ import annotations
 
 import abc
+import itertools
 import os
 
 import torch
@@ -20,6 +21,13 @@ class ScoreModel(torch.nn.Module, abc.ABC):
     model_id: str = "unset"
     #: side of the square uint8 image the decoder must produce
     input_size: int = 224
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live; inputs are moved there before ``forward``."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     @abc.abstractmethod
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -39,14 +47,23 @@ def check_batch(images: torch.Tensor, input_size: int) -> None:
 DEFAULT_MODEL = "handcrafted"
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``auto``: CUDA when available, else the CPU. Asking for CUDA without a GPU is an error."""
+    if device is None or device in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but CUDA is not available; use auto or cpu")
+    return device
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> ScoreModel:
     """Load the model that ``--model`` names: ``handcrafted`` or a training run directory.
 
     The device defaults to CUDA when it is available and the CPU otherwise. The
     model comes back in eval mode with gradients off.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if spec == "handcrafted":
         from scoring.handcrafted import HandcraftedScorer
         model: ScoreModel = HandcraftedScorer()
@@ -59,3 +76,16 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
             "pass --model handcrafted, --model RUN_DIR (from `imagescore train`) or --model triton://HOST:PORT/NAME")
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+def model_info(spec: str = DEFAULT_MODEL) -> tuple[str, int]:
+    """``(model_id, input_size)`` of a ``--model`` spec without loading a backbone's weights.
+
+    The launcher needs both before the pipeline runs: the id to skip items
+    already scored by this model, the size to decode images for it.
+    """
+    if os.path.isdir(spec):
+        from scoring.checkpoint import run_info
+        return run_info(spec)
+    model = load_model(spec, "cpu")
+    return model.model_id, model.input_size

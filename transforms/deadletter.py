@@ -23,9 +23,10 @@ SECRET_ENV_VARS = ("ES_API_KEY", "ES_PASSWORD", "ES_USERNAME", "OPENAI_API_KEY",
 class Rejected(Exception):
     """An input that cannot be processed, with a short reason for counting and routing."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, id: str | None = None):
         super().__init__(message)
         self.reason = reason
+        self.id = id  # the record's id when it was known before the failure
 
 
 def redact(text: str) -> str:
@@ -60,5 +61,6 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
 def to_dead_letter(stage: str, exc: BaseException, payload: Any, id: str | None = None) -> beam.pvalue.TaggedOutput:
     """The tagged output for an exception; :class:`Rejected` keeps its reason, anything else is ``unexpected_error``."""
     reason = exc.reason if isinstance(exc, Rejected) else "unexpected_error"
+    id = id if id is not None else getattr(exc, "id", None)
     beam.metrics.Metrics.counter("imagescore", f"deadletter_{stage}_{reason}").inc()
     return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(stage, reason, exc, payload, id=id))

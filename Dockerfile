@@ -1,0 +1,32 @@
+# One image for both halves of a Dataflow flex template job: the launcher that
+# builds the pipeline, and the SDK harness that runs it on the workers
+# (https://cloud.google.com/dataflow/docs/guides/build-container-image).
+#
+#   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/imagescore:latest .
+#   gcloud dataflow flex-template build gs://BUCKET/templates/backfill.json \
+#     --image REGION-docker.pkg.dev/PROJECT/REPO/imagescore:latest \
+#     --sdk-language PYTHON --metadata-file templates/backfill.json
+#
+# For GPU workers build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# and run the job with --dataflow_service_options="worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver".
+FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS launcher
+
+FROM apache/beam_python3.11_sdk:2.77.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
+
+WORKDIR /template
+COPY setup.py constraints.txt imagescore.py ./
+COPY pipelines ./pipelines
+COPY transforms ./transforms
+COPY es ./es
+COPY scoring ./scoring
+COPY training ./training
+COPY labeling ./labeling
+RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" torch==2.13.0 \
+ && pip install --no-cache-dir -c constraints.txt .
+
+# The launcher runs this module to construct the job; the workers already have the package.
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipelines/backfill.py
+ENV PYTHONPATH=/template
+ENTRYPOINT ["/opt/apache/beam/boot"]

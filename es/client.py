@@ -1,0 +1,241 @@
+"""Connecting to Elasticsearch without ever holding a secret in a config, a flag or a message.
+
+:class:`EsConfig` is what travels with a Beam job (it is pickled onto workers), so it
+holds only the URL and TLS settings. Credentials are read from the environment at
+connect time, on the worker, by :func:`make_client`. Every error this package lets out
+goes through :func:`scrub` first, because client exceptions can carry server text.
+
+Only client APIs that exist in both elasticsearch-py 8.x and 9.x are used here, so the
+package works with whichever major matches the cluster.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from elasticsearch import ApiError, Elasticsearch, TransportError
+
+API_KEY_ENV = "ES_API_KEY"
+USERNAME_ENV = "ES_USERNAME"
+PASSWORD_ENV = "ES_PASSWORD"
+URL_ENV = "ES_URL"
+CA_CERTS_ENV = "ES_CA_CERTS"
+VERIFY_CERTS_ENV = "ES_VERIFY_CERTS"
+SECRET_ENV_VARS = (API_KEY_ENV, PASSWORD_ENV, USERNAME_ENV)
+DEFAULT_URL = "http://localhost:9200"
+
+T = TypeVar("T")
+
+
+class EsError(RuntimeError):
+    """An Elasticsearch failure whose message has been scrubbed of secrets.
+
+    ``status`` is the HTTP status when the server answered, else ``None`` (connection
+    trouble). It is raised ``from None`` so that no traceback carries the original text.
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(scrub(message))
+        self.status = status
+
+
+def scrub(text: str) -> str:
+    """Remove the values of the secret environment variables from ``text``."""
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, f"<{name} redacted>")
+    return text
+
+
+class _ScrubFilter(logging.Filter):
+    """Scrubs secrets from client log records: at DEBUG the transport logs whole response bodies."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_SCRUBBED_LOGGERS = ("elastic_transport", "elastic_transport.node", "elastic_transport.transport",
+                     "elasticsearch", "urllib3.connectionpool")
+
+
+def _install_log_scrubber() -> None:
+    for name in _SCRUBBED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ScrubFilter) for f in logger.filters):
+            logger.addFilter(_ScrubFilter())
+
+
+def default_es_url() -> str:
+    """``$ES_URL``, else a local cluster."""
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+@dataclass(frozen=True)
+class EsConfig:
+    """Where the cluster is and how to trust it. Holds no secret, so it is safe to pickle and log."""
+
+    url: str = DEFAULT_URL
+    verify_certs: bool = True
+    ca_certs: str | None = None
+    request_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        try:
+            parts.port  # noqa: B018 -- urlsplit checks the port lazily
+        except ValueError:
+            raise ValueError("the Elasticsearch URL has a bad port; it must look like https://host:9200") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"Elasticsearch URL {self.safe_url()!r} must look like https://host:9200")
+        if parts.username or parts.password:
+            # The URL ends up in logs and error messages; credentials must not.
+            raise ValueError(
+                "the Elasticsearch URL must not contain credentials; set "
+                f"{API_KEY_ENV}, or {USERNAME_ENV} and {PASSWORD_ENV}, in the environment instead")
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
+
+    def safe_url(self) -> str:
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+    @classmethod
+    def from_env(cls, url: str | None = None, **overrides: Any) -> EsConfig:
+        """Config from ``$ES_URL``, ``$ES_CA_CERTS`` and ``$ES_VERIFY_CERTS`` (explicit arguments win)."""
+        values: dict[str, Any] = {
+            "url": url or default_es_url(),
+            "verify_certs": _env_flag(VERIFY_CERTS_ENV, True),
+            "ca_certs": os.environ.get(CA_CERTS_ENV) or None,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+def _credentials() -> dict[str, Any]:
+    api_key = os.environ.get(API_KEY_ENV)
+    if api_key:
+        return {"api_key": api_key}
+    username = os.environ.get(USERNAME_ENV)
+    password = os.environ.get(PASSWORD_ENV)
+    if username and password:
+        return {"basic_auth": (username, password)}
+    if username or password:
+        raise EsError(f"set both {USERNAME_ENV} and {PASSWORD_ENV}, or {API_KEY_ENV}; only one of the pair is set")
+    return {}
+
+
+def make_client(config: EsConfig, *, node_class: Any = None, max_retries: int = 0) -> Elasticsearch:
+    """A client for ``config`` with credentials (and ``$ES_CA_CERTS`` when the config names no CA) from the environment.
+
+    ``max_retries`` defaults to 0: callers in this package retry themselves, with
+    backoff and a time bound, which the transport's immediate retries do not give.
+    """
+    kwargs: dict[str, Any] = dict(
+        hosts=[config.url],
+        verify_certs=config.verify_certs,
+        request_timeout=config.request_timeout,
+        max_retries=max_retries,
+        retry_on_timeout=max_retries > 0,
+        **_credentials(),
+    )
+    ca_certs = config.ca_certs or os.environ.get(CA_CERTS_ENV)  # read on the worker, like credentials
+    if ca_certs:
+        kwargs["ca_certs"] = ca_certs
+    if not config.verify_certs:
+        kwargs["ssl_show_warn"] = False
+    if node_class is not None:
+        kwargs["node_class"] = node_class
+    _install_log_scrubber()
+    return Elasticsearch(**kwargs)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, scrubbed description of a client exception, for messages and dead letters."""
+    if isinstance(exc, ApiError):
+        return scrub(f"{type(exc).__name__}({exc.meta.status}, {exc.message!r}): {_api_reason(exc)}")
+    return scrub(f"{type(exc).__name__}: {exc}")
+
+
+def _api_reason(exc: ApiError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('type')}: {error.get('reason')}"
+    return str(body)[:500]
+
+
+def status_of(exc: BaseException) -> int | None:
+    return exc.meta.status if isinstance(exc, ApiError) else None
+
+
+@contextlib.contextmanager
+def scrubbed_errors(action: str) -> Iterator[None]:
+    """Re-raise client exceptions as :class:`EsError` naming ``action``, with secrets removed."""
+    try:
+        yield
+    except (ApiError, TransportError) as exc:
+        raise EsError(f"{action} failed: {describe(exc)}", status_of(exc)) from None
+
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection trouble, timeouts, 429 and 5xx are worth another try; anything else is not."""
+    if isinstance(exc, ApiError):
+        return exc.meta.status in RETRYABLE_STATUSES
+    return isinstance(exc, TransportError)
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter in its upper half, so workers do not retry in step."""
+    base = min(maximum, initial * 2 ** attempt)
+    return base / 2 + random.uniform(0, base / 2)
+
+
+def call_with_retries(call: Callable[[], T], action: str, *, max_retries: int = 5,
+                      initial_backoff: float = 0.5, max_backoff: float = 30.0,
+                      max_retry_time: float = 120.0, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``call``, retrying retryable failures with backoff, bounded in attempts and time.
+
+    The last failure is raised as a scrubbed :class:`EsError`, so Beam retries the bundle.
+    """
+    deadline = time.monotonic() + max_retry_time
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except (ApiError, TransportError) as exc:
+            delay = backoff_delay(attempt, initial_backoff, max_backoff)
+            if (not is_retryable(exc) or attempt >= max_retries
+                    or time.monotonic() + delay > deadline):
+                tries = attempt + 1
+                raise EsError(f"{action} failed after {tries} attempt(s): {describe(exc)}",
+                              status_of(exc)) from None
+        sleep(delay)
+        attempt += 1

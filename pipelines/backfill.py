@@ -1,0 +1,185 @@
+"""Backfill: score every recent item's thumbnail and write ``image_score``.
+
+    items (Elasticsearch PIT slices | JSONL files)
+      -> ParseItems -> window filter -> FetchImages -> DecodeImages
+      -> RunInference(ScoreModelHandler) -> score records
+      -> WriteToElasticsearch | scores*.jsonl + bulk*.ndjson
+    every reject -> deadletter*.jsonl
+
+Every input record ends in exactly one place: a score, a counted skip, or a
+dead letter. Run it with ``python -m pipelines.backfill`` or ``imagescore
+backfill``; both take ordinary Beam flags (``--runner``, ``--project``, ...).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timedelta, timezone
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from es.bulk_writer import WriteToElasticsearch, update_action
+from es.client import EsConfig, make_client
+from es.mapping import ensure_score_mapping
+from es.source import ReadItemsFromElasticsearch
+from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions
+from pipelines.report import print_counters, ship_packages
+from scoring.model import model_info
+from transforms.deadletter import DEAD_LETTER, dead_letter
+from transforms.decode import DecodeImages
+from transforms.fetch import FetchImages, FetchPolicy
+from transforms.inference import ScoreModelHandler
+from transforms.items import Item, ParseItems
+
+log = logging.getLogger(__name__)
+
+
+class BackfillOptions(PipelineOptions):
+    """Flags of the backfill. ``--input`` (JSONL items, with --source files) and ``--output`` (write
+    DIR/scores*.jsonl and DIR/bulk*.ndjson instead of Elasticsearch) come from ``JobIOOptions``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--source", choices=("es", "files"), default="es",
+                            help="read items from the Elasticsearch index (default) or from JSONL files (--input)")
+        parser.add_argument("--days", type=int, default=90, help="score items created in the last N days")
+        parser.add_argument("--es-slices", dest="es_slices", type=int, default=8,
+                            help="point-in-time slices, so the read splits across workers")
+        parser.add_argument("--deadletter", help="directory or gs:// prefix for deadletter*.jsonl "
+                                                 "(required when writing to Elasticsearch; default DIR/deadletter with --output)")
+        parser.add_argument("--now", help="the reference time for --days (ISO 8601; default: now). For reproducible runs")
+
+
+def _scored_at() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def score_record(item: Item, score: float, model_id: str) -> dict:
+    """The record written to ``scores*.jsonl`` and, as a partial update, to Elasticsearch."""
+    return {"id": item.id, "image_score": round(score, 6), "image_score_model": model_id,
+            "image_scored_at": _scored_at()}
+
+
+class _KeepRecent(beam.DoFn):
+    """Counted skip for items created before the window (the ES source filters them in the query)."""
+
+    def __init__(self, since: datetime):
+        self._since = since
+        self._skipped = beam.metrics.Metrics.counter("imagescore", "skipped_outside_window")
+
+    def process(self, item: Item):
+        if item.created_at >= self._since:
+            yield item
+        else:
+            self._skipped.inc()
+
+
+class _ToScoreRecord(beam.DoFn):
+    def __init__(self):
+        self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
+
+    def process(self, keyed_result):
+        item, result = keyed_result
+        self._scored.inc()
+        yield score_record(item, result.inference, result.model_id)
+
+
+def _bulk_lines(record: dict, index: str) -> str:
+    action = update_action(record, index)
+    header = {"update": {"_index": action["_index"], "_id": action["_id"]}}
+    return json.dumps(header) + "\n" + json.dumps({"doc": action["doc"]})
+
+
+def _dead_letter_from_write(failure) -> dict:
+    record, reason, error = failure
+    return dead_letter("index", reason, error, record, id=record.get("id"))
+
+
+def _ensure_mapping(config: EsConfig, index: str) -> None:
+    """Map the score fields before any write, so ``image_score_model`` is a keyword the source can filter on."""
+    client = make_client(config)
+    try:
+        ensure_score_mapping(client, index)
+    finally:
+        client.close()
+
+
+def _validate(opts: BackfillOptions, io_opts: JobIOOptions, es_url: str | None) -> None:
+    if opts.source == "files" and not io_opts.input:
+        raise SystemExit("backfill: --source files needs --input GLOB (JSONL item records)")
+    if io_opts.output is None:
+        if not es_url:
+            raise SystemExit("backfill: no --es-url and no $ES_URL; pass one, or --output DIR to write files instead")
+        if not opts.deadletter:
+            raise SystemExit("backfill: writing to Elasticsearch needs --deadletter DIR_OR_GS_PREFIX, so that no "
+                             "rejected item is dropped silently")
+    if opts.source == "es" and not es_url:
+        raise SystemExit("backfill: --source es needs --es-url (or $ES_URL); use --source files --input GLOB otherwise")
+
+
+def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
+    """Add the backfill to ``pipeline``; split out of :func:`run` so tests can drive it with TestPipeline."""
+    bo, jo, io, mo, eo = (opts.view_as(c) for c in (
+        BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
+    _validate(bo, jo, eo.es_url)
+    model_id, input_size = model_info(mo.model)
+    now = datetime.fromisoformat(bo.now.replace("Z", "+00:00")) if bo.now else datetime.now(timezone.utc)
+    since = now - timedelta(days=bo.days)
+    es_config = EsConfig.from_env(url=eo.es_url, verify_certs=eo.es_verify_certs) if eo.es_url else None
+
+    if bo.source == "files":
+        payloads = pipeline | "ReadFiles" >> beam.io.ReadFromText(jo.input)
+    else:
+        payloads = pipeline | "ReadIndex" >> ReadItemsFromElasticsearch(
+            es_config, eo.es_index, days=bo.days, model_id=model_id, slices=bo.es_slices, now=now)
+
+    parsed = payloads | "Parse" >> ParseItems()
+    recent = parsed.items | "KeepRecent" >> beam.ParDo(_KeepRecent(since))
+    policy = FetchPolicy(allowed_hosts=io.allow_image_hosts, allowed_schemes=io.allow_image_schemes,
+                         max_bytes=io.max_image_bytes, total_timeout=io.fetch_timeout,
+                         concurrency=io.fetch_concurrency)
+    fetched = recent | "Fetch" >> FetchImages(policy)
+    decoded = fetched.images | "Decode" >> DecodeImages(input_size, max_pixels=io.max_image_pixels)
+    handler = KeyedModelHandler(ScoreModelHandler(
+        mo.model, mo.device, min_batch_size=mo.min_batch_size, max_batch_size=mo.max_batch_size,
+        large_model=mo.large_model))
+    records = (decoded.decoded
+               | "Score" >> RunInference(handler)
+               | "ToRecord" >> beam.ParDo(_ToScoreRecord()))
+
+    dead = [parsed[DEAD_LETTER], fetched[DEAD_LETTER], decoded[DEAD_LETTER]]
+    if jo.output:
+        out = jo.output.rstrip("/")
+        _ = (records | "ScoresJson" >> beam.Map(json.dumps, sort_keys=True)
+             | "WriteScores" >> beam.io.WriteToText(f"{out}/scores", file_name_suffix=".jsonl"))
+        _ = (records | "BulkLines" >> beam.Map(_bulk_lines, eo.es_index)
+             | "WriteBulk" >> beam.io.WriteToText(f"{out}/bulk", file_name_suffix=".ndjson"))
+        deadletter_dir = (bo.deadletter or f"{out}/deadletter").rstrip("/")
+    else:
+        _ensure_mapping(es_config, eo.es_index)
+        written = records | "WriteIndex" >> WriteToElasticsearch(
+            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes)
+        dead.append(written.failed | "WriteFailures" >> beam.Map(_dead_letter_from_write))
+        deadletter_dir = bo.deadletter.rstrip("/")
+    _ = (dead | "AllDeadLetters" >> beam.Flatten()
+         | "DeadLetterJson" >> beam.Map(json.dumps, sort_keys=True)
+         | "WriteDeadLetters" >> beam.io.WriteToText(f"{deadletter_dir}/deadletter", file_name_suffix=".jsonl"))
+
+
+def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
+    """Parse flags, run the backfill to completion, print what happened."""
+    opts = PipelineOptions(argv)
+    ship_packages(opts)
+    pipeline = beam.Pipeline(options=opts)
+    build(pipeline, opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print_counters(result, title="backfill")
+    return result
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    run(sys.argv[1:])

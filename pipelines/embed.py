@@ -1,0 +1,267 @@
+"""Embeddings job: one frozen-backbone embedding per (item_id, image_url).
+
+    windows*.jsonl|parquet (collect) | JSONL {item_id, image_url}
+      -> entries -> dedupe by (item_id, image_url), minus those already embedded
+      -> FetchImages -> DecodeImages(backbone.input_size)
+      -> RunInference(BackboneModelHandler) -> DIR/embeddings-*.parquet
+    every reject -> DIR/deadletter-*.jsonl
+
+Resumable: rows already in ``DIR/embeddings-*.parquet`` with this run's
+``backbone_id`` are skipped (counted), so a rerun after a failure or with
+more windows only embeds what is new. Each run writes its own file prefix, so
+a rerun never overwrites an earlier run's output. Every unique image ends in
+exactly one place: embedded, skipped, or dead-lettered.
+
+Run it with ``imagescore embed`` or ``python -m pipelines.embed`` and
+ordinary Beam flags (``--runner``, ``--project``, ...).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.options import ImageOptions, JobIOOptions, ModelOptions
+from pipelines.report import print_counters, ship_packages
+from scoring.backbone import load_backbone
+from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
+from transforms.decode import DecodeImages
+from transforms.embed_handler import BackboneModelHandler
+from transforms.fetch import FetchImages, FetchPolicy
+from transforms.items import Item, json_object, parse_time
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    ("item_id", pa.string()),
+    ("image_url", pa.string()),
+    ("embedding", pa.list_(pa.float32())),
+    ("backbone_id", pa.string()),
+])
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class EmbedOptions(PipelineOptions):
+    """Flags of ``imagescore embed``; ``--input`` (JSONL of {item_id, image_url}) and ``--output`` (embeddings-*.parquet,
+    deadletter-*.jsonl; existing embeddings there are skipped) come from :class:`~pipelines.options.JobIOOptions`."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--windows", help="glob of collect's windows*.jsonl (or *.parquet); every item is embedded")
+        parser.add_argument("--backbone", help="backbone spec: hf:ID_OR_DIR, open_clip:ARCH/TAG, rinna:ID_OR_DIR, "
+                                               "handcrafted (see scoring.backbone)")
+        parser.add_argument("--no-normalize", dest="normalize", action="store_false",
+                            help="store raw projections instead of L2-normalised embeddings")
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+def _entry(item_id: Any, image_url: Any, ts: Any, payload: dict) -> Item:
+    """One image to embed as an :class:`Item`; raises :class:`Rejected` naming the bad field."""
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if not isinstance(item_id, str) or not item_id.strip():
+        raise Rejected("missing_id", "entry has no non-empty string 'item_id'")
+    if not isinstance(image_url, str) or not image_url.strip():
+        raise Rejected("no_images", f"item {item_id} has no non-empty string 'image_url'")
+    try:
+        created_at = parse_time(ts, "ts") if ts is not None else EPOCH
+    except Rejected:
+        created_at = EPOCH  # the window time is informational here; a bad one must not cost the image
+    return Item(id=item_id.strip(), image_urls=(image_url.strip(),), created_at=created_at,
+                payload=json.dumps(payload, sort_keys=True, default=str))
+
+
+class _WindowEntriesFn(beam.DoFn):
+    """A collect window -> one entry per listed item (bad items dead-lettered one by one)."""
+
+    def __init__(self):
+        self._read = beam.metrics.Metrics.counter("imagescore", "embed_entries_read")
+
+    def process(self, record) -> Iterator:
+        try:
+            window = json_object(record, "window line")[0]
+            items = window.get("items")
+            if not isinstance(items, list):
+                raise Rejected("bad_field", f"window {window.get('serp_id')!r} has no 'items' list")
+        except Rejected as exc:
+            self._read.inc()
+            yield to_dead_letter("read", exc, record)
+            return
+        for entry in items:
+            self._read.inc()
+            payload = {"serp_id": window.get("serp_id"), "ts": window.get("ts"),
+                       **(entry if isinstance(entry, dict) else {"entry": entry})}
+            try:
+                if not isinstance(entry, dict):
+                    raise Rejected("bad_field", f"window {window.get('serp_id')!r}: item entry is not an object")
+                yield _entry(entry.get("item_id"), entry.get("image_url"), window.get("ts"), payload)
+            except Rejected as exc:
+                yield to_dead_letter("read", exc, payload, id=payload.get("item_id"))
+
+
+class _ImageEntriesFn(beam.DoFn):
+    """A ``{item_id, image_url}`` JSONL line -> one entry."""
+
+    def __init__(self):
+        self._read = beam.metrics.Metrics.counter("imagescore", "embed_entries_read")
+
+    def process(self, line) -> Iterator:
+        self._read.inc()
+        try:
+            record = json_object(line, "image list line")[0]
+            yield _entry(record.get("item_id"), record.get("image_url"), record.get("ts"), record)
+        except Rejected as exc:
+            yield to_dead_letter("read", exc, line)
+
+
+def _key(item: Item) -> tuple[str, str]:
+    return item.id, item.image_urls[0]
+
+
+class _PendingFn(beam.DoFn):
+    """Per unique (item_id, image_url): the one entry to embed, or a counted skip if already embedded."""
+
+    def __init__(self):
+        self._unique = beam.metrics.Metrics.counter("imagescore", "embed_unique_images")
+        self._duplicates = beam.metrics.Metrics.counter("imagescore", "embed_duplicates_merged")
+        self._skipped = beam.metrics.Metrics.counter("imagescore", "embed_skipped_already_embedded")
+
+    def process(self, element) -> Iterator[Item]:
+        _, groups = element
+        entries = list(groups["todo"])  # empty: embedded earlier, not asked for this time
+        if entries:
+            self._unique.inc()
+            self._duplicates.inc(len(entries) - 1)
+            if list(groups["done"]):
+                self._skipped.inc()
+            else:
+                # the earliest window, then the payload text: the same choice on every run and runner
+                yield min(entries, key=lambda item: (item.created_at, item.payload))
+
+
+def already_embedded_files(output: str) -> list[str]:
+    """The embeddings files an earlier run left in ``output``."""
+    pattern = f"{output.rstrip('/')}/embeddings-*.parquet"
+    return [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+
+
+def _to_row(key: tuple[str, str], result) -> dict:
+    item_id, image_url = key
+    return {"item_id": item_id, "image_url": image_url,
+            "embedding": result.inference.astype("float32").tolist(), "backbone_id": result.model_id}
+
+
+class _CountEmbedded(beam.DoFn):
+    def __init__(self):
+        self._embedded = beam.metrics.Metrics.counter("imagescore", "embed_embedded")
+
+    def process(self, row):
+        self._embedded.inc()
+        yield row
+
+
+def _validate(opts: EmbedOptions, io_opts: JobIOOptions) -> None:
+    if bool(opts.windows) == bool(io_opts.input):
+        raise SystemExit("embed: pass exactly one of --windows GLOB (collect's windows) or --input GLOB "
+                         "(JSONL {item_id, image_url})")
+    if not opts.backbone:
+        raise SystemExit("embed: --backbone is required, e.g. --backbone hf:openai/clip-vit-base-patch16, "
+                         "--backbone hf:/models/clip or --backbone handcrafted")
+    if not io_opts.output:
+        raise SystemExit("embed: --output DIR is required (embeddings-*.parquet and deadletter-*.jsonl go there)")
+
+
+def build(pipeline: beam.Pipeline, opts: PipelineOptions, run_id: str | None = None) -> dict[str, Any]:
+    """Add the job to ``pipeline``; returns what it decided up front (backbone id, files skipped from)."""
+    eo, io, mo, jo = (opts.view_as(c) for c in (EmbedOptions, ImageOptions, ModelOptions, JobIOOptions))
+    _validate(eo, jo)
+    # Loaded once here for its id and input size; workers load their own copy through the handler.
+    backbone = load_backbone(eo.backbone, device="cpu", normalize=eo.normalize)
+    backbone_id, input_size = backbone.backbone_id, backbone.input_size
+    del backbone
+    out = jo.output.rstrip("/")
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+    if eo.windows:
+        reader = (beam.io.ReadFromParquet(eo.windows) if eo.windows.endswith(".parquet")
+                  else beam.io.ReadFromText(eo.windows))
+        read = (pipeline | "ReadWindows" >> reader
+                | "Entries" >> beam.ParDo(_WindowEntriesFn()).with_outputs(DEAD_LETTER, main="entries"))
+    else:
+        read = (pipeline | "ReadInput" >> beam.io.ReadFromText(jo.input)
+                | "Entries" >> beam.ParDo(_ImageEntriesFn()).with_outputs(DEAD_LETTER, main="entries"))
+
+    previous = already_embedded_files(out)
+    if previous:
+        done = (pipeline | "PreviousFiles" >> beam.Create(previous)
+                | "ReadPrevious" >> beam.io.ReadAllFromParquet(columns=["item_id", "image_url", "backbone_id"])
+                | "SameBackbone" >> beam.Filter(lambda row, bid: row["backbone_id"] == bid, backbone_id)
+                | "DoneKeys" >> beam.Map(lambda row: ((row["item_id"], row["image_url"]), None)))
+    else:
+        done = pipeline | "NothingDone" >> beam.Create([])
+    todo = read.entries | "Key" >> beam.Map(lambda item: (_key(item), item))
+    pending = ({"todo": todo, "done": done} | "Join" >> beam.CoGroupByKey()
+               | "Pending" >> beam.ParDo(_PendingFn()))
+
+    policy = FetchPolicy(allowed_hosts=io.allow_image_hosts, allowed_schemes=io.allow_image_schemes,
+                         max_bytes=io.max_image_bytes, total_timeout=io.fetch_timeout,
+                         concurrency=io.fetch_concurrency)
+    fetched = pending | "Fetch" >> FetchImages(policy)
+    decoded = fetched[FetchImages.MAIN] | "Decode" >> DecodeImages(input_size, max_pixels=io.max_image_pixels)
+    handler = KeyedModelHandler(BackboneModelHandler(
+        eo.backbone, mo.device, eo.normalize, min_batch_size=mo.min_batch_size, max_batch_size=mo.max_batch_size,
+        large_model=mo.large_model))
+    _ = (decoded[DecodeImages.MAIN]
+         | "KeyImages" >> beam.MapTuple(lambda item, image: (_key(item), image))
+         | "Embed" >> RunInference(handler)
+         | "ToRow" >> beam.MapTuple(_to_row)
+         | "CountEmbedded" >> beam.ParDo(_CountEmbedded())
+         | "WriteEmbeddings" >> beam.io.WriteToParquet(f"{out}/embeddings-{run_id}", SCHEMA,
+                                                       file_name_suffix=".parquet"))
+    _ = ((read[DEAD_LETTER], fetched[DEAD_LETTER], decoded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+         | "DeadLetterJson" >> beam.Map(json.dumps, sort_keys=True)
+         | "WriteDeadLetters" >> beam.io.WriteToText(f"{out}/deadletter-{run_id}", file_name_suffix=".jsonl"))
+    return {"backbone_id": backbone_id, "input_size": input_size, "previous_files": previous, "run_id": run_id}
+
+
+def summarize(totals: dict[str, int]) -> dict[str, int]:
+    """The job's accounting: every unique image is embedded, skipped or dead-lettered."""
+    dead = sum(value for name, value in totals.items() if name.startswith("deadletter_"))
+    return {"entries_read": totals.get("embed_entries_read", 0),
+            "unique_images": totals.get("embed_unique_images", 0),
+            "duplicates_merged": totals.get("embed_duplicates_merged", 0),
+            "embedded": totals.get("embed_embedded", 0),
+            "skipped_already_embedded": totals.get("embed_skipped_already_embedded", 0),
+            "dead_letters": dead}
+
+
+def run(argv: list[str] | None = None):
+    """Parse flags, run the job to completion, print what happened."""
+    opts = PipelineOptions(argv)
+    if not opts.view_as(StandardOptions).runner:
+        opts.view_as(StandardOptions).runner = "DirectRunner"
+    ship_packages(opts)
+    pipeline = beam.Pipeline(options=opts)
+    plan = build(pipeline, opts)
+    print(f"embed: backbone {plan['backbone_id']} (input {plan['input_size']}px); "
+          f"{len(plan['previous_files'])} earlier embeddings file(s) checked for rows to skip")
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = summarize(print_counters(result, title="embed"))
+    print("embed: " + ", ".join(f"{name}={value}" for name, value in summary.items()))
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    run(sys.argv[1:])

@@ -1,0 +1,40 @@
+"""What every job does around ``pipeline.run()``: ship our code, print what happened."""
+from __future__ import annotations
+
+import os
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+
+
+def ship_packages(opts: PipelineOptions) -> None:
+    """On Dataflow, install this project on the workers from ``setup.py`` unless a setup file or image is given."""
+    runner = (opts.view_as(StandardOptions).runner or "").lower()
+    setup = opts.view_as(SetupOptions)
+    if "dataflow" in runner and setup.setup_file is None and os.path.exists(SETUP_PY):
+        setup.setup_file = SETUP_PY
+
+
+def counters(result, namespace: str = "imagescore") -> dict[str, int]:
+    """The committed values of the job's counters in ``namespace``, by name."""
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + (value or 0)
+    return totals
+
+
+def print_counters(result, title: str, namespace: str = "imagescore") -> dict[str, int]:
+    """Print the job's counters as an aligned table, so an operator sees at a glance what happened."""
+    totals = counters(result, namespace)
+    print(f"\n== {title}: counters ==")
+    width = max((len(name) for name in totals), default=0)
+    for name in sorted(totals):
+        print(f"  {name.ljust(width)}  {totals[name]:>10,}")
+    if not totals:
+        print("  (no counters reported)")
+    return totals
+

@@ -1,0 +1,14 @@
+"""Fixtures for real services live in tests/fixtures/, one module per service."""
+import os
+
+pytest_plugins = [
+    "tests.fixtures.image_server",
+    "tests.fixtures.es",
+    "tests.fixtures.chat",
+    "tests.fixtures.tiny_clip",
+    "tests.fixtures.training",
+]
+
+# Tests never reach a model hub; loading code must work from local directories alone.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,416 @@
+"""The image fetcher against a real HTTP server on 127.0.0.1.
+
+Loopback is blocked by default, so each test that needs the server allows
+exactly ``127.0.0.1:PORT``. Private-range behaviour is tested through a faked
+resolver and a socket opener that fails the test if it is ever called: these
+tests never connect anywhere but 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+import time
+from datetime import UTC, datetime
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests.fixtures.image_server import TINY_PNG, ImageServer
+from transforms import fetch as fetch_module
+from transforms.deadletter import DEAD_LETTER, Rejected
+from transforms.fetch import FetchImages, FetchPolicy, ImageFetcher
+from transforms.items import Item
+
+JPEG_ISH = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40
+
+
+def policy_for(server: ImageServer, **overrides) -> FetchPolicy:
+    settings = {"allowed_hosts": frozenset({server.host_port}), "backoff": 0.01, "retries": 2,
+                "connect_timeout": 2.0, "read_timeout": 2.0, "total_timeout": 5.0}
+    settings.update(overrides)
+    return FetchPolicy(**settings)
+
+
+def rejected(fetcher: ImageFetcher, url: str) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        fetcher.fetch(url)
+    return info.value
+
+
+@pytest.fixture
+def fetcher(image_server):
+    with ImageFetcher(policy_for(image_server)) as f:
+        yield f
+
+
+@pytest.fixture
+def no_connections(monkeypatch):
+    """Fail the test if the fetcher opens any socket."""
+    opened = []
+
+    def refuse(family, sockaddr, *args, **kwargs):
+        opened.append(sockaddr)
+        raise AssertionError(f"the fetcher tried to connect to {sockaddr}")
+
+    monkeypatch.setattr(fetch_module, "open_socket", refuse)
+    return opened
+
+
+def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> list[str]:
+    """Answer lookups from ``answers``; returns the list of looked-up hosts."""
+    asked: list[str] = []
+
+    def resolve(host, port):
+        asked.append(host)
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, (ip, port)) for ip in answers[host]]
+
+    monkeypatch.setattr(fetch_module, "resolve", resolve)
+    return asked
+
+
+# --- the address guard ------------------------------------------------------------
+
+def test_loopback_is_blocked_by_default_and_allowed_by_host_port(image_server):
+    url = image_server.route("photo.jpg", body=JPEG_ISH, content_type="image/jpeg")
+    with ImageFetcher(FetchPolicy()) as default:
+        exc = rejected(default, url)
+    assert exc.reason == "blocked_address"
+    assert "127.0.0.1" in str(exc) and "--allow-image-hosts" in str(exc)
+    assert image_server.hits["/photo.jpg"] == 0, "a blocked address must not be connected to"
+
+    with ImageFetcher(FetchPolicy(allowed_hosts=frozenset({f"127.0.0.1:{image_server.port + 1}"}))) as other_port:
+        assert rejected(other_port, url).reason == "blocked_address"
+
+    with ImageFetcher(FetchPolicy(allowed_hosts=frozenset({image_server.host_port}))) as allowed:
+        assert allowed.fetch(url) == JPEG_ISH
+
+
+def test_ipv4_mapped_loopback_literal_is_blocked(no_connections):
+    with ImageFetcher(FetchPolicy()) as f:
+        assert rejected(f, "http://[::ffff:127.0.0.1]:8080/x.jpg").reason == "blocked_address"
+    assert no_connections == []
+
+
+@pytest.mark.parametrize("answer", [["10.0.0.1"], ["169.254.169.254"], ["fd00::1"], ["100.64.0.1"],
+                                    ["93.184.216.34", "192.168.0.10"]])
+def test_hostname_resolving_to_a_private_address_is_blocked(monkeypatch, no_connections, answer):
+    fake_dns(monkeypatch, {"images.seller.example": answer})
+    with ImageFetcher(FetchPolicy()) as f:
+        exc = rejected(f, "http://images.seller.example/p.jpg")
+    assert exc.reason == "blocked_address"
+    assert any(ip in str(exc) for ip in answer)
+    assert no_connections == [], "nothing may be connected to once any answer is non-public"
+
+
+def test_unresolvable_host_is_a_dns_error(monkeypatch, no_connections):
+    fake_dns(monkeypatch, {})
+    with ImageFetcher(FetchPolicy()) as f:
+        exc = rejected(f, "https://no-such-host.example/p.jpg")
+    assert exc.reason == "dns_error" and "no-such-host.example" in str(exc)
+
+
+def test_the_checked_address_is_the_connected_address(monkeypatch, image_server):
+    """One lookup per connection, by the guard; urllib3 must not resolve the name again (DNS rebinding)."""
+    image_server.route("p.png")
+    asked = fake_dns(monkeypatch, {"cdn.test": ["127.0.0.1"]})
+    connected = []
+    real_open = fetch_module.open_socket
+
+    def spy(family, sockaddr, *args):
+        connected.append(sockaddr[0])
+        return real_open(family, sockaddr, *args)
+
+    def no_second_lookup(*args, **kwargs):
+        raise AssertionError(f"unguarded DNS lookup {args}")
+
+    monkeypatch.setattr(fetch_module, "open_socket", spy)
+    monkeypatch.setattr(socket, "getaddrinfo", no_second_lookup)
+    with ImageFetcher(FetchPolicy(allowed_hosts=frozenset({f"cdn.test:{image_server.port}"}))) as f:
+        assert f.fetch(f"http://cdn.test:{image_server.port}/p.png") == TINY_PNG
+    assert asked == ["cdn.test"] and connected == ["127.0.0.1"]
+
+
+def test_redirect_to_a_blocked_host_is_refused(fetcher, image_server):
+    # localhost is the same server, but only 127.0.0.1:PORT is allowed: each hop is checked on its own.
+    url = image_server.route("hop", redirect=f"http://localhost:{image_server.port}/p.png")
+    image_server.route("p.png")
+    exc = rejected(fetcher, url)
+    assert exc.reason == "blocked_address" and "localhost" in str(exc)
+    assert image_server.hits["/p.png"] == 0
+
+
+def test_redirect_to_metadata_endpoint_never_connects(monkeypatch, image_server):
+    url = image_server.route("meta", redirect="http://169.254.169.254/latest/meta-data/")
+    real_open = fetch_module.open_socket
+    connected = []
+
+    def loopback_only(family, sockaddr, *args):
+        connected.append(sockaddr[0])
+        assert sockaddr[0] == "127.0.0.1", f"connected to {sockaddr}"
+        return real_open(family, sockaddr, *args)
+
+    monkeypatch.setattr(fetch_module, "open_socket", loopback_only)
+    with ImageFetcher(policy_for(image_server)) as f:
+        exc = rejected(f, url)
+    assert exc.reason == "blocked_address" and "169.254.169.254" in str(exc)
+    assert connected == ["127.0.0.1"]
+
+
+def test_redirects_are_followed_within_the_limit(fetcher, image_server):
+    image_server.route("final.png")
+    image_server.route("r2", redirect="/final.png", status=301)
+    url = image_server.route("r1", redirect=image_server.url("r2"), status=307)
+    assert fetcher.fetch(url) == TINY_PNG
+
+
+def test_redirect_loop_is_too_many_redirects(image_server):
+    url = image_server.route("loop", redirect="/loop")
+    with ImageFetcher(policy_for(image_server, max_redirects=3)) as f:
+        exc = rejected(f, url)
+    assert exc.reason == "too_many_redirects"
+    assert image_server.hits["/loop"] == 4, "the first request plus max_redirects hops, then stop"
+
+
+def test_redirect_to_a_storage_scheme_is_refused_even_when_enabled(image_server, tmp_path):
+    target = tmp_path / "secret.png"
+    target.write_bytes(TINY_PNG)
+    url = image_server.route("to-file", redirect=target.as_uri())
+    with ImageFetcher(policy_for(image_server, allowed_schemes=frozenset({"file"}))) as f:
+        assert rejected(f, url).reason == "blocked_scheme"
+
+
+# --- HTTP failures ------------------------------------------------------------------
+
+def test_404_is_http_404(fetcher, image_server):
+    exc = rejected(fetcher, image_server.url("missing.jpg"))
+    assert exc.reason == "http_404" and "missing.jpg" in str(exc)
+
+
+def test_500_then_200_is_retried(fetcher, image_server):
+    url = image_server.route("flaky.png", fail_first=1)
+    assert fetcher.fetch(url) == TINY_PNG
+    assert image_server.hits["/flaky.png"] == 2
+
+
+def test_persistent_503_gives_up_after_the_retries(fetcher, image_server):
+    url = image_server.route("down", status=503, body=b"busy", content_type="text/plain")
+    assert rejected(fetcher, url).reason == "http_503"
+    assert image_server.hits["/down"] == 3, "one try plus retries=2"
+
+
+@pytest.mark.timeout(30)
+def test_retried_error_with_an_endless_body_is_not_drained(fetcher, image_server):
+    url = image_server.route("endless-503", status=503, content_type="text/plain", stream_bytes=10**12)
+    start = time.monotonic()
+    assert rejected(fetcher, url).reason == "http_503"
+    assert time.monotonic() - start < 2.0
+    assert image_server.hits["/endless-503"] == 3
+
+
+def test_slow_server_is_a_fetch_timeout(image_server):
+    url = image_server.route("slow.png", delay=3.0)
+    with ImageFetcher(policy_for(image_server, read_timeout=0.3, retries=1)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+    assert exc.reason == "fetch_timeout"
+    assert time.monotonic() - start < 1.5
+    assert image_server.hits["/slow.png"] == 2, "a read timeout is retried"
+
+
+def test_total_budget_stops_a_slow_drip(image_server):
+    """Each byte arrives within the read timeout, so only the per-image budget can stop it."""
+    url = image_server.route("drip.png", body=JPEG_ISH, content_type="image/jpeg", drip=0.05)
+    with ImageFetcher(policy_for(image_server, read_timeout=2.0, total_timeout=0.8)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+    assert exc.reason == "fetch_timeout" and "budget" in str(exc)
+    assert time.monotonic() - start < 1.3
+
+
+def test_retries_stop_at_the_total_budget(image_server):
+    """Three tries of 0.8 s would take 2.4 s; the 1 s budget ends them (retries, backoff and all)."""
+    url = image_server.route("slower.png", delay=5.0)
+    with ImageFetcher(policy_for(image_server, read_timeout=0.8, total_timeout=1.0, retries=2)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+    assert exc.reason == "fetch_timeout"
+    assert time.monotonic() - start < 1.35
+    assert image_server.hits["/slower.png"] == 2
+
+
+def test_backoff_never_sleeps_past_the_budget(image_server):
+    url = image_server.route("busy", status=503, body=b"busy", content_type="text/plain")
+    with ImageFetcher(policy_for(image_server, backoff=5.0, total_timeout=1.0, retries=3)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+    assert exc.reason == "fetch_timeout" and "retry" in str(exc)
+    assert time.monotonic() - start < 0.9, "must give up instead of sleeping 10 s"
+
+
+def test_budget_left_after_slow_headers_bounds_the_body_reads(image_server):
+    """Headers take 0.6 s of a 1 s budget; a body read then may wait only the 0.4 s left, not a fresh 1 s."""
+    url = image_server.route("late.png", body=JPEG_ISH, content_type="image/png", delay=0.6, drip=3.0)
+    with ImageFetcher(policy_for(image_server, read_timeout=2.0, total_timeout=1.0, retries=0)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+    assert exc.reason == "fetch_timeout" and "budget" in str(exc)
+    assert time.monotonic() - start < 1.35
+
+
+def test_declared_content_length_over_the_cap_is_refused_before_reading(fetcher, image_server):
+    # The server declares 10 GB and sends nothing: reading would hang, so only an early refusal passes.
+    url = image_server.route("liar.jpg", body=b"", content_type="image/jpeg", content_length=10_000_000_000)
+    start = time.monotonic()
+    exc = rejected(fetcher, url)
+    assert exc.reason == "too_large" and "Content-Length" in str(exc)
+    assert time.monotonic() - start < 1.0
+
+
+def test_body_over_the_cap_with_content_length(image_server):
+    url = image_server.route("big.jpg", body=JPEG_ISH, content_type="image/jpeg")
+    with ImageFetcher(policy_for(image_server, max_bytes=len(JPEG_ISH) - 1)) as f:
+        assert rejected(f, url).reason == "too_large"
+    with ImageFetcher(policy_for(image_server, max_bytes=len(JPEG_ISH))) as f:
+        assert f.fetch(url) == JPEG_ISH, "exactly the cap is allowed"
+
+
+def test_streamed_body_without_content_length_is_cut_at_the_cap(image_server):
+    url = image_server.route("endless.jpg", content_type="image/jpeg", stream_bytes=200_000_000)
+    with ImageFetcher(policy_for(image_server, max_bytes=100_000)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+    assert exc.reason == "too_large" and "streaming" in str(exc)
+    assert time.monotonic() - start < 2.0, "must abort at the cap, not read 200 MB"
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream", None])
+def test_non_image_content_type_is_refused(fetcher, image_server, content_type):
+    url = image_server.route("page", body=b"<html>hi</html>", content_type=content_type)
+    assert rejected(fetcher, url).reason == "bad_content_type"
+
+
+def test_image_content_type_with_parameters_is_accepted(fetcher, image_server):
+    url = image_server.route("p.webp", body=JPEG_ISH, content_type="IMAGE/webp; q=1")
+    assert fetcher.fetch(url) == JPEG_ISH
+
+
+# --- schemes and storage paths ----------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["ftp://example.com/p.jpg", "gopher://example.com/", "data:image/png;base64,AAAA",
+                                 "gs://bucket/p.jpg", "file:///etc/passwd", "/etc/passwd", "photo.jpg"])
+def test_non_http_schemes_are_blocked_by_default(url, no_connections):
+    with ImageFetcher(FetchPolicy()) as f:
+        exc = rejected(f, url)
+    assert exc.reason == "blocked_scheme" and "--allow-image-schemes" in str(exc)
+
+
+@pytest.mark.parametrize("url", ["", "   ", "http://", "http:///p.jpg", "http://[::1/p.jpg", "http://host:99999/p.jpg"])
+def test_malformed_urls_are_bad_url(url, no_connections):
+    with ImageFetcher(FetchPolicy()) as f:
+        assert rejected(f, url).reason == "bad_url"
+
+
+def test_local_files_need_the_file_scheme(tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(TINY_PNG)
+    with ImageFetcher(FetchPolicy()) as default:
+        assert rejected(default, str(photo)).reason == "blocked_scheme"
+        assert rejected(default, photo.as_uri()).reason == "blocked_scheme"
+    with ImageFetcher(FetchPolicy(allowed_schemes=frozenset({"file"}), max_bytes=len(TINY_PNG))) as f:
+        assert f.fetch(str(photo)) == TINY_PNG
+        assert f.fetch(photo.as_uri()) == TINY_PNG
+        assert rejected(f, str(tmp_path / "missing.png")).reason == "file_not_found"
+        assert rejected(f, "file://otherhost/etc/passwd").reason == "bad_url"
+        big = tmp_path / "big.png"
+        big.write_bytes(TINY_PNG + b"\0")
+        assert rejected(f, str(big)).reason == "too_large"
+
+
+def test_policy_normalizes_and_validates():
+    policy = FetchPolicy(allowed_hosts="Images.Example.com, 127.0.0.1:80", allowed_schemes="GS, file, https")
+    assert policy.allowed_hosts == frozenset({"images.example.com", "127.0.0.1:80"})
+    assert policy.allowed_schemes == frozenset({"gs", "file"})
+    for bad in ({"max_bytes": 0}, {"total_timeout": 0}, {"retries": -1}, {"concurrency": 0},
+                {"allowed_schemes": "g s"}, {"allowed_content_types": frozenset()}):
+        with pytest.raises(ValueError):
+            FetchPolicy(**bad)
+    with pytest.raises(ValueError, match="allowed image host"):
+        FetchPolicy(allowed_hosts="host:port")
+
+
+# --- batches and Beam ------------------------------------------------------------
+
+def test_fetch_many_keeps_order_and_loses_nothing(image_server):
+    good = [image_server.route(f"ok-{i}.png", body=TINY_PNG + bytes([i]), delay=0.2) for i in range(6)]
+    bad = {
+        "404": image_server.url("nope.png"),
+        "html": image_server.route("page.html", body=b"<html/>", content_type="text/html"),
+        "scheme": "file:///etc/passwd",
+        "metadata": "http://169.254.169.254/latest/meta-data/",
+        "empty": "",
+    }
+    urls = [good[0], bad["404"], good[1], bad["html"], good[2], bad["scheme"], good[3],
+            bad["metadata"], good[4], bad["empty"], good[5]]
+    with ImageFetcher(policy_for(image_server, concurrency=16)) as f:
+        start = time.monotonic()
+        results = f.fetch_many(urls)
+        elapsed = time.monotonic() - start
+    assert len(results) == len(urls)
+    assert [r for r in results if isinstance(r, bytes)] == [TINY_PNG + bytes([i]) for i in range(6)]
+    reasons = [r.reason for r in results if isinstance(r, Rejected)]
+    assert reasons == ["http_404", "bad_content_type", "blocked_scheme", "blocked_address", "bad_url"]
+    assert image_server.max_in_flight >= 4, f"at most {image_server.max_in_flight} requests overlapped"
+    assert elapsed < 0.2 * 6, f"six 0.2 s images took {elapsed:.2f}s: not concurrent"
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_fetch_images_transform_routes_every_item(image_server, concurrency):
+    urls = {
+        "good-1": image_server.route("g1.png", body=TINY_PNG + b"1"),
+        "good-2": image_server.route("g2.png", body=TINY_PNG + b"2"),
+        "good-3": image_server.route("g3.png", body=TINY_PNG + b"3"),
+        "missing": image_server.url("missing.png"),
+        "private": "http://10.0.0.7/photo.jpg",
+        "local-file": "/etc/passwd",
+        "html": image_server.route("page.html", body=b"<html/>", content_type="text/html"),
+    }
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    items = [Item(id=i, image_urls=(u, "http://unused.example/second.jpg"), created_at=now,
+                  payload=json.dumps({"id": i, "image_urls": [u]})) for i, u in urls.items()]
+    policy = policy_for(image_server, concurrency=concurrency)
+    p = test_pipeline.TestPipeline()
+    out = p | beam.Create(items) | FetchImages(policy)
+    fetched = out[FetchImages.MAIN] | "ids" >> beam.Map(lambda pair: (pair[0].id, pair[1]))
+    dead = out[DEAD_LETTER] | "dl" >> beam.Map(
+        lambda d: (d["id"], d["stage"], d["reason"], json.loads(d["payload"])["id"]))
+    assert_that(fetched, equal_to([("good-1", TINY_PNG + b"1"), ("good-2", TINY_PNG + b"2"),
+                                   ("good-3", TINY_PNG + b"3")]), label="fetched")
+    assert_that(dead, equal_to([("missing", "fetch", "http_404", "missing"),
+                                ("private", "fetch", "blocked_address", "private"),
+                                ("local-file", "fetch", "blocked_scheme", "local-file"),
+                                ("html", "fetch", "bad_content_type", "html")]), label="dead")
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                if c.key.metric.namespace == "imagescore"}
+    assert counters["fetch_fetched"] == 3
+    assert counters["fetch_bytes"] == 3 * (len(TINY_PNG) + 1)
+    assert counters["deadletter_fetch_http_404"] == 1 and counters["deadletter_fetch_blocked_address"] == 1
+    assert image_server.hits["/g1.png"] == 1
+
+
+def test_fetch_dofn_pickles_before_setup(image_server):
+    transform = FetchImages(policy_for(image_server))
+    fn = fetch_module._FetchBatchFn(transform._policy, "fetch")
+    clone = pickle.loads(pickle.dumps(fn))
+    clone.setup()
+    try:
+        item = Item(id="x", image_urls=(image_server.route("x.png"),), created_at=datetime.now(UTC))
+        assert list(clone.process([item])) == [(item, TINY_PNG)]
+    finally:
+        clone.teardown()

@@ -1,0 +1,533 @@
+"""Safe image fetching: seller-supplied URLs are hostile input.
+
+A listing's image URL is a request, written by a stranger, for our worker to
+connect somewhere and read something. So a fetch:
+
+* allows only http(s), plus the Beam ``FileSystems`` schemes an operator
+  enabled (``--allow-image-schemes gs,file``); a bare ``/etc/passwd`` or a
+  ``file://`` URL is refused by default;
+* refuses loopback, private, link-local, multicast, reserved and other
+  non-public addresses (see :mod:`transforms.address_policy`) unless the host
+  is listed in ``--allow-image-hosts``. The check runs inside the connection:
+  the address that is checked is the address that is connected to, so a DNS
+  answer that changes between check and connect (DNS rebinding) gains nothing,
+  and every retry and every redirect hop is checked again;
+* follows redirects itself, checking each hop, at most ``max_redirects``;
+* caps the bytes while streaming (and refuses early on a large
+  Content-Length), the seconds per image (retries included) and accepts only
+  ``image/*`` content types.
+
+Every refusal raises :class:`~transforms.deadletter.Rejected` with a reason
+(``blocked_address``, ``http_404``, ``too_large``, ...) that the Beam transform
+turns into a dead letter carrying the item's original payload.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import http.cookiejar
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Self
+from urllib.parse import unquote, urljoin, urlsplit
+
+import apache_beam as beam
+import requests
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.util.retry import Retry
+
+from transforms.address_policy import block_reason, host_allowed, parse_allowed_hosts
+from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
+
+HTTP_SCHEMES = frozenset({"http", "https"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Transient answers worth another try; other 4xx/5xx will not change on retry.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CHUNK_BYTES = 64 * 1024
+USER_AGENT = "imagescore-fetch/1 (+https://github.com/imagescore/imagescore)"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    """The limits of one worker's image fetches. Picklable: it travels with the DoFn.
+
+    ``allowed_hosts`` (``HOST`` or ``HOST:PORT``) may be reached even when they resolve
+    to non-public addresses; ``allowed_schemes`` are extra Beam FileSystems schemes
+    (``gs``, ``file``, ...). Both are empty by default. ``total_timeout`` bounds one
+    image, retries, backoff and redirects included.
+    """
+
+    allowed_hosts: frozenset[str] = frozenset()
+    allowed_schemes: frozenset[str] = frozenset()
+    max_bytes: int = 20_000_000
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 30.0
+    max_redirects: int = 5
+    retries: int = 2
+    backoff: float = 0.5
+    concurrency: int = 16
+    allowed_content_types: frozenset[str] = frozenset({"image/*"})
+
+    def __post_init__(self) -> None:
+        # Accept "a,b" strings and any iterable, and store one normalized spelling.
+        object.__setattr__(self, "allowed_hosts", parse_allowed_hosts(self.allowed_hosts))
+        object.__setattr__(self, "allowed_schemes", frozenset(_split(self.allowed_schemes)) - HTTP_SCHEMES)
+        object.__setattr__(self, "allowed_content_types", frozenset(_split(self.allowed_content_types)))
+        for scheme in self.allowed_schemes:
+            if not scheme.replace("-", "").replace("+", "").replace(".", "").isalnum():
+                raise ValueError(f"allowed image scheme {scheme!r} is not a URL scheme (e.g. gs, file, s3)")
+        positive = {"max_bytes": self.max_bytes, "connect_timeout": self.connect_timeout,
+                    "read_timeout": self.read_timeout, "total_timeout": self.total_timeout,
+                    "concurrency": self.concurrency}
+        not_negative = {"max_redirects": self.max_redirects, "retries": self.retries, "backoff": self.backoff}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"FetchPolicy.{name} must be > 0, got {value!r}")
+        for name, value in not_negative.items():
+            if not value >= 0:
+                raise ValueError(f"FetchPolicy.{name} must be >= 0, got {value!r}")
+        if not self.allowed_content_types:
+            raise ValueError("FetchPolicy.allowed_content_types is empty: no image could ever be fetched")
+
+
+def _split(value: str | Iterable[str]) -> Iterator[str]:
+    parts = value.split(",") if isinstance(value, str) else value
+    return (part.strip().lower() for part in parts if part.strip())
+
+
+# --- time budget -----------------------------------------------------------------
+# requests/urllib3 give no way to pass a per-call deadline down to the socket, so
+# the fetch running on this thread publishes its deadline here and every blocking
+# step (connect, waiting for headers, each body read, retry backoff) is clipped to it.
+_budget = threading.local()
+
+
+def _clip(timeout: Any, doing: str) -> Any:
+    """``timeout`` shortened to what is left of this thread's budget; Rejected once it is spent."""
+    deadline = getattr(_budget, "deadline", None)
+    if deadline is None:
+        return timeout
+    timeout = timeout if isinstance(timeout, (int, float)) else None  # urllib3's "default" sentinel
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Rejected("fetch_timeout", f"time budget of {_budget.total:g}s spent before {doing}")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+# --- the address guard, inside the connection --------------------------------------
+
+def resolve(host: str, port: int) -> list[tuple[int, tuple]]:
+    """``(family, sockaddr)`` for each address of ``host``. A seam so tests can fake DNS."""
+    return [(family, sockaddr) for family, _, _, _, sockaddr in
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def open_socket(family: int, sockaddr: tuple, timeout: float | None,
+                source_address: tuple | None, socket_options: Iterable[tuple] | None) -> socket.socket:
+    """Connect a TCP socket to exactly ``sockaddr``. A seam so tests can prove no connection was made."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        sock.settimeout(timeout)
+        if source_address:
+            sock.bind(source_address)
+        sock.connect(sockaddr)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class AddressGuard:
+    """Resolve, check every address, then connect to one of those same addresses."""
+
+    allowed_hosts: frozenset[str]
+
+    def connect(self, host: str, port: int, timeout: float | None, source_address: tuple | None = None,
+                socket_options: Iterable[tuple] | None = None) -> socket.socket:
+        timeout = _clip(timeout, f"connecting to {host}")
+        try:
+            addresses = resolve(host, port)
+        except (OSError, UnicodeError) as exc:
+            raise Rejected("dns_error", f"cannot resolve image host {host!r}: {exc}") from None
+        if not addresses:
+            raise Rejected("dns_error", f"image host {host!r} has no addresses")
+        if not host_allowed(host, port, self.allowed_hosts):
+            # Refuse when any answer is non-public: a mixed answer is a rebinding attempt.
+            for _, sockaddr in addresses:
+                why = block_reason(sockaddr[0])
+                if why:
+                    raise Rejected("blocked_address", (
+                        f"image host {host!r} resolves to {sockaddr[0]} ({why}); only public addresses are "
+                        f"fetched unless the operator lists the host with --allow-image-hosts {host}:{port}"))
+        last_error: OSError | None = None
+        for family, sockaddr in addresses:
+            try:
+                return open_socket(family, sockaddr, timeout, source_address, socket_options)
+            except OSError as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+
+class _GuardedConnectionMixin:
+    """Replaces urllib3's ``_new_conn`` (which resolves and connects in one call) with the guard.
+
+    TLS still wraps the socket with ``server_hostname=self.host``, so SNI and
+    certificate checks use the URL's host while the TCP peer is the checked address.
+    """
+
+    guard: AddressGuard
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            return self.guard.connect(self._dns_host, self.port, self.timeout,
+                                      self.source_address, self.socket_options)
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"failed to connect to {self.host}: {exc}") from exc
+
+    def getresponse(self):
+        self.timeout = _clip(self.timeout, f"the response headers from {self.host}")
+        return super().getresponse()
+
+
+def _guarded_pool_classes(guard: AddressGuard) -> dict[str, type]:
+    def pool(base_pool: type, base_conn: type) -> type:
+        conn = type(f"Guarded{base_conn.__name__}", (_GuardedConnectionMixin, base_conn), {"guard": guard})
+        return type(f"Guarded{base_pool.__name__}", (base_pool,), {"ConnectionCls": conn})
+    return {"http": pool(HTTPConnectionPool, HTTPConnection), "https": pool(HTTPSConnectionPool, HTTPSConnection)}
+
+
+class GuardedAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose every new connection (first try, retry, redirect hop) passes the guard."""
+
+    def __init__(self, guard: AddressGuard, **kwargs: Any):
+        self._pool_classes = _guarded_pool_classes(guard)
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pool_classes
+
+
+class _BudgetRetry(Retry):
+    """urllib3's retry policy, except that a backoff never sleeps past the image's time budget."""
+
+    def increment(self, method=None, url=None, response=None, *args: Any, **kwargs: Any):
+        if response is not None:
+            # urllib3 drains a retried answer's body to reuse the connection, but a hostile
+            # 503 may stream forever: drop the connection instead (the next try reconnects through the guard).
+            response.close()
+            response.release_conn()
+        return super().increment(method, url, response, *args, **kwargs)
+
+    def sleep(self, response=None) -> None:
+        backoff = self.get_backoff_time()
+        if backoff > 0 and _clip(backoff, "retrying") < backoff:  # less time left than the backoff
+            raise Rejected("fetch_timeout", f"the next retry (after {backoff:g}s) would pass the time budget")
+        super().sleep(response)
+
+
+# --- the fetcher ------------------------------------------------------------------
+
+def _split_url(url: str):
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise Rejected("bad_url", f"{url!r} is not a valid URL: {exc}") from None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.Timeout, TimeoutError, ReadTimeoutError, ConnectTimeoutError)):
+            return True
+        reason = getattr(seen, "reason", None)
+        nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = reason if isinstance(reason, BaseException) else nested
+    return False
+
+
+class ImageFetcher:
+    """Fetches image bytes under a :class:`FetchPolicy`. Thread-safe; one per worker (create it in ``setup``)."""
+
+    def __init__(self, policy: FetchPolicy = FetchPolicy()):
+        self.policy = policy
+        for scheme in policy.allowed_schemes - {"file"}:
+            try:
+                FileSystems.get_filesystem(f"{scheme}://bucket/object")
+            except ValueError:
+                raise ValueError(f"--allow-image-schemes {scheme}: Beam has no filesystem for {scheme}:// here; "
+                                 f"install its extra (e.g. apache-beam[gcp] for gs)") from None
+        self._session = self._new_session()
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _new_session(self) -> requests.Session:
+        p = self.policy
+        session = requests.Session()
+        # No proxies from the environment (the guard must see the real peer) and no
+        # ~/.netrc credentials or cookies handed to seller-controlled hosts.
+        session.trust_env = False
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        # identity: compressed bodies could expand past the byte cap after it was checked.
+        session.headers.update({"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"})
+        retry = _BudgetRetry(total=p.retries, connect=p.retries, read=p.retries, status=p.retries, other=0,
+                             allowed_methods=frozenset({"GET"}), status_forcelist=RETRY_STATUSES,
+                             backoff_factor=p.backoff, backoff_max=p.total_timeout, raise_on_status=False,
+                             respect_retry_after_header=False)
+        adapter = GuardedAdapter(AddressGuard(p.allowed_hosts), pool_connections=p.concurrency,
+                                 pool_maxsize=p.concurrency, max_retries=retry)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+        self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public API --
+
+    def fetch(self, url: str) -> bytes:
+        """The bytes at ``url``, or :class:`Rejected` naming the cause and the URL."""
+        _budget.deadline = time.monotonic() + self.policy.total_timeout
+        _budget.total = self.policy.total_timeout
+        try:
+            return self._fetch(url)
+        except Rejected as exc:
+            message = str(exc) if str(url) in str(exc) else f"{url}: {exc}"
+            raise Rejected(exc.reason, message) from None
+        finally:
+            _budget.deadline = None
+
+    def fetch_many(self, urls: Iterable[str]) -> list[bytes | Exception]:
+        """Fetch concurrently (``policy.concurrency`` threads); bytes or the exception per URL, in input order."""
+        urls = list(urls)
+        if not urls:
+            return []
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.policy.concurrency, thread_name_prefix="imagescore-fetch")
+            executor = self._executor
+        return list(executor.map(self._fetch_or_error, urls))
+
+    def _fetch_or_error(self, url: str) -> bytes | Exception:
+        try:
+            return self.fetch(url)
+        except Exception as exc:  # noqa: BLE001 - returned, not raised: one bad URL must not cost the batch
+            return exc
+
+    # -- internals --
+
+    def _fetch(self, url: str) -> bytes:
+        if not isinstance(url, str) or not url.strip():
+            raise Rejected("bad_url", f"image URL must be a non-empty string, got {url!r}")
+        url = url.strip()
+        scheme = _split_url(url).scheme.lower() or "file"  # a bare path is a local file
+        if scheme in HTTP_SCHEMES:
+            return self._fetch_http(url)
+        if scheme in self.policy.allowed_schemes:
+            return self._fetch_storage(url, scheme)
+        allowed = ", ".join(sorted(HTTP_SCHEMES | self.policy.allowed_schemes))
+        raise Rejected("blocked_scheme", f"scheme {scheme!r} is not fetched (allowed: {allowed}); storage schemes "
+                                         f"such as gs or file must be enabled with --allow-image-schemes")
+
+    def _fetch_http(self, url: str) -> bytes:
+        current = url
+        for _ in range(self.policy.max_redirects + 1):
+            response = self._get(current)
+            try:
+                status = response.status_code
+                if status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise Rejected(f"http_{status}", f"{current} redirected (HTTP {status}) without a Location")
+                    target = urljoin(current, location)
+                    if _split_url(target).scheme.lower() not in HTTP_SCHEMES:
+                        raise Rejected("blocked_scheme", f"{current} redirected to {target!r}; redirects may "
+                                                         f"only lead to http(s)")
+                    current = target
+                    continue
+                if status != 200:
+                    raise Rejected(f"http_{status}", f"{current} answered HTTP {status} {response.reason or ''}".rstrip())
+                self._check_content_type(response, current)
+                return self._read_capped(response, current)
+            finally:
+                response.close()
+        raise Rejected("too_many_redirects", f"more than {self.policy.max_redirects} redirects (last: {current})")
+
+    def _get(self, url: str) -> requests.Response:
+        parts = _split_url(url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise Rejected("bad_url", f"{url!r}: {exc}") from None
+        if not parts.hostname:
+            raise Rejected("bad_url", f"{url!r} has no host")
+        timeout = (_clip(self.policy.connect_timeout, f"requesting {url}"),
+                   _clip(self.policy.read_timeout, f"requesting {url}"))
+        try:
+            return self._session.get(url, stream=True, allow_redirects=False, timeout=timeout)
+        except Rejected:
+            raise
+        except (requests.exceptions.InvalidURL, requests.exceptions.URLRequired,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
+            raise Rejected("bad_url", f"{url!r} is not a valid URL: {exc}") from None
+        except requests.RequestException as exc:
+            if _is_timeout(exc):
+                raise Rejected("fetch_timeout", f"{url} timed out (connect {self.policy.connect_timeout:g}s, "
+                                                f"read {self.policy.read_timeout:g}s, retries {self.policy.retries})") from None
+            raise Rejected("connection_error", f"{url} could not be fetched: {exc}") from None
+
+    def _check_content_type(self, response: requests.Response, url: str) -> None:
+        header = response.headers.get("Content-Type", "")
+        media = header.split(";")[0].strip().lower()
+        if not media or not any(fnmatch.fnmatchcase(media, pattern) for pattern in self.policy.allowed_content_types):
+            shown = f"Content-Type {header!r}" if header else "no Content-Type"
+            raise Rejected("bad_content_type", f"{url} has {shown}; expected one of "
+                                               f"{', '.join(sorted(self.policy.allowed_content_types))}")
+
+    def _too_large(self, url: str, size: str) -> Rejected:
+        return Rejected("too_large", f"{url} is {size}, over the cap of {self.policy.max_bytes} bytes "
+                                     f"(--max-image-bytes)")
+
+    def _read_capped(self, response: requests.Response, url: str) -> bytes:
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > self.policy.max_bytes:
+            raise self._too_large(url, f"{int(declared)} bytes by its Content-Length")
+        raw = response.raw
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            timeout = _clip(self.policy.read_timeout, f"{url} finished downloading after {total} bytes")
+            connection = raw.connection
+            if connection is not None and connection.sock is not None:
+                connection.sock.settimeout(timeout)  # each read waits at most what is left of the budget
+            try:
+                data = raw.read1(CHUNK_BYTES)
+            except (TimeoutError, ReadTimeoutError):
+                cause = (f"hit the time budget of {self.policy.total_timeout:g}s" if timeout < self.policy.read_timeout
+                         else f"sent nothing for {self.policy.read_timeout:g}s")
+                raise Rejected("fetch_timeout", f"{url} {cause} after {total} bytes") from None
+            except (ProtocolError, Urllib3HTTPError, OSError) as exc:
+                raise Rejected("connection_error", f"{url} body was cut off after {total} bytes: {exc}") from None
+            if not data:
+                return b"".join(chunks)
+            total += len(data)
+            if total > self.policy.max_bytes:
+                raise self._too_large(url, f"at least {total} bytes (aborted while streaming)")
+            chunks.append(data)
+
+    def _fetch_storage(self, url: str, scheme: str) -> bytes:
+        path = url
+        if scheme == "file" and "://" in url:
+            parts = _split_url(url)
+            if parts.netloc not in ("", "localhost"):
+                raise Rejected("bad_url", f"{url!r}: file URLs must not name a host (file:///path)")
+            path = unquote(parts.path)
+        try:
+            handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        except Exception as exc:  # noqa: BLE001 - each filesystem raises its own "not found" type
+            if not _exists(path):
+                raise Rejected("file_not_found", f"{path} does not exist") from None
+            raise Rejected("connection_error", f"{path} could not be opened: {exc}") from None
+        chunks: list[bytes] = []
+        total = 0
+        with handle:
+            while True:
+                _clip(None, f"{path} finished reading after {total} bytes")
+                try:
+                    data = handle.read(CHUNK_BYTES)
+                except Exception as exc:  # noqa: BLE001 - any storage error, named in the reason
+                    raise Rejected("connection_error", f"{path} could not be read after {total} bytes: {exc}") from None
+                if not data:
+                    return b"".join(chunks)
+                total += len(data)
+                if total > self.policy.max_bytes:
+                    raise self._too_large(path, f"at least {total} bytes (aborted while reading)")
+                chunks.append(data)
+
+
+def _exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # noqa: BLE001
+        return True  # cannot tell: report the open error itself
+
+
+# --- Beam ------------------------------------------------------------------------
+
+class _FetchBatchFn(beam.DoFn):
+    """Fetch a batch of items' thumbnails concurrently, so one slow server does not serialise the bundle."""
+
+    def __init__(self, policy: FetchPolicy, stage: str):
+        self._policy = policy
+        self._stage = stage
+        self._fetcher: ImageFetcher | None = None  # sessions and threads do not pickle: built in setup()
+        self._fetched = beam.metrics.Metrics.counter("imagescore", f"{stage}_fetched")
+        self._bytes = beam.metrics.Metrics.counter("imagescore", f"{stage}_bytes")
+
+    def setup(self) -> None:
+        self._fetcher = ImageFetcher(self._policy)
+
+    def teardown(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
+
+    def process(self, batch: list) -> Iterator:
+        assert self._fetcher is not None, "setup() was not called"
+        urls = [item.image_urls[0] if item.image_urls else "" for item in batch]
+        for item, result in zip(batch, self._fetcher.fetch_many(urls)):
+            if isinstance(result, bytes):
+                self._fetched.inc()
+                self._bytes.inc(len(result))
+                yield item, result
+            else:  # to_dead_letter counts deadletter_<stage>_<reason>
+                yield to_dead_letter(self._stage, result, item.payload, id=item.id)
+
+
+class FetchImages(beam.PTransform):
+    """``Item`` -> ``(Item, bytes)`` of its thumbnail (``image_urls[0]``), plus a tagged ``deadletter`` output.
+
+    Read ``result[FetchImages.MAIN]`` (or ``result.images``) and ``result[DEAD_LETTER]``.
+    Items are batched (``BatchElements``) and each batch is fetched by
+    ``policy.concurrency`` threads; every item leaves on exactly one of the two outputs.
+    """
+
+    MAIN = "images"
+
+    def __init__(self, policy: FetchPolicy = FetchPolicy(), stage: str = "fetch"):
+        super().__init__()
+        self._policy = policy
+        self._stage = stage
+
+    def expand(self, items):
+        return (items
+                | f"Batch[{self._stage}]" >> beam.BatchElements(
+                    min_batch_size=1, max_batch_size=max(1, 4 * self._policy.concurrency))
+                | f"Fetch[{self._stage}]" >> beam.ParDo(_FetchBatchFn(self._policy, self._stage)).with_outputs(
+                    DEAD_LETTER, main=self.MAIN))

@@ -1,0 +1,74 @@
+"""RunInference model handlers for local PyTorch models (GPU when there is one).
+
+Beam's ``RunInference`` owns batching (``min_batch_size``/``max_batch_size``)
+and loads the model once per worker through ``shared.Shared``; a handler only
+says how to load a model and how to run one batch of uint8 HWC arrays through
+it, in the shape of Beam's ``PytorchModelHandlerTensor``. Two models share that
+code: a :class:`~scoring.model.ScoreModel` (one score per image, for indexing)
+and a frozen :class:`~scoring.backbone.Backbone` (one embedding per image, for
+training data).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Generic, Iterable, Optional, Sequence, TypeVar
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from scoring.model import DEFAULT_MODEL, ScoreModel, load_model
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
+
+
+class TorchImageModelHandler(ModelHandler[np.ndarray, PredictionResult, ModelT], Generic[ModelT], abc.ABC):
+    """uint8 HWC images in, one :class:`PredictionResult` per image out, with the model's id as ``model_id``."""
+
+    def __init__(self, spec: str, device: str | None = None, *,
+                 min_batch_size: int | None = None, max_batch_size: int | None = None,
+                 max_batch_duration_secs: int | None = None, large_model: bool = False,
+                 model_copies: int | None = None):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
+                         model_copies=model_copies)
+        self._spec = spec
+        self._device = device
+
+    @abc.abstractmethod
+    def model_id(self, model: ModelT) -> str:
+        """The identifier and version each result carries."""
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: ModelT,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        images = torch.from_numpy(np.stack(batch)).to(model.device, non_blocking=True)
+        with torch.inference_mode():
+            outputs = model(images).float().cpu().numpy()
+        model_id = self.model_id(model)
+        return [PredictionResult(example, self.result_value(output), model_id)
+                for example, output in zip(batch, outputs)]
+
+    def result_value(self, output: np.ndarray) -> Any:
+        return output
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+
+class ScoreModelHandler(TorchImageModelHandler[ScoreModel]):
+    """Scores with the model ``--model`` names; ``inference`` is the score, a float in [0, 1]."""
+
+    def __init__(self, model_spec: str = DEFAULT_MODEL, device: str | None = None, **batching):
+        super().__init__(model_spec, device, **batching)
+
+    def load_model(self) -> ScoreModel:
+        return load_model(self._spec, self._device)
+
+    def model_id(self, model: ScoreModel) -> str:
+        return model.model_id
+
+    def result_value(self, output: np.ndarray) -> float:
+        return float(output)
+
+    def get_metrics_namespace(self) -> str:
+        return "imagescore_inference"
