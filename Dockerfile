@@ -7,12 +7,14 @@
 #     --image REGION-docker.pkg.dev/PROJECT/REPO/imagescore:latest \
 #     --sdk-language PYTHON --metadata-file templates/backfill.json
 #
+# One image per job: --build-arg JOB=collect (or embed) with --metadata-file templates/JOB.json.
 # For GPU workers build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # and run the job with --dataflow_service_options="worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver".
 FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS launcher
 
 FROM apache/beam_python3.11_sdk:2.77.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG JOB=backfill
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 
 WORKDIR /template
@@ -27,6 +29,6 @@ RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" torch==2.13.0 \
  && pip install --no-cache-dir -c constraints.txt .
 
 # The launcher runs this module to construct the job; the workers already have the package.
-ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipelines/backfill.py
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipelines/${JOB}.py
 ENV PYTHONPATH=/template
 ENTRYPOINT ["/opt/apache/beam/boot"]

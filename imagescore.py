@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("pipelines.embed", "embed images with a frozen CLIP backbone into Parquet"),
     "train": ("training.train", "train the MLP head with pairwise focal or CE loss"),
     "evaluate": ("training.evaluate", "OPA and CA of Image Score against the paper's baselines"),
+    "export-triton": ("scoring.export_triton", "export a score model as a Triton model repository"),
 }
 
 

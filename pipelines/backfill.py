@@ -27,11 +27,10 @@ from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
 from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions
 from pipelines.report import print_counters, ship_packages
-from scoring.model import model_info
 from transforms.deadletter import DEAD_LETTER, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
-from transforms.inference import ScoreModelHandler
+from transforms.inference import make_score_handler, score_model_info
 from transforms.items import Item, ParseItems
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
     bo, jo, io, mo, eo = (opts.view_as(c) for c in (
         BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(bo, jo, eo.es_url)
-    model_id, input_size = model_info(mo.model)
+    model_id, input_size = score_model_info(mo.model)
     now = datetime.fromisoformat(bo.now.replace("Z", "+00:00")) if bo.now else datetime.now(timezone.utc)
     since = now - timedelta(days=bo.days)
     es_config = EsConfig.from_env(url=eo.es_url, verify_certs=eo.es_verify_certs) if eo.es_url else None
@@ -143,9 +142,9 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
                          concurrency=io.fetch_concurrency)
     fetched = recent | "Fetch" >> FetchImages(policy)
     decoded = fetched.images | "Decode" >> DecodeImages(input_size, max_pixels=io.max_image_pixels)
-    handler = KeyedModelHandler(ScoreModelHandler(
+    handler = KeyedModelHandler(make_score_handler(
         mo.model, mo.device, min_batch_size=mo.min_batch_size, max_batch_size=mo.max_batch_size,
-        large_model=mo.large_model))
+        large_model=mo.large_model, triton_timeout_s=mo.triton_timeout, triton_retries=mo.triton_retries))
     records = (decoded.decoded
                | "Score" >> RunInference(handler)
                | "ToRecord" >> beam.ParDo(_ToScoreRecord()))
@@ -177,8 +176,14 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     build(pipeline, opts)
     result = pipeline.run()
     result.wait_until_finish()
-    print_counters(result, title="backfill")
+    totals = print_counters(result, title="backfill")
+    to_files = opts.view_as(JobIOOptions).output is not None
+    written = totals.get("scored", 0) if to_files else totals.get("es_written", 0)
+    skipped = sum(v for k, v in totals.items() if k.startswith("skipped_")) + totals.get("es_missing", 0)
+    print(f"backfill: read {totals.get('items_read', 0):,}, scored {totals.get('scored', 0):,}, "
+          f"written {written:,}, skipped {skipped:,}, dead-lettered {totals.get('deadlettered', 0):,}")
     return result
+
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

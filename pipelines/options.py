@@ -50,12 +50,17 @@ class ModelOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--model", dest="model", default=DEFAULT_MODEL,
-                            help="handcrafted (weight-free baseline, the default) or a training run directory")
+                            help="handcrafted (weight-free baseline, the default), a training run directory, or "
+                                 "triton://HOST:PORT/NAME[/VERSION] to score on a Triton server (gRPC port)")
         parser.add_argument("--device", dest="device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
         parser.add_argument("--min-batch-size", dest="min_batch_size", type=int, default=8)
         parser.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=64)
         parser.add_argument("--large-model", dest="large_model", action="store_true",
                             help="load one model per worker VM shared across processes (for GPU workers)")
+        parser.add_argument("--triton-timeout", dest="triton_timeout", type=float, default=60.0,
+                            help="seconds per Triton request")
+        parser.add_argument("--triton-retries", dest="triton_retries", type=int, default=5,
+                            help="retries of a batch on UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED")
 
 
 class ElasticsearchOptions(PipelineOptions):

@@ -70,6 +70,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
     elif os.path.isdir(spec):
         from scoring.checkpoint import load_run
         model = load_run(spec, device=device)
+    elif spec.startswith("triton://"):
+        raise ValueError(f"--model {spec!r} is served by Triton, not loaded locally; "
+                         "score through transforms.inference.make_score_handler")
     else:
         raise ValueError(
             f"--model {spec!r} is neither 'handcrafted' nor a training run directory; "

@@ -6,7 +6,10 @@ messages, text + ``image_url`` parts with inline JPEG data URLs, one
 ``Image k`` label per image) and refuses a bad one with an OpenAI-shaped 400.
 Replies come from recorded exchanges under ``tests/data/chat/`` (status,
 headers, body), played in order from a script, so tests can serve good,
-malformed, rate-limited, failing and slow answers.
+malformed, rate-limited, failing and slow answers. Once the script is empty a
+``responder`` (when given) answers from the images the request actually
+carried, so a whole simulated log can be labelled over HTTP; see
+``tests/pixel_judge.py``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +40,17 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering (timeouts)
 
 
+def completion(content: str, prompt_tokens: int, completion_tokens: int, model: str = "chat-double") -> Reply:
+    """A 200 reply in OpenAI's chat.completion shape carrying ``content`` as the assistant's text."""
+    return Reply(body={
+        "id": "chatcmpl-double", "object": "chat.completion", "created": 1714557600, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    })
+
+
 def recorded(name: str, delay: float = 0.0) -> Reply:
     """The recorded exchange ``tests/data/chat/<name>.json``."""
     data = json.loads((RECORDINGS / f"{name}.json").read_text(encoding="utf-8"))
@@ -51,14 +66,25 @@ class SeenRequest:
     image_sizes: list[tuple[int, int]]  # (width, height) of each image as sent
 
 
-class ChatDouble:
-    """``ChatDouble(script=[...], default=Reply)``; ``url`` is the base URL to pass as ``--base-url``."""
+# (number of images, the decoded images in request order) -> the reply to send.
+Responder = Callable[[int, list[Image.Image]], Reply]
 
-    def __init__(self, script: list[Reply] | None = None, default: Reply | None = None):
+
+class ChatDouble:
+    """``ChatDouble(script=[...], responder=fn, default=Reply)``; ``url`` is the base URL for ``--base-url``.
+
+    Each valid request is answered by the next scripted reply; when the script
+    is empty, by ``responder(n_images, images)``; without a responder, by
+    ``default``; without that, by a 500 saying the script ran out.
+    """
+
+    def __init__(self, script: list[Reply] | None = None, default: Reply | None = None,
+                 responder: Responder | None = None):
         self.script = list(script or [])
         self.default = default
+        self.responder = responder
         self.requests: list[SeenRequest] = []
-        self.errors: list[str] = []  # requests refused as malformed: tests assert this stays empty
+        self.errors: list[str] = []  # malformed requests and responder failures: tests assert it stays empty
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -89,16 +115,24 @@ class ChatDouble:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _next_reply(self) -> Reply:
+    def _next_reply(self, images: list[Image.Image]) -> Reply:
         with self._lock:
             if self.script:
                 return self.script.pop(0)
+        if self.responder is not None:
+            try:
+                return self.responder(len(images), images)
+            except Exception as exc:  # noqa: BLE001 - a broken responder is a test bug: record it, answer 500
+                message = f"chat double: responder failed: {type(exc).__name__}: {exc}"
+                with self._lock:
+                    self.errors.append(message)
+                return Reply(500, {"error": {"message": message, "type": "server_error"}})
         if self.default is None:
             return Reply(500, {"error": {"message": "chat double: script exhausted", "type": "server_error"}})
         return self.default
 
-    def check(self, path: str, raw: bytes) -> tuple[str, int, list[int]]:
-        """Validate one request; returns (model, image count, image (w, h)) or raises ValueError."""
+    def check(self, path: str, raw: bytes) -> tuple[str, list[Image.Image]]:
+        """Validate one request; returns (model, the fully decoded images in order) or raises ValueError."""
         if path != "/v1/chat/completions":
             raise ValueError(f"unknown path {path}")
         body = json.loads(raw)
@@ -131,7 +165,12 @@ class ChatDouble:
                         raise ValueError(f"bad base64 in data URL: {exc}") from None
                     if not data.startswith(b"\xff\xd8"):
                         raise ValueError("data URL does not hold a JPEG")
-                    images.append(Image.open(io.BytesIO(data)).size)
+                    try:
+                        image = Image.open(io.BytesIO(data))
+                        image.load()
+                    except OSError as exc:
+                        raise ValueError(f"data URL holds no decodable JPEG: {exc}") from None
+                    images.append(image)
                 else:
                     raise ValueError(f"unknown content part type {part.get('type')!r}")
         if not texts:
@@ -140,7 +179,7 @@ class ChatDouble:
             raise ValueError("no image in the request")
         if labels != list(range(1, len(images) + 1)):
             raise ValueError(f"image labels {labels} do not number the {len(images)} images 1..N")
-        return model, len(images), images
+        return model, images
 
     def _handler(self):
         double = self
@@ -166,19 +205,19 @@ class ChatDouble:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
-                    model, n_images, sizes = double.check(self.path, raw)
+                    model, images = double.check(self.path, raw)
                 except (ValueError, AttributeError, TypeError) as exc:
                     with double._lock:
                         double.errors.append(str(exc))
                     self._send(Reply(400, {"error": {"message": str(exc), "type": "invalid_request_error"}}))
                     return
                 with double._lock:
-                    double.requests.append(SeenRequest(model, n_images, self.headers.get("Authorization"),
-                                                       time.monotonic(), sizes))
+                    double.requests.append(SeenRequest(model, len(images), self.headers.get("Authorization"),
+                                                       time.monotonic(), [image.size for image in images]))
                     double.in_flight += 1
                     double.max_in_flight = max(double.max_in_flight, double.in_flight)
                 try:
-                    reply = double._next_reply()
+                    reply = double._next_reply(images)
                     if reply.delay:
                         time.sleep(reply.delay)
                     try:

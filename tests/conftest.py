@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.chat",
     "tests.fixtures.tiny_clip",
     "tests.fixtures.training",
+    "tests.fixtures.triton",
 ]
 
 # Tests never reach a model hub; loading code must work from local directories alone.

@@ -66,6 +66,15 @@ def test_wordnet_adjectives_are_lemmatised_and_adverbs_are_not_counted():
     assert finder.is_adjective_only("blurry") and not finder.is_adjective_only("white")
 
 
+def test_criterion_headings_of_the_prompt_are_not_counted_as_the_judges_adjectives():
+    finder = AdjectiveFinder(load_wordnet())
+    text = ("Color harmony: muted tones. Brightness: dark. Light and shadow: harsh. "
+            "Visual impact: weak; the product presentation is cluttered, sharp detail: fine.")
+    found = finder.adjectives(text)
+    assert {"muted", "dark", "harsh", "weak", "cluttered", "sharp", "fine"} <= set(found)
+    assert not {"visual", "light"} & set(found)
+
+
 def test_missing_wordnet_says_how_to_install_and_the_rest_of_the_report_is_written(tmp_path):
     windows, labels = _tiny_inputs(tmp_path)
     empty = tmp_path / "no-wordnet"

@@ -150,3 +150,18 @@ def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_pa
     assert len(scores) == sum(e.expect == "scored" for e in entries)
     assert {s["image_score_model"] for s in scores} == {model_id}
     assert all(0.0 <= s["image_score"] <= 1.0 for s in scores)
+
+
+def test_triton_model_gives_the_local_scores(catalog, tmp_path, triton_server):
+    """``--model triton://HOST:PORT/NAME``: the same records, the same scores, the same model id."""
+    root, server, entries = catalog
+    scores = {}
+    for name, model in (("local", "handcrafted"), ("triton", triton_server.spec())):
+        out = tmp_path / name
+        backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
+                      "--model", model, "--allow-image-hosts", server.host_port, "--now", NOW.isoformat()])
+        scores[name] = {s["id"]: (s["image_score"], s["image_score_model"]) for s in _jsonl(f"{out}/scores*.jsonl")}
+    assert scores["triton"].keys() == scores["local"].keys() and len(scores["local"]) > 10
+    for item_id, (score, model_id) in scores["local"].items():
+        assert scores["triton"][item_id][1] == model_id
+        assert abs(scores["triton"][item_id][0] - score) <= 1e-5

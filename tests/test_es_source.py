@@ -85,15 +85,16 @@ def test_one_slice_sends_no_slice_clause(es_double, es_config, es_client, es_ind
 
 
 def test_elements_are_source_json_with_the_id(es_config, es_client, es_index):
+    created = _ago(1)  # one timestamp: computing it twice can straddle a second boundary
     seed_items(es_client, es_index, {
-        "a": {"title": "no id field", "created_at": _ago(1)},
-        "b": {"id": "b", "title": "has its own id", "created_at": _ago(1)},
+        "a": {"title": "no id field", "created_at": created},
+        "b": {"id": "b", "title": "has its own id", "created_at": created},
     })
     pipeline = BeamTestPipeline(runner="DirectRunner")
     read = pipeline | ReadItemsFromElasticsearch(es_config, es_index, model_id=MODEL, slices=2)
     assert_that(read | beam.Map(json.loads), equal_to([
-        {"id": "a", "title": "no id field", "created_at": _ago(1)},
-        {"id": "b", "title": "has its own id", "created_at": _ago(1)},
+        {"id": "a", "title": "no id field", "created_at": created},
+        {"id": "b", "title": "has its own id", "created_at": created},
     ]))
     pipeline.run().wait_until_finish()
 

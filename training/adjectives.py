@@ -30,6 +30,9 @@ from functools import lru_cache
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
 INSTALL_HINT = "sudo apt-get install -y wordnet-base"
 _TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)*")
+# "Visual impact: ..." — the criterion headings a judge's rationale is organised under are
+# the prompt's words, not the judge's; counting them would rank "visual" and "light" first.
+_HEADING = re.compile(r"(?:^|(?<=[.!?;\n]))\s*[A-Z][A-Za-z]*(?:[ _-][a-z]+){0,3}\s*:")
 _MIN_LETTERS = 3
 
 
@@ -127,7 +130,7 @@ class AdjectiveFinder:
     def adjectives(self, text: str) -> list[str]:
         """Adjective lemmas of ``text`` in order of appearance (with repeats)."""
         found = []
-        for token in _TOKEN.findall(text.lower()):
+        for token in _TOKEN.findall(_HEADING.sub(" ", text).lower()):
             if len(token.replace("-", "")) < _MIN_LETTERS:
                 continue
             hit = self.lookup(token)

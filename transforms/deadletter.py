@@ -62,5 +62,6 @@ def to_dead_letter(stage: str, exc: BaseException, payload: Any, id: str | None 
     """The tagged output for an exception; :class:`Rejected` keeps its reason, anything else is ``unexpected_error``."""
     reason = exc.reason if isinstance(exc, Rejected) else "unexpected_error"
     id = id if id is not None else getattr(exc, "id", None)
+    beam.metrics.Metrics.counter("imagescore", "deadlettered").inc()
     beam.metrics.Metrics.counter("imagescore", f"deadletter_{stage}_{reason}").inc()
     return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(stage, reason, exc, payload, id=id))

@@ -166,7 +166,6 @@ class _DecodeFn(beam.DoFn):
         self._max_pixels = max_pixels
         self._stage = stage
         self._decoded = beam.metrics.Metrics.counter("imagescore", f"{stage}_decoded")
-        self._rejected = beam.metrics.Metrics.counter("imagescore", f"{stage}_rejected")
         self._bytes = beam.metrics.Metrics.distribution("imagescore", f"{stage}_input_bytes")
 
     def process(self, element) -> Iterator:
@@ -174,8 +173,7 @@ class _DecodeFn(beam.DoFn):
         try:
             self._bytes.update(len(data))
             array = decode_image(data, self._size, self._max_pixels)
-        except Exception as exc:  # every failure becomes a dead letter; nothing is dropped
-            self._rejected.inc()
+        except Exception as exc:  # every failure becomes a dead letter (counted there); nothing is dropped
             yield to_dead_letter(self._stage, exc, item.payload, id=item.id)
             return
         self._decoded.inc()

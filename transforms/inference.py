@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from scoring.model import DEFAULT_MODEL, ScoreModel, load_model
+from scoring.model import DEFAULT_MODEL, ScoreModel, load_model, model_info
+from transforms.triton_handler import TritonModelHandler, is_triton_spec, triton_model_info
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
@@ -72,3 +73,19 @@ class ScoreModelHandler(TorchImageModelHandler[ScoreModel]):
 
     def get_metrics_namespace(self) -> str:
         return "imagescore_inference"
+
+
+def score_model_info(spec: str) -> tuple[str, int]:
+    """``(model_id, input_size)`` of any ``--model``; a ``triton://`` spec asks the server."""
+    return triton_model_info(spec) if is_triton_spec(spec) else model_info(spec)
+
+
+def make_score_handler(spec: str, device: str | None = None, *, min_batch_size: int | None = None,
+                       max_batch_size: int | None = None, large_model: bool = False,
+                       triton_timeout_s: float = 60.0, triton_retries: int = 5) -> ModelHandler:
+    """The local PyTorch handler, or the Triton gRPC one for ``triton://HOST:PORT/NAME``."""
+    if is_triton_spec(spec):
+        return TritonModelHandler(spec, timeout_s=triton_timeout_s, num_retries=triton_retries,
+                                  min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+    return ScoreModelHandler(spec, device, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                             large_model=large_model)
