@@ -25,7 +25,7 @@ from es.bulk_writer import WriteToElasticsearch, update_action
 from es.client import EsConfig, make_client
 from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
-from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions
+from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, help_requested
 from pipelines.report import print_counters, ship_packages
 from transforms.deadletter import DEAD_LETTER, dead_letter
 from transforms.decode import DecodeImages
@@ -170,6 +170,9 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
 
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     """Parse flags, run the backfill to completion, print what happened."""
+    if help_requested(argv, "imagescore backfill", __doc__.split("\n\n")[0], BackfillOptions, JobIOOptions,
+                      ImageOptions, ModelOptions, ElasticsearchOptions):
+        return None
     opts = PipelineOptions(argv)
     ship_packages(opts)
     pipeline = beam.Pipeline(options=opts)

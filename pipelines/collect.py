@@ -15,7 +15,6 @@ written to ``summary.json`` with the invariants they satisfy.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import JobIOOptions
+from pipelines.options import JobIOOptions, help_requested
 from pipelines.report import counters
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
@@ -448,17 +447,8 @@ def write_summary(output: str, summary: dict) -> None:
         fh.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
 
 
-def _print_help() -> None:
-    parser = argparse.ArgumentParser(prog="imagescore collect", description=__doc__.split("\n\n")[0],
-                                     epilog="Beam flags (--runner, --project, --region, --temp_location, "
-                                            "--direct_running_mode, ...) pass through unchanged.")
-    CollectOptions._add_argparse_args(parser)
-    parser.print_help()
-
-
 def run(argv: list[str] | None = None) -> int:
-    if argv is not None and ("-h" in argv or "--help" in argv):
-        _print_help()
+    if help_requested(argv, "imagescore collect", __doc__.split("\n\n")[0], CollectOptions, JobIOOptions):
         return 0
     options = PipelineOptions(argv)
     opts = options.view_as(CollectOptions)

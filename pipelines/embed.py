@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import ImageOptions, JobIOOptions, ModelOptions
+from pipelines.options import ImageOptions, JobIOOptions, ModelOptions, help_requested
 from pipelines.report import print_counters, ship_packages
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
@@ -247,6 +247,9 @@ def summarize(totals: dict[str, int]) -> dict[str, int]:
 
 def run(argv: list[str] | None = None):
     """Parse flags, run the job to completion, print what happened."""
+    if help_requested(argv, "imagescore embed", __doc__.split("\n\n")[0], EmbedOptions, JobIOOptions,
+                      ImageOptions, ModelOptions):
+        return None
     opts = PipelineOptions(argv)
     if not opts.view_as(StandardOptions).runner:
         opts.view_as(StandardOptions).runner = "DirectRunner"

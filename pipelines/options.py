@@ -7,6 +7,7 @@ from the environment (see ``es.client``).
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -78,3 +79,21 @@ class ElasticsearchOptions(PipelineOptions):
         parser.add_argument("--es-max-bytes", dest="es_max_bytes", type=int, default=5 * 1024 * 1024,
                             help="bytes per bulk request at most")
 
+
+
+def help_requested(argv: list[str] | None, prog: str, description: str, *option_classes: type) -> bool:
+    """Print a job's flags for ``-h``/``--help`` and return True.
+
+    Beam's own parser only knows ``-h`` when it parses, so the job's option
+    classes are laid out here in one help text.
+    """
+    if not argv or not {"-h", "--help"} & set(argv):
+        return False
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog="Beam flags (--runner, --project, --region, --temp_location, --direct_running_mode, ...) "
+               "pass through unchanged.")
+    for cls in option_classes:
+        cls._add_argparse_args(parser.add_argument_group(cls.__name__))
+    parser.print_help()
+    return True
