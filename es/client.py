@@ -126,11 +126,14 @@ class EsConfig:
 
     @classmethod
     def from_env(cls, url: str | None = None, **overrides: Any) -> EsConfig:
-        """Config from ``$ES_URL``, ``$ES_CA_CERTS`` and ``$ES_VERIFY_CERTS`` (explicit arguments win)."""
+        """Config from ``$ES_URL`` and ``$ES_VERIFY_CERTS`` (explicit arguments win).
+
+        ``$ES_CA_CERTS`` is not captured here: it names a file on the machine that
+        connects, so :func:`make_client` reads it on the worker.
+        """
         values: dict[str, Any] = {
             "url": url or default_es_url(),
             "verify_certs": _env_flag(VERIFY_CERTS_ENV, True),
-            "ca_certs": os.environ.get(CA_CERTS_ENV) or None,
         }
         values.update(overrides)
         return cls(**values)

@@ -10,7 +10,7 @@ The query keeps items with ``created_at`` in the last ``days`` whose
 so a rerun skips what an earlier run already scored.
 
 Elements are the JSON text of each hit's ``_source``, with ``id`` set from ``_id``
-when the source has none; the pipeline parses and validates them like any item message.
+(the document the score is written back to); the pipeline parses and validates them like any item message.
 The PIT is closed once every slice has been read. If a worker dies first, the PIT
 expires on its own after ``keep_alive`` of inactivity.
 """
@@ -53,7 +53,7 @@ def backfill_query(cutoff: str, model_id: str) -> dict[str, Any]:
 
 def _source_text(hit: dict) -> str:
     source = dict(hit.get("_source") or {})
-    source.setdefault("id", hit["_id"])
+    source["id"] = hit["_id"]  # the document id is the contract: scores are written back to it
     return json.dumps(source, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -177,4 +177,6 @@ class ReadItemsFromElasticsearch(beam.PTransform):
         _ = (read[SLICE_DONE]
              | "CountSlices" >> beam.CombinePerKey(sum)
              | "ClosePit" >> beam.ParDo(_ClosePitFn(self._config)))
-        return read["items"]
+        # Break fusion: otherwise fetching and scoring a page would run between two searches of the
+        # same PIT, and a slow page would outlive keep_alive and fail the read for good.
+        return read["items"] | "DecoupleFromPit" >> beam.Reshuffle()

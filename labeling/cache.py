@@ -17,11 +17,17 @@ from pathlib import Path
 
 
 def cache_key(*, prompt_version: str, prompt_sha256: str, model: str, image_urls: Sequence[str],
-              image_size: int, repeat: int) -> str:
-    """sha256 over the canonical JSON of everything that determines a window's answer."""
+              image_size: int, repeat: int, endpoint: str = "", sampling: dict | None = None) -> str:
+    """sha256 over the canonical JSON of everything that determines a window's answer.
+
+    ``endpoint`` (two servers may serve different weights under one model name)
+    and ``sampling`` (temperature, max_tokens) are part of it, so a rerun with
+    other settings asks again instead of reusing answers it did not ask for.
+    """
     material = json.dumps({
         "prompt_version": prompt_version, "prompt_sha256": prompt_sha256, "model": model,
         "image_urls": list(image_urls), "image_size": image_size, "repeat": repeat,
+        "endpoint": endpoint, "sampling": sampling or {},
     }, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 

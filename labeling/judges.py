@@ -68,10 +68,14 @@ class HttpJudge:
 
     def _key(self, window: Window, repeat: int) -> str:
         return cache_key(prompt_version=self.prompt.version, prompt_sha256=self.prompt.sha256, model=self.model,
-                         image_urls=window.image_urls, image_size=self.image_size, repeat=repeat)
+                         image_urls=window.image_urls, image_size=self.image_size, repeat=repeat,
+                         endpoint=self.client.base_url,
+                         sampling={"temperature": self.client.temperature, "max_tokens": self.client.max_tokens})
 
     def _response_row(self, window: Window, repeat: int, reply: ChatReply | None, cached: bool,
-                      error: Rejected | None, content: str | None = None, usage: dict | None = None) -> dict:
+                      error: Rejected | None, content: str | None = None, usage: dict | None = None,
+                      parsed_as: str | None = None) -> dict:
+        """One ``responses.jsonl`` row; ``parsed_as`` says how the scores were read (``json`` or ``n_of_10``)."""
         if reply is not None:
             content = reply.content
             usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
@@ -82,6 +86,7 @@ class HttpJudge:
             "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0},
             "content": redact(content) if content is not None else None,
             "error": None if error is None else {"reason": error.reason, "message": redact(str(error))},
+            "parsed_as": parsed_as,
         }
 
     def judge(self, window: Window, repeats: int) -> WindowOutcome:
@@ -98,7 +103,7 @@ class HttpJudge:
                     entry = None  # a stale entry the parser no longer accepts: judge again
                 else:
                     outcome.responses.append(self._response_row(
-                        window, repeat, None, True, None, entry.get("content"), entry.get("usage")))
+                        window, repeat, None, True, None, entry.get("content"), entry.get("usage"), parsed.method))
                     outcome.repeats.append(RepeatResult(repeat, parsed.scores, parsed.rationales))
                     continue
             try:
@@ -132,7 +137,8 @@ class HttpJudge:
                 if attempt == self.malformed_retries:
                     raise
                 continue
-            outcome.responses.append(self._response_row(window, repeat, reply, False, None))
+            outcome.responses.append(self._response_row(window, repeat, reply, False, None,
+                                                        parsed_as=parsed.method))
             return parsed, reply
         raise AssertionError("unreachable: the loop returns or raises")
 

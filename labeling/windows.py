@@ -1,7 +1,8 @@
-"""Read the SERP windows that ``imagescore collect`` wrote (``windows*.jsonl``)."""
+"""Read the SERP windows that ``imagescore collect`` wrote (``windows*.jsonl`` or ``windows*.parquet``)."""
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -68,14 +69,24 @@ def window_files(patterns: Sequence[str]) -> list[str]:
     return files
 
 
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(number, JSON line) of a JSONL file, or of each row of collect's ``--format parquet`` output."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield number, json.dumps(row)
+        return
+    with open(path, encoding="utf-8") as handle:
+        yield from enumerate(handle, start=1)
+
+
 def read_windows(files: Sequence[str]) -> Iterator[Window | tuple[Rejected, str]]:
-    """Every non-blank line of ``files``: a Window, or (Rejected, line) for a line that is not one."""
+    """Every non-blank line (or Parquet row) of ``files``: a Window, or (Rejected, line) for one that is not."""
     for path in files:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield parse_window(line.rstrip("\n"))
-                except Rejected as exc:
-                    yield Rejected(exc.reason, f"{path}:{number}: {exc}"), line.rstrip("\n")
+        for number, line in _lines(path):
+            if not line.strip():
+                continue
+            try:
+                yield parse_window(line.rstrip("\n"))
+            except Rejected as exc:
+                yield Rejected(exc.reason, f"{path}:{number}: {exc}"), line.rstrip("\n")

@@ -27,11 +27,11 @@ from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
 from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, help_requested
 from pipelines.report import print_counters, ship_packages
-from transforms.deadletter import DEAD_LETTER, dead_letter
+from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
 from transforms.inference import make_score_handler, score_model_info
-from transforms.items import Item, ParseItems
+from transforms.items import Item, ParseItems, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--days", type=int, default=90, help="score items created in the last N days")
         parser.add_argument("--es-slices", dest="es_slices", type=int, default=8,
                             help="point-in-time slices, so the read splits across workers")
+        parser.add_argument("--es-pit-keep-alive", dest="es_pit_keep_alive", default="10m",
+                            help="how long the point in time lives between two page reads (Elasticsearch time unit)")
         parser.add_argument("--deadletter", help="directory or gs:// prefix for deadletter*.jsonl "
                                                  "(required when writing to Elasticsearch; default DIR/deadletter with --output)")
         parser.add_argument("--now", help="the reference time for --days (ISO 8601; default: now). For reproducible runs")
@@ -58,7 +60,7 @@ def _scored_at() -> str:
 
 def score_record(item: Item, score: float, model_id: str) -> dict:
     """The record written to ``scores*.jsonl`` and, as a partial update, to Elasticsearch."""
-    return {"id": item.id, "image_score": round(score, 6), "image_score_model": model_id,
+    return {"id": item.id, "image_score": float(score), "image_score_model": model_id,
             "image_scored_at": _scored_at()}
 
 
@@ -94,6 +96,7 @@ def _bulk_lines(record: dict, index: str) -> str:
 
 def _dead_letter_from_write(failure) -> dict:
     record, reason, error = failure
+    count_dead_letter("index", reason)
     return dead_letter("index", reason, error, record, id=record.get("id"))
 
 
@@ -125,15 +128,18 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
         BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(bo, jo, eo.es_url)
     model_id, input_size = score_model_info(mo.model)
-    now = datetime.fromisoformat(bo.now.replace("Z", "+00:00")) if bo.now else datetime.now(timezone.utc)
+    now = parse_time(bo.now, "--now") if bo.now else datetime.now(timezone.utc)
     since = now - timedelta(days=bo.days)
-    es_config = EsConfig.from_env(url=eo.es_url, verify_certs=eo.es_verify_certs) if eo.es_url else None
+    es_config = EsConfig.from_env(url=eo.es_url, **(
+        {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
 
     if bo.source == "files":
-        payloads = pipeline | "ReadFiles" >> beam.io.ReadFromText(jo.input)
+        # Bytes, not text: one line in another encoding is a dead letter, not a failed job.
+        payloads = pipeline | "ReadFiles" >> beam.io.ReadFromText(jo.input, coder=beam.coders.BytesCoder())
     else:
         payloads = pipeline | "ReadIndex" >> ReadItemsFromElasticsearch(
-            es_config, eo.es_index, days=bo.days, model_id=model_id, slices=bo.es_slices, now=now)
+            es_config, eo.es_index, days=bo.days, model_id=model_id, slices=bo.es_slices, now=now,
+            keep_alive=bo.es_pit_keep_alive)
 
     parsed = payloads | "Parse" >> ParseItems()
     recent = parsed.items | "KeepRecent" >> beam.ParDo(_KeepRecent(since))

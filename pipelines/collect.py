@@ -38,7 +38,6 @@ from transforms.items import json_object
 log = logging.getLogger("imagescore.collect")
 STAGE = "collect"
 NAMESPACE = "imagescore"
-SPLITS = ("train", "validation", "test")
 
 # Counter names (also the keys of summary.json "counts"). SERP-level drops:
 SERPS_IN = "serps_in"                              # well-formed SERPs (after parsing)
@@ -269,9 +268,13 @@ class WindowFn(beam.DoFn):
             yield {**window, "split": split}
 
 
-def impressions(serp: dict, cutoff: datetime) -> Iterable[tuple[str, tuple[int, int]]]:
-    """(item_id, (1, clicked)) for every item of a SERP logged strictly before ``cutoff``."""
-    if parse_ts(serp["ts"]) >= cutoff:
+def impressions(serp: dict, cutoff: datetime, split_args: tuple) -> Iterable[tuple[str, tuple[int, int]]]:
+    """(item_id, (1, clicked)) for every item of a train-split SERP logged strictly before ``cutoff``.
+
+    Validation and test SERPs never count, whatever their time: otherwise the
+    CTR-highest baseline would be graded on clicks it has already seen.
+    """
+    if parse_ts(serp["ts"]) >= cutoff or assign_split(serp["serp_id"], *split_args) != "train":
         return
     for item in serp["items"]:
         yield item["item_id"], (1, int(item["clicked"]))
@@ -332,7 +335,7 @@ class CollectWindows(beam.PTransform):
                "deadletter": parsed[DEAD_LETTER]}
         if self._ctr_cutoff is not None:
             out["ctr"] = (serps
-                          | "Impressions" >> beam.FlatMap(impressions, self._ctr_cutoff)
+                          | "Impressions" >> beam.FlatMap(impressions, self._ctr_cutoff, self._window_args[4:])
                           | "SumPerItem" >> beam.CombinePerKey(SumPairs())
                           | "CtrRecord" >> beam.Map(ctr_record))
         return out

@@ -79,18 +79,51 @@ highest first. {len(dead)} items could not be scored (below).</p>
     return html_path, png_path
 
 
+def index_catalog(entries: list, es_url: str, index: str) -> int:
+    """Store the catalog's well-formed items in ``index``, as an item indexer would; returns how many.
+
+    Records an indexer would refuse (broken JSON, no id, a date that is not a
+    date) stay out; the rest, hostile URLs included, go in for the backfill.
+    """
+    from elasticsearch import helpers
+
+    from es.client import EsConfig, make_client
+    from es.mapping import score_properties
+    docs = []
+    for entry in entries:
+        try:
+            record = json.loads(entry.record)
+        except ValueError:
+            continue
+        if record.get("id") and entry.expect != "bad_date":
+            docs.append({"_index": index, "_id": record["id"], "_source": record})
+    client = make_client(EsConfig.from_env(url=es_url))
+    try:
+        if not client.indices.exists(index=index):
+            client.indices.create(index=index, mappings={"properties": {
+                "created_at": {"type": "date"}, "title": {"type": "text"}, **score_properties()}})
+        helpers.bulk(client, docs, refresh="wait_for")
+    finally:
+        client.close()
+    return len(docs)
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imagescore demo", description=__doc__)
     parser.add_argument("--output", default="demo_output", help="where the catalog, scores and contact sheet go")
     parser.add_argument("--seed", type=int, default=7, help="catalog seed (the catalog is reproducible)")
     parser.add_argument("--products", type=int, default=160, help="procedurally drawn product photos")
     parser.add_argument("--model", default="handcrafted", help="--model passed to the backfill")
+    parser.add_argument("--es-url", help="also index the catalog into this Elasticsearch and run the backfill "
+                                         "against it (credentials from ES_API_KEY or ES_USERNAME/ES_PASSWORD)")
+    parser.add_argument("--es-index", default="imagescore-demo", help="index for --es-url (created if missing)")
     args, beam_args = parser.parse_known_args(argv)
 
     out = Path(args.output).resolve()
     root = out / "catalog"
-    for stale in glob.glob(str(out / "scores*")) + glob.glob(str(out / "bulk*")) + glob.glob(str(out / "deadletter" / "*")):
-        os.remove(stale)
+    for pattern in ("scores*", "bulk*", "deadletter/*", "deadletter-es/*"):
+        for stale in glob.glob(str(out / pattern)):
+            os.remove(stale)
     root.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
     with ImageServer(root) as server:
@@ -102,6 +135,12 @@ def run(argv: list[str] | None = None) -> int:
         backfill.run(["--source", "files", "--input", str(items_path), "--output", str(out),
                       "--model", args.model, "--allow-image-hosts", server.host_port,
                       "--now", now.isoformat(), *beam_args])
+        if args.es_url:
+            indexed = index_catalog(entries, args.es_url, args.es_index)
+            print(f"\nindexed {indexed} catalog items into {args.es_index}; scoring them from the index")
+            backfill.run(["--source", "es", "--es-url", args.es_url, "--es-index", args.es_index,
+                          "--deadletter", str(out / "deadletter-es"), "--model", args.model,
+                          "--allow-image-hosts", server.host_port, *beam_args])
 
     scores = read_jsonl(str(out / "scores*.jsonl"))
     dead = read_jsonl(str(out / "deadletter" / "deadletter*.jsonl"))
@@ -116,9 +155,11 @@ def run(argv: list[str] | None = None) -> int:
     skipped = len(entries) - len(scores) - len(dead)
     print(f"\nscored {len(scores)}, dead-lettered {len(dead)}, skipped {skipped} of {len(entries)} items")
     print(f"  scores:        {out}/scores*.jsonl")
-    print(f"  bulk NDJSON:   {out}/bulk*.ndjson  (curl -H 'Content-Type: application/x-ndjson' "
-          f"--data-binary @FILE $ES_URL/_bulk)")
+    print(f"  bulk NDJSON:   {out}/bulk*.ndjson  (partial updates: POST to $ES_URL/_bulk of a cluster "
+          f"that holds these items)")
     print(f"  dead letters:  {out}/deadletter/deadletter*.jsonl")
+    if args.es_url:
+        print(f"  Elasticsearch: {args.es_index} at {args.es_url} (dead letters: {out}/deadletter-es/)")
     print(f"  contact sheet: {html_path}\n                 {png_path}")
     return 0
 

@@ -72,8 +72,9 @@ class ElasticsearchOptions(PipelineOptions):
         parser.add_argument("--es-url", dest="es_url", default=os.environ.get("ES_URL"),
                             help="Elasticsearch URL (default: $ES_URL)")
         parser.add_argument("--es-index", dest="es_index", default="items", help="index holding the items")
-        parser.add_argument("--es-no-verify-certs", dest="es_verify_certs", action="store_false",
-                            help="do not verify TLS certificates (CA bundle: $ES_CA_CERTS)")
+        parser.add_argument("--es-no-verify-certs", dest="es_verify_certs", action="store_const", const=False,
+                            default=None, help="do not verify TLS certificates (default: $ES_VERIFY_CERTS, else "
+                                               "verify; CA bundle: $ES_CA_CERTS on the workers)")
         parser.add_argument("--es-max-docs", dest="es_max_docs", type=int, default=500,
                             help="documents per bulk request at most")
         parser.add_argument("--es-max-bytes", dest="es_max_bytes", type=int, default=5 * 1024 * 1024,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
 
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
@@ -13,7 +13,8 @@ def ship_packages(opts: PipelineOptions) -> None:
     """On Dataflow, install this project on the workers from ``setup.py`` unless a setup file or image is given."""
     runner = (opts.view_as(StandardOptions).runner or "").lower()
     setup = opts.view_as(SetupOptions)
-    if "dataflow" in runner and setup.setup_file is None and os.path.exists(SETUP_PY):
+    image = opts.view_as(WorkerOptions).sdk_container_image
+    if "dataflow" in runner and setup.setup_file is None and not image and os.path.exists(SETUP_PY):
         setup.setup_file = SETUP_PY
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from scoring.model import check_batch, resolve_device
+from scoring.model import ImageModule, check_batch, resolve_device
 from scoring.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocess, PreprocessConfig
 
 SPEC_HELP = ("use hf:<hub id or local dir> (or a bare local dir), open_clip:<arch>/<pretrained tag or checkpoint>, "
@@ -44,7 +44,7 @@ RINNA_MEAN = (0.48145466, 0.4578275, 0.40821073)
 RINNA_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class Backbone(torch.nn.Module):
+class Backbone(ImageModule):
     """A frozen image encoder: ``forward(uint8 NHWC [N, S, S, 3]) -> float32 [N, embed_dim]``."""
 
     #: stable identifier incl. the source and a hash of the weights, stored next to every embedding
@@ -62,12 +62,8 @@ class Backbone(torch.nn.Module):
         self.normalize = normalize
 
     @property
-    def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
-        return torch.device("cpu")
+    def identifier(self) -> str:
+        return self.backbone_id
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Unnormalised embeddings of a checked uint8 NHWC batch; subclasses implement it."""

@@ -236,7 +236,8 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
     if not name or "/" in name or os.sep in name or name.startswith("."):
         raise ValueError(f"--name {name!r} is not a usable directory name for a Triton model")
     if isinstance(model, str):
-        model = load_model(model, "cpu")
+        # Loaded where it will be traced, so a GPU export keeps the GPU path's precision (fp16 backbones).
+        model = load_model(model, device)
     model_dir = os.path.join(repository, name)
     version_dir = os.path.join(model_dir, str(version))
     if os.path.exists(version_dir) and not overwrite:

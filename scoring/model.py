@@ -11,10 +11,38 @@ import abc
 import itertools
 import os
 
+import numpy as np
 import torch
 
 
-class ScoreModel(torch.nn.Module, abc.ABC):
+class ImageModule(torch.nn.Module):
+    """A frozen module that takes uint8 NHWC images: the shared part of score models and backbones."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's tensors live; inputs are moved there before ``forward``."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def identifier(self) -> str:
+        """The id written next to every output (``model_id`` or ``backbone_id``)."""
+        raise AttributeError(f"{type(self).__name__} has no identifier")
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+        """``(float32 outputs, identifier)`` for a uint8 NHWC numpy batch: what RunInference calls.
+
+        A method rather than attribute reads, because a model shared across
+        processes (``--large-model``) is reached through a proxy that forwards
+        method calls only.
+        """
+        batch = torch.from_numpy(images).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            return self(batch).float().cpu().numpy(), self.identifier
+
+
+class ScoreModel(ImageModule, abc.ABC):
     """Base class: ``forward(uint8 [N, H, W, 3]) -> float32 [N]`` in [0, 1]."""
 
     #: identifier and version written to ``image_score_model``, e.g. ``handcrafted-v1``
@@ -23,11 +51,8 @@ class ScoreModel(torch.nn.Module, abc.ABC):
     input_size: int = 224
 
     @property
-    def device(self) -> torch.device:
-        """Where the model's tensors live; inputs are moved there before ``forward``."""
-        for tensor in itertools.chain(self.parameters(), self.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+    def identifier(self) -> str:
+        return self.model_id
 
     @abc.abstractmethod
     def forward(self, images: torch.Tensor) -> torch.Tensor:

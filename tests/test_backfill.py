@@ -165,3 +165,31 @@ def test_triton_model_gives_the_local_scores(catalog, tmp_path, triton_server):
     for item_id, (score, model_id) in scores["local"].items():
         assert scores["triton"][item_id][1] == model_id
         assert abs(scores["triton"][item_id][0] - score) <= 1e-5
+
+
+def test_a_line_in_another_encoding_is_a_dead_letter_not_a_failed_job(tmp_path):
+    items = tmp_path / "items.jsonl"
+    good = {"id": "ok", "image_urls": ["file:///etc/passwd"], "created_at": "2026-11-19T00:00:00Z"}
+    items.write_bytes(b'{"id": "latin", "title": "caf\xe9", "image_urls": ["https://x/a.jpg"], '
+                      b'"created_at": "2026-11-19T00:00:00Z"}\n' + json.dumps(good).encode() + b"\n")
+    out = tmp_path / "out"
+    result = backfill.run(["--source", "files", "--input", str(items), "--output", str(out),
+                           "--now", "2026-11-20T00:00:00"])  # a naive --now is taken as UTC
+    dead = sorted(((d["id"] or ""), d["reason"]) for d in _jsonl(f"{out}/deadletter/deadletter*.jsonl"))
+    assert dead == [("", "bad_encoding"), ("ok", "blocked_scheme")]
+    assert counters(result)["deadlettered"] == 2
+
+
+@pytest.mark.parametrize("argv, shipped", [
+    (["--runner", "DataflowRunner"], True),
+    (["--runner", "DataflowRunner", "--sdk_container_image", "r/imagescore:1"], False),  # the image has the code
+    (["--runner", "DataflowRunner", "--setup_file", "/elsewhere/setup.py"], False),
+    ([], False),
+])
+def test_setup_py_is_shipped_only_to_dataflow_workers_without_an_image(argv, shipped):
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    from pipelines.report import SETUP_PY, ship_packages
+    opts = PipelineOptions(argv)
+    ship_packages(opts)
+    assert (opts.view_as(SetupOptions).setup_file == SETUP_PY) is shipped

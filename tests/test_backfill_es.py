@@ -86,3 +86,21 @@ def test_index_source_scores_then_rerun_skips_scored_items(catalog, es_url, es_c
     # Only the items that could not be scored are read again.
     assert second.get("items_read", 0) == len(in_window) - len(scored)
     assert second.get("es_written", 0) == 0
+
+
+def test_demo_against_elasticsearch(es_url, es_client, tmp_path, capsys):
+    """The laptop walkthrough: the demo indexes its catalog and scores it from the index."""
+    from pipelines import demo
+    index = f"imagescore-demo-{tmp_path.name[-8:].lower()}"
+    try:
+        assert demo.run(["--output", str(tmp_path / "out"), "--products", "6", "--es-url", es_url,
+                         "--es-index", index]) == 0
+        es_client.indices.refresh(index=index)
+        scored = es_client.search(index=index, query={"exists": {"field": "image_score"}}, size=100)["hits"]["hits"]
+        files = _jsonl(str(tmp_path / "out" / "scores*.jsonl"))
+        assert {h["_id"] for h in scored} == {s["id"] for s in files}  # the same items as the file run
+        dead = _jsonl(str(tmp_path / "out" / "deadletter-es" / "deadletter*.jsonl"))
+        assert {d["reason"] for d in dead} >= {"blocked_address", "blocked_scheme", "not_an_image"}
+        assert "Elasticsearch:" in capsys.readouterr().out
+    finally:
+        es_client.options(ignore_status=404).indices.delete(index=index)

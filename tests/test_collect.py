@@ -210,11 +210,25 @@ def test_ctr_uses_only_logs_before_the_cutoff(tmp_path):
         json.dumps(serp([item(1, clicked=True), item(2)], serp_id="c", ts="2024-01-10T00:00:00Z")),  # at cutoff
         json.dumps(serp([item(1, clicked=True), item(3)], serp_id="d", ts="2024-02-01T00:00:00Z")),
     ]
-    _, read = _run(tmp_path, lines, "--ctr-cutoff", "2024-01-10T00:00:00Z")
+    _, read = _run(tmp_path, lines, "--ctr-cutoff", "2024-01-10T00:00:00Z",
+                   "--train-fraction", "1", "--validation-fraction", "0")
     ctr = {r["item_id"]: r for r in read("ctr")}
     assert set(ctr) == {"i1", "i2"}  # i3 only appears after the cutoff
     assert (ctr["i1"]["impressions"], ctr["i1"]["clicks"], ctr["i1"]["ctr"]) == (2, 1, 0.5)
     assert (ctr["i2"]["impressions"], ctr["i2"]["clicks"]) == (2, 1)
+
+
+def test_ctr_never_counts_validation_or_test_serps(tmp_path):
+    """The CTR baseline is evaluated on test windows: their own clicks must not be in its table."""
+    ids = [f"s{i}" for i in range(40)]
+    splits = {i: collect.assign_split(i, 0.5, 0.25) for i in ids}
+    lines = [json.dumps(serp([item(1, clicked=True), item(2)], serp_id=i, ts="2024-01-01T00:00:00Z")) for i in ids]
+    _, read = _run(tmp_path, lines, "--ctr-cutoff", "2024-02-01T00:00:00Z",
+                   "--train-fraction", "0.5", "--validation-fraction", "0.25")
+    ctr = {r["item_id"]: r for r in read("ctr")}
+    train = sum(s == "train" for s in splits.values())
+    assert 0 < train < len(ids)
+    assert ctr["i1"]["impressions"] == ctr["i1"]["clicks"] == train
 
 
 def test_parquet_output_has_the_window_schema(tmp_path):

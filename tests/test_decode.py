@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from PIL import Image
+from PIL import EpsImagePlugin, Image, features
 
 from transforms.deadletter import DEAD_LETTER, Rejected
-from transforms.decode import DecodeImages, center_square, decode_image, open_rgb
+from transforms.decode import (
+    ALLOWED_FORMATS,
+    DecodeImages,
+    center_square,
+    decode_image,
+    open_rgb,
+)
 from transforms.items import parse_item
 
 SIZE = 64
@@ -42,10 +48,10 @@ def rejected(data: bytes, **kwargs) -> Rejected:
 def test_every_mode_decodes_to_rgb_uint8_with_the_content_kept(mode):
     base = gradient()
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
         assert img.mode == "I;16"
     elif mode == "I":
-        img = Image.fromarray((np.asarray(base.convert("L"), dtype=np.int32) * 257))
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.int32) * 257)
     elif mode == "F":
         img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.float32) / 255.0)
     else:
@@ -161,15 +167,96 @@ def test_non_images_are_rejected_as_not_an_image(data):
     assert f"{len(data)} bytes" in str(err)
 
 
+# ----------------------------------------------------------------------------- formats
+
+def psd(img: Image.Image) -> bytes:
+    """A minimal uncompressed RGB Photoshop file (Pillow reads PSD but cannot write it)."""
+    width, height = img.size
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    planes = b"".join(np.asarray(img, dtype=np.uint8)[:, :, c].tobytes() for c in range(3))
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + planes
+
+
+def mpo(img: Image.Image) -> bytes:
+    """A two-picture MPO (what stereo and some phone cameras write): Pillow opens it as format MPO."""
+    buffer = io.BytesIO()
+    img.save(buffer, "MPO", save_all=True, append_images=[img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"])
+def test_every_listing_photo_format_decodes(fmt):
+    img = gradient()
+    data = mpo(img) if fmt == "MPO" else encode(img, fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt
+    out = decode_image(data, SIZE)
+    assert out.shape == (SIZE, SIZE, 3)
+    grey = out.mean(axis=2)
+    assert grey[-4:, -4:].mean() > grey[:4, :4].mean() + 40, fmt
+
+
+@pytest.fixture
+def parsers_never_run(monkeypatch):
+    """Fail the test if the EPS parser opens anything or Ghostscript is started."""
+    called = []
+
+    def refuse(*args, **kwargs):
+        called.append(args)
+        raise AssertionError("the EPS parser / Ghostscript was reached")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", refuse)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse)
+    return called
+
+
+def test_eps_is_refused_without_parsing_or_ghostscript(parsers_never_run):
+    data = encode(gradient(), "EPS")
+    assert data.startswith(b"%!PS")
+    err = rejected(data)
+    assert err.reason == "unsupported_image"
+    assert "EPS" in str(err) and "JPEG, PNG, WEBP, GIF, BMP, TIFF" in str(err) and f"{len(data)} bytes" in str(err)
+    assert parsers_never_run == []
+
+
+@pytest.mark.parametrize("fmt", ["PSD", "ICO", "PCX", "PPM", "QOI", "SGI", "DDS", pytest.param(
+    "JPEG2000", marks=pytest.mark.skipif(not features.check("jpg_2000"), reason="Pillow built without OpenJPEG")),
+    pytest.param("AVIF", marks=pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF"))])
+def test_other_pillow_formats_are_unsupported(fmt):
+    img = gradient(48, 32)
+    data = psd(img) if fmt == "PSD" else encode(img, fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt, "the fixture really is that format, and Pillow reads it"
+    err = rejected(data)
+    assert err.reason == "unsupported_image", err
+    assert fmt in str(err) and f"{len(data)} bytes" in str(err)
+
+
+@pytest.mark.parametrize("fmt", ["IM", "SPIDER"])
+def test_formats_without_a_signature_are_not_images(fmt):
+    """Pillow can only tell these by parsing them, so they are not parsed: to us they are unknown bytes."""
+    img = gradient(48, 32)
+    data = encode(img.convert("F") if fmt == "SPIDER" else img, fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt
+    err = rejected(data)
+    assert err.reason == "not_an_image" and f"{len(data)} bytes" in str(err)
+
+
+def test_only_web_formats_are_allowed():
+    assert set(ALLOWED_FORMATS) == {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+
 # ----------------------------------------------------------------------------- Beam transform
 
 def test_decode_images_keeps_every_good_image_and_dead_letters_every_bad_one():
     good = {f"good{i}": encode(gradient(100 + 10 * i, 90), "JPEG" if i % 2 else "PNG") for i in range(5)}
+    good.update({f"good-{fmt.lower()}": encode(gradient(), fmt) for fmt in ("WEBP", "GIF", "BMP", "TIFF")})
     bad = {
         "empty": (b"", "not_an_image"),
         "html": (b"<html>nope</html>", "not_an_image"),
         "bomb": (png_header_claiming(30_000, 30_000), "too_many_pixels"),
         "cut": (encode(gradient(300, 200), "JPEG")[:600], "truncated_image"),
+        "eps": (encode(gradient(), "EPS"), "unsupported_image"),
+        "psd": (psd(gradient()), "unsupported_image"),
+        "ico": (encode(gradient(), "ICO"), "unsupported_image"),
     }
 
     def item(name: str):

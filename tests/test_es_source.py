@@ -165,3 +165,8 @@ def test_bad_credentials_error_is_scrubbed(es_double, es_config, monkeypatch):
         from es.source import _OpenPitFn
         list(_OpenPitFn(es_config, "items", 2, 90, "1m").process(None))
     assert "fake-key-for-source-test" not in str(caught.value) and caught.value.status == 401
+
+
+def test_the_document_id_wins_over_an_id_field_in_the_source():
+    from es.source import _source_text
+    assert json.loads(_source_text({"_id": "m123", "_source": {"id": 123, "title": "t"}}))["id"] == "m123"

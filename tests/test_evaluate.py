@@ -63,6 +63,9 @@ def test_cli_prints_and_writes_table_and_samples(world, tmp_path, capsys):
     assert "67.75" in printed and "44.40" in printed
     saved = json.loads((out / "evaluation.json").read_text())
     assert [m["method"] for m in saved["methods"]][0] == "Random"
+    seen = saved["images_seen_in_training"]
+    assert 0 < seen["seen"] <= seen["distinct_images"]  # the synthetic world reuses items across splits
+    assert f"{seen['seen']} of {seen['distinct_images']} distinct images of this split" in printed
     page = (out / "samples.html").read_text()
     assert page.count("<section>") == 3 and "#e4002b" in page
 
@@ -149,3 +152,15 @@ def test_clip_score_with_a_real_text_tower(tmp_path, tiny_clip_dir):
     text = torch.nn.functional.normalize(backbone.encode_text([part.queries[0]]), dim=-1)[0].numpy()
     image = data.embeddings.matrix[part.row[0]]
     assert scores["CLIP Score"][0] == pytest.approx(float(image @ text / np.linalg.norm(image)), abs=1e-5)
+
+
+def test_samples_page_inlines_only_local_image_files(tmp_path):
+    from training.samples import _src
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not inline")
+    assert _src(photo.as_uri(), embed=True).startswith("data:image/jpeg;base64,")
+    assert _src(str(photo), embed=True) == str(photo)  # a bare path stays a link
+    assert _src(secret.as_uri(), embed=True) == secret.as_uri()  # not an image: never read
+    assert _src(photo.as_uri(), embed=False) == photo.as_uri()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import socket
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from urllib3.response import HTTPResponse
 
 from tests.fixtures.image_server import TINY_PNG, ImageServer
 from transforms import fetch as fetch_module
@@ -57,6 +59,19 @@ def no_connections(monkeypatch):
 
     monkeypatch.setattr(fetch_module, "open_socket", refuse)
     return opened
+
+
+def pooled_connections(fetcher: ImageFetcher, url: str) -> list:
+    """The idle connections the fetcher's pool keeps for ``url``'s host (None slots are never-made ones)."""
+    manager = fetcher._session.get_adapter(url).poolmanager
+    port = int(url.split(":")[2].split("/")[0])
+    pools = [manager.pools[key] for key in manager.pools.keys() if key.key_port == port]  # noqa: SIM118 - no __iter__
+    assert len(pools) == 1, f"expected the pool for port {port}, found {len(pools)}"
+    return [conn for conn in list(pools[0].pool.queue) if conn is not None]
+
+
+def fetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("imagescore-fetch")]
 
 
 def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> list[str]:
@@ -262,6 +277,97 @@ def test_budget_left_after_slow_headers_bounds_the_body_reads(image_server):
     assert time.monotonic() - start < 1.35
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("unit,drip,lines", [("line", 0.2, 40), ("byte", 0.1, 5)])
+def test_a_dripped_status_line_and_headers_cannot_outlast_the_budget(image_server, unit, drip, lines):
+    """Every piece arrives well within the read timeout, and http.client gives each line its own recv:
+    only a deadline on the socket itself ends it (8 s and ~12 s of head here, against a 1.5 s budget)."""
+    url = image_server.route("head-drip.png", head_drip=drip, head_drip_unit=unit, head_lines=lines)
+    good = image_server.route("after.png")
+    with ImageFetcher(policy_for(image_server, read_timeout=1.0, total_timeout=1.5, retries=2)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+        elapsed = time.monotonic() - start
+        assert exc.reason == "fetch_timeout", exc
+        assert "budget of 1.5s" in str(exc) and url in str(exc)
+        assert elapsed < 1.5 + 0.5, f"took {elapsed:.1f}s"
+        assert image_server.hits["/head-drip.png"] == 1, "no retry once the budget is spent"
+        assert all(conn.sock is None or conn.is_connected for conn in pooled_connections(f, url)), \
+            "a cut socket went back into the pool"
+        assert f.fetch(good) == TINY_PNG, "the same fetcher still works"
+    assert image_server.hits["/after.png"] == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_dripped_head_over_tls_is_cut_below_tls(tls_image_server):
+    """Over https the cut must reach the socket under the TLS layer that http.client reads through."""
+    server = tls_image_server
+    url = server.route("head-drip.png", head_drip=0.2, head_lines=40)
+    good = server.route("after.png")
+    with ImageFetcher(policy_for(server, read_timeout=1.0, total_timeout=1.5)) as f:
+        f._session.verify = server.ca_file  # trust the throwaway certificate, nothing else changes
+        assert f.fetch(good) == TINY_PNG, "https works at all"
+        start = time.monotonic()
+        exc = rejected(f, url)
+        elapsed = time.monotonic() - start
+        assert exc.reason == "fetch_timeout" and "budget of 1.5s" in str(exc)
+        assert elapsed < 1.5 + 0.5, f"took {elapsed:.1f}s"
+        assert f.fetch(good) == TINY_PNG
+    assert server.hits["/head-drip.png"] == 1 and server.hits["/after.png"] == 2
+
+
+def test_a_connection_cut_as_its_answer_ends_is_closed_not_pooled(monkeypatch, image_server):
+    """The budget may run out just as the body is complete and urllib3 hands the connection back."""
+    url = image_server.route("edge.png")
+    real_release = HTTPResponse.release_conn
+
+    def spend_the_budget_then_release(self):
+        watch = fetch_module._budget.watch
+        if watch is not None and self._connection is not None:
+            watch.owner.expire(watch)
+        return real_release(self)
+
+    monkeypatch.setattr(HTTPResponse, "release_conn", spend_the_budget_then_release)
+    with ImageFetcher(policy_for(image_server)) as f:
+        exc = rejected(f, url)
+        assert exc.reason == "fetch_timeout" and url in str(exc)
+        pooled = pooled_connections(f, url)
+        assert pooled and all(conn.sock is None for conn in pooled), "the cut connection must be closed"
+        monkeypatch.undo()
+        assert f.fetch(url) == TINY_PNG
+    assert image_server.hits["/edge.png"] == 2
+
+
+def test_the_watchdog_leaves_finished_fetches_alone(image_server):
+    """A fetch that ends in time is not cut later: its kept-alive connection still serves the next fetch."""
+    url = image_server.route("ok.png", delay=0.2)
+    with ImageFetcher(policy_for(image_server, total_timeout=0.6)) as f:
+        assert f.fetch(url) == TINY_PNG
+        time.sleep(0.8)  # past the first fetch's deadline
+        pooled = pooled_connections(f, url)
+        assert len(pooled) == 1 and pooled[0].is_connected, "the watchdog cut a finished fetch's connection"
+        assert f.fetch(url) == TINY_PNG
+        assert pooled_connections(f, url)[0] is pooled[0], "the kept-alive connection was reused"
+
+
+def test_no_thread_is_left_behind_per_fetch(image_server):
+    urls = [image_server.route(f"t{i}.png", body=TINY_PNG + bytes([i])) for i in range(10)]
+    before = threading.active_count()
+    existing = set(threading.enumerate())
+    with ImageFetcher(policy_for(image_server, concurrency=4)) as f:
+        for url in urls:
+            f.fetch(url)
+        assert len(fetch_threads()) == 1, f"one watchdog per fetcher, got {fetch_threads()}"
+        results = f.fetch_many(urls * 4)
+        assert results == [TINY_PNG + bytes([i]) for i in range(10)] * 4
+        assert len(fetch_threads()) <= 4 + 1, "the pool's workers and one watchdog"
+    assert fetch_threads() == []
+    deadline = time.monotonic() + 5  # the server's per-connection threads end once the pool's sockets close
+    while set(threading.enumerate()) - existing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(threading.enumerate()) <= existing and threading.active_count() <= before
+
+
 def test_declared_content_length_over_the_cap_is_refused_before_reading(fetcher, image_server):
     # The server declares 10 GB and sends nothing: reading would hang, so only an early refusal passes.
     url = image_server.route("liar.jpg", body=b"", content_type="image/jpeg", content_length=10_000_000_000)
@@ -329,6 +435,38 @@ def test_local_files_need_the_file_scheme(tmp_path):
         big = tmp_path / "big.png"
         big.write_bytes(TINY_PNG + b"\0")
         assert rejected(f, str(big)).reason == "too_large"
+
+
+@pytest.mark.parametrize("url", ["gs:/../../../../etc/hostname", "gs:etc/hostname", "GS://bucket/p.jpg"])
+def test_a_storage_url_beam_would_read_as_something_else_is_refused(monkeypatch, tmp_path, url):
+    """urlsplit reads "gs:/.." as a gs URL, Beam as a local path: refuse before anything is opened (or GCS asked)."""
+    (tmp_path / "gs:").mkdir()  # so that the relative path "gs:/../etc/hostname" would really resolve
+    opened = []
+
+    def no_storage(path, *args, **kwargs):
+        opened.append(path)
+        raise AssertionError(f"storage was asked about {path!r}")
+
+    monkeypatch.setattr(fetch_module.FileSystems, "open", no_storage)
+    monkeypatch.setattr(fetch_module, "_exists", no_storage)
+    monkeypatch.chdir(tmp_path)
+    with ImageFetcher(FetchPolicy(allowed_schemes=frozenset({"gs"}))) as f:
+        exc = rejected(f, url)
+    assert exc.reason == "bad_url", exc
+    assert "gs://" in str(exc) and url in str(exc)
+    assert opened == []
+
+
+@pytest.mark.parametrize("url", ["file:/etc/hostname", "file:etc/hostname"])
+def test_a_file_url_without_slashes_is_refused(tmp_path, url):
+    with ImageFetcher(FetchPolicy(allowed_schemes=frozenset({"file"}))) as f:
+        exc = rejected(f, url)
+    assert exc.reason == "bad_url" and "file:///" in str(exc)
+
+
+def test_scheme_mismatch_when_the_scheme_is_not_enabled_stays_blocked(no_connections):
+    with ImageFetcher(FetchPolicy(allowed_schemes=frozenset({"file"}))) as f:
+        assert rejected(f, "gs:/../../etc/hostname").reason == "blocked_scheme"
 
 
 def test_policy_normalizes_and_validates():

@@ -33,6 +33,21 @@ def test_run_inference_scores_every_image_with_the_model_id():
         assert_that(out, check)
 
 
+def test_large_model_shares_one_model_through_a_proxy():
+    """--large-model: Beam serves the model from one process per machine; only method calls cross the proxy."""
+    images = _images(4, seed=1)
+    expected = load_model("handcrafted", "cpu")(torch.from_numpy(np.stack(images))).numpy()
+
+    def check(results):
+        results = sorted(results)
+        assert all(r.model_id == "handcrafted-v1" for _, r in results)
+        np.testing.assert_allclose([r.inference for _, r in results], expected, rtol=1e-5, atol=1e-6)
+
+    handler = KeyedModelHandler(ScoreModelHandler("handcrafted", "cpu", max_batch_size=2, large_model=True))
+    with TestPipeline() as p:
+        assert_that(p | beam.Create(list(enumerate(images))) | RunInference(handler), check)
+
+
 def test_model_info_matches_the_loaded_model():
     model = load_model("handcrafted", "cpu")
     assert model_info("handcrafted") == (model.model_id, model.input_size)

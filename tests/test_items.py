@@ -61,8 +61,20 @@ def test_parse_items_routes_every_record_exactly_once():
                               ("b2", "parse", "bad_date", bad[2])]), label="dead")
 
 
-def test_dead_letters_never_carry_secrets(monkeypatch):
+def test_dead_letter_errors_never_carry_secrets_and_payloads_stay_replayable(monkeypatch):
     monkeypatch.setenv("ES_API_KEY", "s3cr3t-api-key-value")
-    record = dead_letter("index", "es_401", "auth failed with s3cr3t-api-key-value", {"key": "s3cr3t-api-key-value"})
-    assert "s3cr3t-api-key-value" not in json.dumps(record)
+    monkeypatch.setenv("ES_PASSWORD", "2026")
+    payload = '{"id": "m1", "created_at": "2026-01-01T00:00:00Z"}'
+    record = dead_letter("index", "es_401", "auth failed with s3cr3t-api-key-value", payload, id="m1")
+    assert "s3cr3t-api-key-value" not in record["error"]
+    assert record["payload"] == payload  # seller data, kept byte for byte so it can be replayed
     assert redact("x s3cr3t-api-key-value y") == "x <ES_API_KEY redacted> y"
+
+
+def test_undecodable_bytes_are_rejected_and_kept_recoverably():
+    raw = b'{"id": "m1", "title": "caf\xe9", "image_urls": ["https://x/a.jpg"], "created_at": "2026-01-01"}'
+    with pytest.raises(Rejected) as info:
+        parse_item(raw)
+    assert info.value.reason == "bad_encoding"
+    record = dead_letter("parse", info.value.reason, info.value, raw)
+    assert record["payload"].encode("utf-8").decode("unicode_escape").encode("latin-1") == raw

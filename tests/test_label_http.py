@@ -144,6 +144,7 @@ def test_rerun_resumes_from_cache_without_requests(tmp_path, images, chat_double
     assert label(path, out, chat_double) == 0
     first = outputs(out)
     assert chat_double.request_count == 3
+    assert {r["parsed_as"] for r in first[1]} == {"json"}
 
     assert label(path, out, chat_double) == 0
     second = outputs(out)
@@ -157,6 +158,8 @@ def test_rerun_resumes_from_cache_without_requests(tmp_path, images, chat_double
     assert label(path, out, chat_double, "--prompt", str(other)) == 0
     assert chat_double.request_count == 6  # a new prompt version is a new judgement
     assert {r["prompt_version"] for r in outputs(out)[0]} == {"other_v1"}
+    assert label(path, out, chat_double, "--prompt", str(other), "--temperature", "0.7") == 0
+    assert chat_double.request_count == 9  # other sampling settings are other answers
 
 
 def test_repeats_report_agreement_and_cache_per_repeat(tmp_path, images, chat_double):

@@ -42,6 +42,20 @@ def test_handcrafted_judge_prefers_the_clean_photo(tmp_path):
     assert summary["windows_in"] == 2 and summary["accounted"] and summary["usage"]["total_tokens"] == 0
 
 
+def test_parquet_windows_from_collect_are_read_like_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    quality = tmp_path / "quality.jsonl"
+    quality.write_text("".join(json.dumps({"item_id": f"w1-i{k}", "image_url": f"file:///x/{k}.jpg", "quality": q})
+                               + "\n" for k, q in enumerate([0.9, 0.1])))
+    pq.write_table(pa.Table.from_pylist([window("w1", ["file:///x/0.jpg", "file:///x/1.jpg"])]),
+                   tmp_path / "windows-0.parquet")
+    out = tmp_path / "out"
+    assert run(["--windows", str(tmp_path / "windows-*.parquet"), "--output", str(out), "--judge", "simulated",
+                "--quality", str(quality), "--no-progress"]) == 0
+    assert [(r["item_id"], r["label"]) for r in read(out, "labels.jsonl")] == [("w1-i0", 1.0), ("w1-i1", 0.0)]
+
+
 def test_simulated_judge_reads_latent_quality(tmp_path):
     quality = tmp_path / "quality.jsonl"
     quality.write_text("".join(json.dumps(r) + "\n" for r in [

@@ -124,7 +124,8 @@ def test_cache_key_changes_with_every_input():
     base = dict(prompt_version="v1", prompt_sha256="s", model="m", image_urls=["a", "b"], image_size=512, repeat=0)
     key = cache_key(**base)
     for field, value in [("prompt_version", "v2"), ("prompt_sha256", "t"), ("model", "n"),
-                         ("image_urls", ["b", "a"]), ("image_size", 256), ("repeat", 1)]:
+                         ("image_urls", ["b", "a"]), ("image_size", 256), ("repeat", 1),
+                         ("endpoint", "http://other/v1"), ("sampling", {"temperature": 0.7})]:
         assert cache_key(**{**base, field: value}) != key
 
 

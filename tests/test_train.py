@@ -200,10 +200,10 @@ def _lines(path, rows):
     return str(path)
 
 
-def _emb(path, rows, backbone="handcrafted:handcrafted-v1"):
+def _emb(path, rows, backbone="handcrafted:handcrafted-v1", urls=None):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    pq.write_table(pa.table({"item_id": [r[0] for r in rows], "image_url": [""] * len(rows),
+    pq.write_table(pa.table({"item_id": [r[0] for r in rows], "image_url": urls or [""] * len(rows),
                              "embedding": pa.array([r[1] for r in rows], type=pa.list_(pa.float32())),
                              "backbone_id": [r[2] if len(r) > 2 else backbone for r in rows]}), str(path))
     return str(path)
@@ -281,3 +281,19 @@ def test_duplicate_embeddings_keep_one_row(tmp_path):
     _emb(tmp_path / "e2.parquet", [("a", [1, 0])])
     emb = load_embeddings(str(tmp_path / "e*.parquet"))
     assert emb.item_ids == ["a", "b"] and emb.matrix.shape == (2, 2)
+
+
+def test_a_changed_photo_never_borrows_the_old_photos_vector(tmp_path):
+    """Embeddings join on (item_id, image_url): the labelled photo's vector, or the image is dropped and counted."""
+    from training.data import Window, build_dataset, load_embeddings
+    _emb(tmp_path / "e.parquet", [("a", [1, 0]), ("a", [0, 1]), ("b", [1, 1]), ("c", [0, 0])],
+         urls=["http://x/a-old.jpg", "http://x/a-new.jpg", "http://x/b.jpg", "http://x/c-old.jpg"])
+    emb = load_embeddings(str(tmp_path / "e.parquet"))
+    items = ({"item_id": "a", "image_url": "http://x/a-new.jpg", "clicked": True, "position": 1},
+             {"item_id": "b", "image_url": "http://x/b.jpg", "clicked": False, "position": 2},
+             {"item_id": "c", "image_url": "http://x/c-new.jpg", "clicked": False, "position": 3})
+    data = build_dataset([Window("s1", "q", "train", "a", items)], {"s1": {"a": 1.0, "b": 0.0, "c": 0.5}}, emb)
+    train = data.splits["train"]
+    assert train.item_id == ["a", "b"]
+    assert emb.matrix[train.row[0]].tolist() == [0.0, 1.0]  # the new photo's vector
+    assert data.dropped["image_without_embedding"] == 1  # c: only its old photo was embedded

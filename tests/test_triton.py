@@ -309,7 +309,7 @@ def test_server_refusal_is_not_retried(triton_server, monkeypatch):
     handler = TritonModelHandler(triton_server.spec(), num_retries=3, throttle_delay_secs=0)
     client = InferenceServerClient(triton_server.grpc_url)
     # A client that believes the model takes 200x200: only the server can refuse the request.
-    model = TritonModel(client, parse_triton_spec(triton_server.spec()), "handcrafted-v1", 200)
+    model = TritonModel(client, parse_triton_spec(triton_server.spec()), "handcrafted-v1", 200, 64)
     calls = []
     infer = client.infer
     client.infer = lambda *a, **k: calls.append(1) or infer(*a, **k)
@@ -321,6 +321,24 @@ def test_server_refusal_is_not_retried(triton_server, monkeypatch):
     assert "INVALID_ARGUMENT" in str(error.value.status())
     assert "unexpected shape for input 'images'" in error.value.message()
     assert calls == [1] and sleeps == []
+
+
+def test_batches_larger_than_the_served_model_takes_are_sent_in_parts(triton_server):
+    handler = TritonModelHandler(triton_server.spec(), num_retries=0)
+    model = handler.create_client()
+    assert model.max_batch_size == 64  # what the export wrote; the handler read it from the server
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (384, 384, 3), dtype=np.uint8) for _ in range(5)]
+    whole = [r.inference for r in handler.run_inference(images, model)]
+    model.max_batch_size = 2  # as if the repository were exported with --max-batch-size 2
+    calls = []
+    infer = model.client.infer
+    model.client.infer = lambda *a, **k: calls.append(1) or infer(*a, **k)
+    try:
+        parts = [r.inference for r in handler.run_inference(images, model)]
+    finally:
+        model.client.close()
+    assert len(calls) == 3 and parts == pytest.approx(whole, abs=1e-7)
 
 
 def _dead_port() -> int:
@@ -335,7 +353,7 @@ def test_server_down_fails_after_bounded_retries(monkeypatch):
     spec = f"triton://127.0.0.1:{_dead_port()}/image_score"
     handler = TritonModelHandler(spec, num_retries=2, timeout_s=5, throttle_delay_secs=0)
     client = InferenceServerClient(parse_triton_spec(spec).url)
-    model = TritonModel(client, parse_triton_spec(spec), "handcrafted-v1", 384)
+    model = TritonModel(client, parse_triton_spec(spec), "handcrafted-v1", 384, 64)
     calls = []
     infer = client.infer
     client.infer = lambda *a, **k: calls.append(1) or infer(*a, **k)

@@ -74,7 +74,11 @@ def _field(record: dict, name: str, kind, where: str):
 # ---------------------------------------------------------------- embeddings
 @dataclasses.dataclass
 class Embeddings:
-    """One row per item id; ``matrix[index[item_id]]`` is its vector."""
+    """One row per (item id, image URL); ``matrix[index[(item_id, image_url)]]`` is its vector.
+
+    Keyed by both, because a seller can change an item's photo: a label given to
+    one photo must never be trained against another photo's vector.
+    """
 
     item_ids: list[str]
     image_urls: list[str]
@@ -82,7 +86,7 @@ class Embeddings:
     backbone_id: str
 
     def __post_init__(self):
-        self.index = {item: row for row, item in enumerate(self.item_ids)}
+        self.index = {key: row for row, key in enumerate(zip(self.item_ids, self.image_urls))}
 
     @property
     def dim(self) -> int:
@@ -93,17 +97,18 @@ def load_embeddings(pattern: str) -> Embeddings:
     """Read embed's Parquet files; refuses mixed backbones or dimensions (they cannot share one head)."""
     rows = read_records(pattern, "--embeddings")
     item_ids, urls, vectors, backbones = [], [], [], set()
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for k, row in enumerate(rows):
         where = f"--embeddings row {k}"
         item_id = _field(row, "item_id", str, where)
         vector = _field(row, "embedding", (list, tuple, np.ndarray), where)
         backbones.add(_field(row, "backbone_id", str, where))
-        if item_id in seen:  # the same item embedded twice (it sat in two windows): one vector is enough
+        key = (item_id, row.get("image_url") or "")
+        if key in seen:  # the same image embedded twice (it sat in two windows): one vector is enough
             continue
-        seen.add(item_id)
+        seen.add(key)
         item_ids.append(item_id)
-        urls.append(row.get("image_url") or "")
+        urls.append(key[1])
         vectors.append(np.asarray(vector, dtype=np.float32))
     if len(backbones) > 1:
         raise ValueError(f"--embeddings {pattern!r} mixes backbones {sorted(backbones)}; "
@@ -215,15 +220,17 @@ def build_dataset(windows: list[Window], labels: dict[str, dict[str, float]], em
             dropped["window_unlabelled"] += 1
             dropped["image_in_dropped_window"] += len(window.items)
             continue
-        kept = []
+        kept, row_of = [], {}
         for item in window.items:
             item_id = item["item_id"]
+            key = (item_id, item.get("image_url") or "")
             if item_id not in window_labels:
                 dropped["image_unlabelled"] += 1
-            elif item_id not in embeddings.index:
-                dropped["image_without_embedding"] += 1
+            elif key not in embeddings.index:
+                dropped["image_without_embedding"] += 1  # not embedded, or only another photo of the item
             else:
                 kept.append(item)
+                row_of[item_id] = embeddings.index[key]
         kept_ids = {item["item_id"] for item in kept}
         if window.anchor_item_id not in kept_ids:
             dropped["window_clicked_image_unusable"] += 1
@@ -239,7 +246,7 @@ def build_dataset(windows: list[Window], labels: dict[str, dict[str, float]], em
         part["queries"].append(window.query)
         for k, item in enumerate(kept):
             part["group"].append(g)
-            part["row"].append(embeddings.index[item["item_id"]])
+            part["row"].append(row_of[item["item_id"]])
             part["item_id"].append(item["item_id"])
             part["image_url"].append(item.get("image_url") or "")
             part["position"].append(int(item.get("position", k)))
@@ -247,8 +254,8 @@ def build_dataset(windows: list[Window], labels: dict[str, dict[str, float]], em
             part["clicked"].append(bool(item.get("clicked")) or item["item_id"] == window.anchor_item_id)
         pairs = make_pairs({item["item_id"]: window_labels[item["item_id"]] for item in kept}, window.anchor_item_id)
         for winner, loser in pairs:
-            part["pair_w"].append(embeddings.index[winner])
-            part["pair_l"].append(embeddings.index[loser])
+            part["pair_w"].append(row_of[winner])
+            part["pair_l"].append(row_of[loser])
             part["pair_group"].append(g)
     splits = {}
     for name, part in parts.items():

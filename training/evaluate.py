@@ -54,7 +54,7 @@ def evaluate_methods(data: Dataset, *, runs: list[str], ctr: str | None, clip_ba
             continue
         try:
             values = scorer()
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # e.g. a CLIP directory that is missing or has no text tower
             if name != "CLIP Score":
                 raise
             rows.append({**row, "unavailable": str(exc)})
@@ -84,10 +84,25 @@ def _cell(stats: dict) -> str:
         if stats.get("ci_low") is not None else f"{100 * stats['accuracy']:.2f}"
 
 
+def images_seen_in_training(data: Dataset, split: str) -> tuple[int, int]:
+    """(distinct images of ``split`` that also sit in train windows, distinct images of ``split``).
+
+    Windows are split by SERP, as in the paper, so a popular item recurs across
+    splits; this says how much of a figure rests on images the head trained on.
+    """
+    def images(part) -> set[tuple[str, str]]:
+        return set(zip(part.item_id, part.image_url))
+    evaluated = images(data.splits[split])
+    return len(evaluated & images(data.splits["train"])), len(evaluated)
+
+
 def table_markdown(rows: list[dict], data: Dataset, split: str) -> str:
     part = data.splits[split]
+    seen, total = images_seen_in_training(data, split)
     head = [f"Split `{split}`: {part.n_windows} SERPs, {len(part.group)} images; "
             f"backbone `{data.embeddings.backbone_id}`. 95% bootstrap CI over SERPs; ties count as wrong.",
+            f"{seen} of {total} distinct images of this split also appear in train windows (splits are by SERP, "
+            "as in the paper), so the learned rows partly measure images the head was trained on.",
             "Paper columns: Mercari's proprietary dataset (paper Table 1), NOT this data; for orientation only.", "",
             "| Method | OPA % [95% CI] | OPA pairs | OPA ties | CA % [95% CI] | CA pairs | CA ties "
             "| Paper OPA (other data) | Paper CA (other data) |",
@@ -140,7 +155,9 @@ def run(argv: list[str] | None = None) -> int:
         with open(os.path.join(args.output, "evaluation.md"), "w", encoding="utf-8") as handle:
             handle.write("# Evaluation (paper Table 1 layout)\n\n" + table)
         with open(os.path.join(args.output, "evaluation.json"), "w", encoding="utf-8") as handle:
+            seen, total = images_seen_in_training(data, args.split)
             json.dump({"split": args.split, "data": data.summary(), "methods": rows,
+                       "images_seen_in_training": {"seen": seen, "distinct_images": total},
                        "paper_note": "paper figures are from Mercari's proprietary dataset"}, handle, indent=2)
         image_score = next((name for name in scores if name.startswith("Image Score")), None)
         if args.samples > 0 and image_score:

@@ -19,19 +19,20 @@ import numpy as np
 from training.data import SplitData
 
 
-def _local_path(url: str) -> str | None:
+def _local_image(url: str) -> str | None:
+    """The path of a ``file://`` image URL; bare paths and non-image files are never inlined."""
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        return urllib.request.url2pathname(parsed.path)
-    if parsed.scheme == "" and url:
-        return url
-    return None
+    if parsed.scheme != "file":
+        return None
+    path = urllib.request.url2pathname(parsed.path)
+    kind = mimetypes.guess_type(path)[0] or ""
+    return path if kind.startswith("image/") and os.path.isfile(path) else None
 
 
 def _src(url: str, embed: bool) -> str:
-    path = _local_path(url) if embed else None
-    if path and os.path.isfile(path):
-        kind = mimetypes.guess_type(path)[0] or "image/jpeg"
+    path = _local_image(url) if embed else None
+    if path:
+        kind = mimetypes.guess_type(path)[0]
         with open(path, "rb") as handle:
             return f"data:{kind};base64,{base64.b64encode(handle.read()).decode('ascii')}"
     return url

@@ -2,8 +2,9 @@
 
 Embeddings are precomputed (``imagescore embed``), so an epoch is cheap: each
 batch takes 128 pairs, scores every distinct image in it *once* and gathers the
-winner/loser scores by index. Batches follow whole windows (shuffled each
-epoch), so the 28 pairs of an 8-image window cost 8 head rows, not 56.
+winner/loser scores by index. Pairs are taken window by window (windows shuffled
+each epoch) and cut every 128, so a window's pairs sit together (a window may
+straddle two batches) and the 28 pairs of an 8-image window cost 8 head rows, not 56.
 
 The epoch kept is the one with the best validation Click Accuracy, Ordered
 Pair Accuracy breaking ties. ``--grid`` repeats that for every learning rate x

@@ -40,7 +40,7 @@ def redact(text: str) -> str:
 
 def _payload_text(payload: Any) -> str:
     if isinstance(payload, bytes):
-        return payload.decode("utf-8", errors="replace")
+        return payload.decode("utf-8", errors="backslashreplace")  # undecodable bytes stay recoverable
     if isinstance(payload, str):
         return payload
     return json.dumps(payload, default=str, sort_keys=True)
@@ -54,14 +54,19 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
         "stage": stage,
         "reason": reason,
         "error": redact(str(error)),
-        "payload": redact(_payload_text(payload)),
+        "payload": _payload_text(payload),  # the input as it came, so it can be replayed; never our secrets
     }
+
+
+def count_dead_letter(stage: str, reason: str) -> None:
+    """The counters every dead letter adds to: the total, and one per stage and reason."""
+    beam.metrics.Metrics.counter("imagescore", "deadlettered").inc()
+    beam.metrics.Metrics.counter("imagescore", f"deadletter_{stage}_{reason}").inc()
 
 
 def to_dead_letter(stage: str, exc: BaseException, payload: Any, id: str | None = None) -> beam.pvalue.TaggedOutput:
     """The tagged output for an exception; :class:`Rejected` keeps its reason, anything else is ``unexpected_error``."""
     reason = exc.reason if isinstance(exc, Rejected) else "unexpected_error"
     id = id if id is not None else getattr(exc, "id", None)
-    beam.metrics.Metrics.counter("imagescore", "deadlettered").inc()
-    beam.metrics.Metrics.counter("imagescore", f"deadletter_{stage}_{reason}").inc()
+    count_dead_letter(stage, reason)
     return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(stage, reason, exc, payload, id=id))

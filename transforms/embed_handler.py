@@ -15,8 +15,5 @@ class BackboneModelHandler(TorchImageModelHandler[Backbone]):
     def load_model(self) -> Backbone:
         return load_backbone(self._spec, self._device, normalize=self._normalize)
 
-    def model_id(self, model: Backbone) -> str:
-        return model.backbone_id
-
     def get_metrics_namespace(self) -> str:
         return "imagescore_embed"

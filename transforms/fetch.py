@@ -14,8 +14,11 @@ connect somewhere and read something. So a fetch:
   and every retry and every redirect hop is checked again;
 * follows redirects itself, checking each hop, at most ``max_redirects``;
 * caps the bytes while streaming (and refuses early on a large
-  Content-Length), the seconds per image (retries included) and accepts only
-  ``image/*`` content types.
+  Content-Length) and accepts only ``image/*`` content types;
+* caps the seconds per image, retries included. Socket timeouts bound one
+  ``recv``, not an answer (http.client reads the status line and every header
+  line with its own ``recv``), so a watchdog thread shuts the socket down when
+  the image's budget is spent, whatever is reading from it at the time.
 
 Every refusal raises :class:`~transforms.deadletter.Rejected` with a reason
 (``blocked_address``, ``http_404``, ``too_large``, ...) that the Beam transform
@@ -23,6 +26,7 @@ turns into a dead letter carrying the item's original payload.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
 import http.cookiejar
@@ -41,7 +45,12 @@ from apache_beam.io.filesystems import FileSystems
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.util.retry import Retry
 
@@ -124,6 +133,137 @@ def _clip(timeout: Any, doing: str) -> Any:
     return remaining if timeout is None else min(timeout, remaining)
 
 
+class _Watch:
+    """One fetch's deadline and the sockets it is reading from right now."""
+
+    __slots__ = ("deadline", "done", "fired", "owner", "sockets")
+
+    def __init__(self, deadline: float, owner: _Watchdog):
+        self.deadline = deadline
+        self.owner = owner
+        self.sockets: set[socket.socket] = set()
+        self.fired = False  # the budget ran out and the watchdog shut the sockets down
+        self.done = False   # the fetch is over; nothing of it may be touched any more
+
+
+def _cut(sock: socket.socket) -> None:
+    # The plain socket method, below TLS: SSLSocket.shutdown would also tear down the
+    # TLS state another thread is reading with. A blocked recv then returns at once.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected (any more): nothing to cut
+
+
+class _Watchdog:
+    """Shuts down the sockets of a fetch that outlives its time budget.
+
+    Clipping socket timeouts is not enough: each ``recv`` gets the whole read
+    timeout again, and http.client makes one per status/header line (100 header
+    lines allowed), so a server dripping lines would hold a worker for ~100 read
+    timeouts. One thread per fetcher watches every fetch in flight. Fetches are
+    armed in deadline order (one budget per fetcher), so a deque is the queue; the
+    thread sleeps until the oldest deadline, and ends once nothing is armed.
+
+    Sockets are attached and detached under the same lock the watchdog cuts
+    under, and always detached before they are closed, so a cut can never land
+    on a file descriptor that was closed and reused by another connection.
+    """
+
+    def __init__(self, budget: float):
+        self._budget = budget
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._armed: collections.deque[_Watch] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def arm(self) -> _Watch:
+        with self._lock:
+            watch = _Watch(time.monotonic() + self._budget, self)
+            self._armed.append(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="imagescore-fetch-watchdog", daemon=True)
+                self._thread.start()
+        return watch
+
+    def disarm(self, watch: _Watch) -> bool:
+        """End the watch; True when the budget ran out first and its sockets were cut."""
+        with self._lock:
+            watch.done = True
+            watch.sockets.clear()
+            return watch.fired
+
+    def attach(self, watch: _Watch, sock: socket.socket) -> None:
+        with self._lock:
+            if watch.done:
+                return
+            watch.sockets.add(sock)
+            if watch.fired:  # a retry or redirect after the budget ran out: nothing more may be read
+                _cut(sock)
+
+    def detach(self, watch: _Watch, sock: socket.socket | None) -> bool:
+        """Stop watching ``sock``; True when the watchdog already cut it."""
+        with self._lock:
+            watch.sockets.discard(sock)
+            return watch.fired
+
+    def expire(self, watch: _Watch) -> None:
+        """Spend ``watch``'s budget now: mark it fired and cut its sockets."""
+        with self._lock:
+            self._expire(watch)
+
+    def _expire(self, watch: _Watch) -> None:
+        if not watch.done and not watch.fired:
+            watch.fired = True
+            for sock in watch.sockets:
+                _cut(sock)
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                while self._armed and self._armed[0].done:
+                    self._armed.popleft()
+                if not self._armed:
+                    self._thread = None
+                    return
+                first = self._armed[0]
+                wait = first.deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self._armed.popleft()
+                self._expire(first)
+
+    def close(self) -> None:
+        """Let the thread end now if nothing is in flight (it also ends on its own once idle)."""
+        with self._lock:
+            thread = self._thread
+            idle = all(watch.done for watch in self._armed)
+            self._wake.notify()
+        if thread is not None and idle:
+            thread.join()
+
+
+def _watch_socket(conn: Any) -> None:
+    """Put ``conn``'s socket under the watchdog of the fetch running on this thread."""
+    watch: _Watch | None = getattr(_budget, "watch", None)
+    if watch is None or conn.sock is None:
+        return
+    if conn._watch is not None and conn._watch is not watch:
+        _unwatch_socket(conn)
+    conn._watch = watch
+    watch.owner.attach(watch, conn.sock)
+
+
+def _unwatch_socket(conn: Any) -> bool:
+    """Take ``conn``'s socket off its watch; True when the watchdog had cut it (unusable)."""
+    watch: _Watch | None = conn._watch
+    if watch is None:
+        return False
+    conn._watch = None
+    return watch.owner.detach(watch, conn.sock)
+
+
 # --- the address guard, inside the connection --------------------------------------
 
 def resolve(host: str, port: int) -> list[tuple[int, tuple]]:
@@ -187,9 +327,11 @@ class _GuardedConnectionMixin:
 
     TLS still wraps the socket with ``server_hostname=self.host``, so SNI and
     certificate checks use the URL's host while the TCP peer is the checked address.
+    The connection also puts its socket under the fetch's watchdog while it is used.
     """
 
     guard: AddressGuard
+    _watch: _Watch | None = None
 
     def _new_conn(self) -> socket.socket:
         try:
@@ -200,15 +342,36 @@ class _GuardedConnectionMixin:
         except OSError as exc:
             raise NewConnectionError(self, f"failed to connect to {self.host}: {exc}") from exc
 
+    def connect(self) -> None:
+        super().connect()  # for https this includes the handshake, bounded by the (clipped) connect timeout
+        _watch_socket(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch_socket(self)  # a pooled connection: connected by an earlier fetch
+        super().request(*args, **kwargs)
+
     def getresponse(self):
         self.timeout = _clip(self.timeout, f"the response headers from {self.host}")
         return super().getresponse()
+
+    def close(self) -> None:
+        _unwatch_socket(self)  # before the descriptor is closed and can be reused
+        super().close()
+
+
+class _GuardedPoolMixin:
+    """Never pools a connection whose socket the watchdog shut down."""
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None and _unwatch_socket(conn):
+            conn.close()  # cut as the answer ended: the next fetch opens a fresh connection
+        super()._put_conn(conn)
 
 
 def _guarded_pool_classes(guard: AddressGuard) -> dict[str, type]:
     def pool(base_pool: type, base_conn: type) -> type:
         conn = type(f"Guarded{base_conn.__name__}", (_GuardedConnectionMixin, base_conn), {"guard": guard})
-        return type(f"Guarded{base_pool.__name__}", (base_pool,), {"ConnectionCls": conn})
+        return type(f"Guarded{base_pool.__name__}", (_GuardedPoolMixin, base_pool), {"ConnectionCls": conn})
     return {"http": pool(HTTPConnectionPool, HTTPConnection), "https": pool(HTTPSConnectionPool, HTTPSConnection)}
 
 
@@ -274,6 +437,7 @@ class ImageFetcher:
                 raise ValueError(f"--allow-image-schemes {scheme}: Beam has no filesystem for {scheme}:// here; "
                                  f"install its extra (e.g. apache-beam[gcp] for gs)") from None
         self._session = self._new_session()
+        self._watchdog = _Watchdog(policy.total_timeout)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -302,6 +466,7 @@ class ImageFetcher:
                 self._executor.shutdown(wait=True)
                 self._executor = None
         self._session.close()
+        self._watchdog.close()
 
     def __enter__(self) -> Self:
         return self
@@ -313,15 +478,28 @@ class ImageFetcher:
 
     def fetch(self, url: str) -> bytes:
         """The bytes at ``url``, or :class:`Rejected` naming the cause and the URL."""
-        _budget.deadline = time.monotonic() + self.policy.total_timeout
-        _budget.total = self.policy.total_timeout
+        watch = self._watchdog.arm()
+        _budget.deadline, _budget.total, _budget.watch = watch.deadline, self.policy.total_timeout, watch
         try:
-            return self._fetch(url)
-        except Rejected as exc:
-            message = str(exc) if str(url) in str(exc) else f"{url}: {exc}"
-            raise Rejected(exc.reason, message) from None
+            data = self._fetch(url)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, unless the watchdog explains it
+            failure: Exception | None = exc
+        else:
+            failure = None
         finally:
-            _budget.deadline = None
+            _budget.deadline = _budget.watch = None
+            cut = self._watchdog.disarm(watch)  # after this no socket of this fetch can be cut
+        if cut:
+            # Whatever the cut caused (a parse error, headers or a body that "ended" early) is not the answer.
+            raise Rejected("fetch_timeout", (
+                f"{url} did not finish within the time budget of {self.policy.total_timeout:g}s "
+                f"(--fetch-timeout); the server answered too slowly and the connection was cut")) from None
+        if isinstance(failure, Rejected):
+            message = str(failure) if str(url) in str(failure) else f"{url}: {failure}"
+            raise Rejected(failure.reason, message) from None
+        if failure is not None:
+            raise failure
+        return data
 
     def fetch_many(self, urls: Iterable[str]) -> list[bytes | Exception]:
         """Fetch concurrently (``policy.concurrency`` threads); bytes or the exception per URL, in input order."""
@@ -346,9 +524,13 @@ class ImageFetcher:
         if not isinstance(url, str) or not url.strip():
             raise Rejected("bad_url", f"image URL must be a non-empty string, got {url!r}")
         url = url.strip()
-        scheme = _split_url(url).scheme.lower() or "file"  # a bare path is a local file
-        if scheme in HTTP_SCHEMES:
+        written = _split_url(url).scheme.lower()
+        if written in HTTP_SCHEMES:
             return self._fetch_http(url)
+        # Beam sees a scheme only when "://" follows it; anything else is a local path to it.
+        scheme = written or "file"
+        if written and FileSystems.get_scheme(url) != written and written in self.policy.allowed_schemes:
+            raise _scheme_mismatch(url, written, url)
         if scheme in self.policy.allowed_schemes:
             return self._fetch_storage(url, scheme)
         allowed = ", ".join(sorted(HTTP_SCHEMES | self.policy.allowed_schemes))
@@ -448,6 +630,9 @@ class ImageFetcher:
             if parts.netloc not in ("", "localhost"):
                 raise Rejected("bad_url", f"{url!r}: file URLs must not name a host (file:///path)")
             path = unquote(parts.path)
+        # What FileSystems.open will read must be the scheme that was allowed, nothing else.
+        if (FileSystems.get_scheme(path) or "file") != scheme:
+            raise _scheme_mismatch(url, scheme, path)
         try:
             handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
         except Exception as exc:  # noqa: BLE001 - each filesystem raises its own "not found" type
@@ -469,6 +654,14 @@ class ImageFetcher:
                 if total > self.policy.max_bytes:
                     raise self._too_large(path, f"at least {total} bytes (aborted while reading)")
                 chunks.append(data)
+
+
+def _scheme_mismatch(url: str, scheme: str, path: str) -> Rejected:
+    beam = FileSystems.get_scheme(path)
+    read_as = f"a {beam}:// URL" if beam else "a local file path"
+    return Rejected("bad_url", f"{url!r} is written as a {scheme} URL, but Beam's FileSystems would read "
+                               f"{path!r} as {read_as}; write {scheme}://... (file: file:///absolute/path or "
+                               f"a bare absolute path)")
 
 
 def _exists(path: str) -> bool:

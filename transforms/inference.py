@@ -10,20 +10,18 @@ training data).
 """
 from __future__ import annotations
 
-import abc
 from typing import Any, Generic, Iterable, Optional, Sequence, TypeVar
 
 import numpy as np
-import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from scoring.model import DEFAULT_MODEL, ScoreModel, load_model, model_info
+from scoring.model import DEFAULT_MODEL, ImageModule, ScoreModel, load_model, model_info
 from transforms.triton_handler import TritonModelHandler, is_triton_spec, triton_model_info
 
-ModelT = TypeVar("ModelT", bound=torch.nn.Module)
+ModelT = TypeVar("ModelT", bound=ImageModule)
 
 
-class TorchImageModelHandler(ModelHandler[np.ndarray, PredictionResult, ModelT], Generic[ModelT], abc.ABC):
+class TorchImageModelHandler(ModelHandler[np.ndarray, PredictionResult, ModelT], Generic[ModelT]):
     """uint8 HWC images in, one :class:`PredictionResult` per image out, with the model's id as ``model_id``."""
 
     def __init__(self, spec: str, device: str | None = None, *,
@@ -36,16 +34,9 @@ class TorchImageModelHandler(ModelHandler[np.ndarray, PredictionResult, ModelT],
         self._spec = spec
         self._device = device
 
-    @abc.abstractmethod
-    def model_id(self, model: ModelT) -> str:
-        """The identifier and version each result carries."""
-
     def run_inference(self, batch: Sequence[np.ndarray], model: ModelT,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        images = torch.from_numpy(np.stack(batch)).to(model.device, non_blocking=True)
-        with torch.inference_mode():
-            outputs = model(images).float().cpu().numpy()
-        model_id = self.model_id(model)
+        outputs, model_id = model.infer(np.stack(batch))
         return [PredictionResult(example, self.result_value(output), model_id)
                 for example, output in zip(batch, outputs)]
 
@@ -64,9 +55,6 @@ class ScoreModelHandler(TorchImageModelHandler[ScoreModel]):
 
     def load_model(self) -> ScoreModel:
         return load_model(self._spec, self._device)
-
-    def model_id(self, model: ScoreModel) -> str:
-        return model.model_id
 
     def result_value(self, output: np.ndarray) -> float:
         return float(output)

@@ -55,7 +55,12 @@ def json_object(payload: str | bytes | dict, what: str = "record") -> tuple[dict
     """
     if isinstance(payload, dict):
         return payload, json.dumps(payload, sort_keys=True, default=str)
-    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    if isinstance(payload, bytes):
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected("bad_encoding", f"{what} is not UTF-8 ({exc}); re-export it as UTF-8") from None
+    text = payload
     try:
         record = json.loads(text)
     except ValueError as exc:

@@ -105,6 +105,7 @@ class TritonModel:
     spec: TritonSpec
     model_id: str
     input_size: int
+    max_batch_size: int  # the served model's; larger RunInference batches are sent in parts
 
 
 def _parameter(config: dict, key: str, spec: TritonSpec) -> str:
@@ -177,7 +178,7 @@ def connect(spec: TritonSpec | str, *, timeout_s: float = 10.0, wait_s: float = 
     except BaseException:
         client.close()
         raise
-    return TritonModel(client, spec, model_id, input_size)
+    return TritonModel(client, spec, model_id, input_size, int(config["max_batch_size"]))
 
 
 def triton_model_info(spec: str, *, timeout_s: float = 10.0, wait_s: float = 30.0) -> tuple[str, int]:
@@ -228,17 +229,21 @@ class TritonModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Triton
                 raise ValueError(f"Triton model {model.spec} takes uint8 {size}x{size}x3 images, got "
                                  f"{image.dtype} {image.shape}; decode them with "
                                  f"transforms.decode.decode_image(data, {size})")
-        images = np.ascontiguousarray(np.stack(batch))
+        scores = np.concatenate([self._infer(model, batch[start:start + model.max_batch_size])
+                                 for start in range(0, len(batch), model.max_batch_size)])
+        return [PredictionResult(example, float(score), model.model_id) for example, score in zip(batch, scores)]
+
+    def _infer(self, model: TritonModel, part: Sequence[np.ndarray]) -> np.ndarray:
+        images = np.ascontiguousarray(np.stack(part))
         tensor = InferInput(INPUT_NAME, list(images.shape), "UINT8")
         tensor.set_data_from_numpy(images)
         result = model.client.infer(model.spec.model_name, [tensor], model_version=model.spec.model_version,
                                     outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=self._timeout_s)
         scores = result.as_numpy(OUTPUT_NAME)
-        if scores is None or scores.size != len(batch):
+        if scores is None or scores.size != len(part):
             raise ValueError(f"Triton model {model.spec} returned {None if scores is None else scores.shape} "
-                             f"{OUTPUT_NAME!r} for a batch of {len(batch)}; expected one score per image")
-        return [PredictionResult(example, float(score), model.model_id)
-                for example, score in zip(batch, scores.reshape(-1))]
+                             f"{OUTPUT_NAME!r} for a batch of {len(part)}; expected one score per image")
+        return scores.reshape(-1)
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)
