@@ -152,7 +152,7 @@ class ReadItemsFromElasticsearch(beam.PTransform):
     """
 
     def __init__(self, config: EsConfig, index: str, days: int = 90, model_id: str = "",
-                 slices: int = 4, page_size: int = 1000, keep_alive: str = "5m", now: datetime | None = None,
+                 slices: int = 4, page_size: int = 1000, keep_alive: str = "10m", now: datetime | None = None,
                  label: str | None = None):
         super().__init__(label)
         if now is not None and now.tzinfo is None:

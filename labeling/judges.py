@@ -70,7 +70,9 @@ class HttpJudge:
         return cache_key(prompt_version=self.prompt.version, prompt_sha256=self.prompt.sha256, model=self.model,
                          image_urls=window.image_urls, image_size=self.image_size, repeat=repeat,
                          endpoint=self.client.base_url,
-                         sampling={"temperature": self.client.temperature, "max_tokens": self.client.max_tokens})
+                         sampling={"temperature": None if self.client.temperature is None
+                                   else float(self.client.temperature),  # 0 and 0.0 are one setting
+                                   "max_tokens": self.client.max_tokens})
 
     def _response_row(self, window: Window, repeat: int, reply: ChatReply | None, cached: bool,
                       error: Rejected | None, content: str | None = None, usage: dict | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timedelta, timezone
 
@@ -27,7 +28,7 @@ from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
 from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, help_requested
 from pipelines.report import print_counters, ship_packages
-from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
+from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
 from transforms.inference import make_score_handler, score_model_info
@@ -118,6 +119,9 @@ def _validate(opts: BackfillOptions, io_opts: JobIOOptions, es_url: str | None) 
         if not opts.deadletter:
             raise SystemExit("backfill: writing to Elasticsearch needs --deadletter DIR_OR_GS_PREFIX, so that no "
                              "rejected item is dropped silently")
+    if not re.fullmatch(r"\d+(d|h|m|s|ms|micros|nanos)", opts.es_pit_keep_alive or ""):
+        raise SystemExit(f"backfill: --es-pit-keep-alive {opts.es_pit_keep_alive!r} is not an Elasticsearch time "
+                         "value such as 10m or 1h")
     if opts.source == "es" and not es_url:
         raise SystemExit("backfill: --source es needs --es-url (or $ES_URL); use --source files --input GLOB otherwise")
 
@@ -128,7 +132,10 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
         BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(bo, jo, eo.es_url)
     model_id, input_size = score_model_info(mo.model)
-    now = parse_time(bo.now, "--now") if bo.now else datetime.now(timezone.utc)
+    try:
+        now = parse_time(bo.now, "--now") if bo.now else datetime.now(timezone.utc)
+    except Rejected as exc:
+        raise SystemExit(f"backfill: {exc}") from None
     since = now - timedelta(days=bo.days)
     es_config = EsConfig.from_env(url=eo.es_url, **(
         {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None

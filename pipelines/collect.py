@@ -88,7 +88,7 @@ def _parse_item(raw: Any, serp_id: str, index: int) -> dict:
         raise Rejected("bad_field", f"{where}: position must be an integer >= 0, got {position!r}")
     if price is not None and (not _is_number(price) or price < 0 or math.isnan(price)):
         raise Rejected("bad_field", f"{where}: price must be a number >= 0 or null, got {price!r}")
-    if not isinstance(raw["image_url"], str) or not raw["image_url"]:
+    if not isinstance(raw["image_url"], str) or not raw["image_url"].strip():
         raise Rejected("bad_field", f"{where}: image_url must be a non-empty string, got {raw['image_url']!r}")
     flags = {}
     for name in ("clicked", "liked", "purchased"):
@@ -99,7 +99,7 @@ def _parse_item(raw: Any, serp_id: str, index: int) -> dict:
             raise Rejected("bad_field", f"{where}: {name} must be true or false, got {value!r}")
         flags[name] = value
     return {"item_id": item_id, "position": position, "price": None if price is None else float(price),
-            "image_url": raw["image_url"], **flags}
+            "image_url": raw["image_url"].strip(), **flags}  # one spelling for every later join
 
 
 def parse_serp(line: str | bytes) -> dict:

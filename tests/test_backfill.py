@@ -116,6 +116,8 @@ def test_loopback_images_are_refused_without_the_allow_list(catalog, tmp_path):
     (["--source", "files"], "--input"),
     (["--source", "files", "--input", "x.jsonl", "--es-url", "http://127.0.0.1:1"], "--deadletter"),
     (["--source", "files", "--input", "x.jsonl"], "--es-url"),
+    (["--source", "files", "--input", "x.jsonl", "--output", "/tmp/x", "--now", "yesterday"], "--now"),
+    (["--source", "files", "--input", "x.jsonl", "--output", "/tmp/x", "--es-pit-keep-alive", "10"], "keep-alive"),
 ])
 def test_refuses_to_start_when_records_could_be_lost(argv, message, monkeypatch, capsys):
     monkeypatch.delenv("ES_URL", raising=False)

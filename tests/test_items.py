@@ -1,4 +1,5 @@
 """Item validation: every bad record is rejected with its reason, the good ones pass untouched."""
+import base64
 import json
 
 import apache_beam as beam
@@ -77,4 +78,4 @@ def test_undecodable_bytes_are_rejected_and_kept_recoverably():
         parse_item(raw)
     assert info.value.reason == "bad_encoding"
     record = dead_letter("parse", info.value.reason, info.value, raw)
-    assert record["payload"].encode("utf-8").decode("unicode_escape").encode("latin-1") == raw
+    assert record["payload_encoding"] == "base64" and base64.b64decode(record["payload"]) == raw

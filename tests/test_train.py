@@ -297,3 +297,7 @@ def test_a_changed_photo_never_borrows_the_old_photos_vector(tmp_path):
     assert train.item_id == ["a", "b"]
     assert emb.matrix[train.row[0]].tolist() == [0.0, 1.0]  # the new photo's vector
     assert data.dropped["image_without_embedding"] == 1  # c: only its old photo was embedded
+    # A URL with stray whitespace in the window still joins (embed strips it too).
+    spaced = tuple({**item, "image_url": f" {item['image_url']} "} for item in items[:2])
+    data = build_dataset([Window("s2", "q", "train", "a", spaced)], {"s2": {"a": 1.0, "b": 0.0}}, emb)
+    assert data.splits["train"].item_id == ["a", "b"]

@@ -103,7 +103,7 @@ def load_embeddings(pattern: str) -> Embeddings:
         item_id = _field(row, "item_id", str, where)
         vector = _field(row, "embedding", (list, tuple, np.ndarray), where)
         backbones.add(_field(row, "backbone_id", str, where))
-        key = (item_id, row.get("image_url") or "")
+        key = (item_id, (row.get("image_url") or "").strip())
         if key in seen:  # the same image embedded twice (it sat in two windows): one vector is enough
             continue
         seen.add(key)
@@ -223,7 +223,7 @@ def build_dataset(windows: list[Window], labels: dict[str, dict[str, float]], em
         kept, row_of = [], {}
         for item in window.items:
             item_id = item["item_id"]
-            key = (item_id, item.get("image_url") or "")
+            key = (item_id, (item.get("image_url") or "").strip())  # embed strips URLs too
             if item_id not in window_labels:
                 dropped["image_unlabelled"] += 1
             elif key not in embeddings.index:

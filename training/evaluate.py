@@ -102,7 +102,7 @@ def table_markdown(rows: list[dict], data: Dataset, split: str) -> str:
     head = [f"Split `{split}`: {part.n_windows} SERPs, {len(part.group)} images; "
             f"backbone `{data.embeddings.backbone_id}`. 95% bootstrap CI over SERPs; ties count as wrong.",
             f"{seen} of {total} distinct images of this split also appear in train windows (splits are by SERP, "
-            "as in the paper), so the learned rows partly measure images the head was trained on.",
+            "as in the paper), so the learned rows partly measure images seen in training.",
             "Paper columns: Mercari's proprietary dataset (paper Table 1), NOT this data; for orientation only.", "",
             "| Method | OPA % [95% CI] | OPA pairs | OPA ties | CA % [95% CI] | CA pairs | CA ties "
             "| Paper OPA (other data) | Paper CA (other data) |",

@@ -7,6 +7,7 @@ silently and an operator can replay the record once the cause is fixed.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
@@ -40,7 +41,7 @@ def redact(text: str) -> str:
 
 def _payload_text(payload: Any) -> str:
     if isinstance(payload, bytes):
-        return payload.decode("utf-8", errors="backslashreplace")  # undecodable bytes stay recoverable
+        return payload.decode("utf-8")  # callers hand bytes that are not UTF-8 to dead_letter as base64
     if isinstance(payload, str):
         return payload
     return json.dumps(payload, default=str, sort_keys=True)
@@ -48,14 +49,17 @@ def _payload_text(payload: Any) -> str:
 
 def dead_letter(stage: str, reason: str, error: str | BaseException, payload: Any,
                 id: str | None = None) -> dict:
-    """Build one dead-letter record: ``id`` (when known), ``stage``, ``reason``, ``error``, ``payload``."""
-    return {
-        "id": id,
-        "stage": stage,
-        "reason": reason,
-        "error": redact(str(error)),
-        "payload": _payload_text(payload),  # the input as it came, so it can be replayed; never our secrets
-    }
+    """Build one dead-letter record: ``id`` (when known), ``stage``, ``reason``, ``error``, ``payload``.
+
+    A payload of bytes that are not UTF-8 is stored as base64, with ``payload_encoding: base64``.
+    """
+    record = {"id": id, "stage": stage, "reason": reason, "error": redact(str(error))}
+    try:
+        record["payload"] = _payload_text(payload)  # the input as it came, so it can be replayed
+    except UnicodeDecodeError:  # bytes that are not text: kept exactly, and marked
+        record["payload"] = base64.b64encode(payload).decode("ascii")
+        record["payload_encoding"] = "base64"
+    return record
 
 
 def count_dead_letter(stage: str, reason: str) -> None:
