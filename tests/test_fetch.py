@@ -316,6 +316,54 @@ def test_a_dripped_head_over_tls_is_cut_below_tls(tls_image_server):
     assert server.hits["/head-drip.png"] == 1 and server.hits["/after.png"] == 2
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("drip", ["size", "trailers"])
+def test_an_answer_that_ends_its_connection_stays_under_the_watchdog(image_server, drip):
+    """``Connection: close`` or HTTP/1.0 makes http.client close its connection object once the head is in,
+    while the body is still read from the socket: that socket must stay watched until the fetch ends.
+    Here a chunk-size line (or endless trailer lines) drips for 10 s, each piece well within the read timeout."""
+    url = image_server.route(f"{drip}.png", chunked_drip=drip, drip=0.2, drip_pieces=50)
+    good = image_server.route("after.png")
+    with ImageFetcher(policy_for(image_server, read_timeout=1.0, total_timeout=1.5, retries=0)) as f:
+        start = time.monotonic()
+        exc = rejected(f, url)
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.5 + 0.5, f"took {elapsed:.1f}s ({exc.reason}: {exc})"
+        assert exc.reason == "fetch_timeout", exc
+        assert "budget of 1.5s" in str(exc) and url in str(exc) and "connection was shut down" in str(exc)
+        assert f.fetch(good) == TINY_PNG, "the same fetcher still works"
+    assert image_server.hits[f"/{drip}.png"] == 1 and image_server.hits["/after.png"] == 1
+
+
+@pytest.mark.parametrize("drip", ["size", "trailers"])
+def test_an_answer_that_ends_its_connection_in_time_is_read_whole(image_server, drip):
+    """The same answers, quickly: the framing is valid, so only the clock made the test above fail them."""
+    url = image_server.route(f"{drip}.png", chunked_drip=drip, drip=0.01, drip_pieces=3)
+    with ImageFetcher(policy_for(image_server, read_timeout=1.0, total_timeout=1.5, retries=0)) as f:
+        assert f.fetch(url) == b"X"
+        assert f.fetch(url) == b"X", "a fresh connection replaces the one the answer ended"
+    assert image_server.hits[f"/{drip}.png"] == 2
+
+
+def test_a_budget_spent_before_connecting_says_so_and_sends_nothing(monkeypatch, image_server):
+    """A slow DNS lookup is not the server's fault: the message must not blame a connection."""
+    url = image_server.route("late-dns.png")
+    real_resolve = fetch_module.resolve
+
+    def slow_resolve(host, port):
+        time.sleep(0.8)
+        return real_resolve(host, port)
+
+    monkeypatch.setattr(fetch_module, "resolve", slow_resolve)
+    with ImageFetcher(policy_for(image_server, total_timeout=0.5, retries=0)) as f:
+        exc = rejected(f, url)
+        assert exc.reason == "fetch_timeout" and "budget of 0.5s" in str(exc) and url in str(exc)
+        assert "no connection was open" in str(exc) and "shut down" not in str(exc), exc
+        monkeypatch.undo()
+        assert f.fetch(url) == TINY_PNG
+    assert image_server.hits["/late-dns.png"] == 1, "the request after the budget was never sent"
+
+
 def test_a_connection_cut_as_its_answer_ends_is_closed_not_pooled(monkeypatch, image_server):
     """The budget may run out just as the body is complete and urllib3 hands the connection back."""
     url = image_server.route("edge.png")

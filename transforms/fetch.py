@@ -134,23 +134,35 @@ def _clip(timeout: Any, doing: str) -> Any:
 
 
 class _Watch:
-    """One fetch's deadline and the sockets it is reading from right now."""
+    """One fetch's deadline and the sockets it has used, each with the watch's own duplicate of it."""
 
-    __slots__ = ("deadline", "done", "fired", "owner", "sockets")
+    __slots__ = ("cut", "deadline", "done", "fired", "owner", "sockets")
 
     def __init__(self, deadline: float, owner: _Watchdog):
         self.deadline = deadline
         self.owner = owner
-        self.sockets: set[socket.socket] = set()
-        self.fired = False  # the budget ran out and the watchdog shut the sockets down
+        self.sockets: dict[socket.socket, socket.socket] = {}  # watched socket -> duplicate the watch owns
+        self.fired = False  # the budget ran out
+        self.cut = False    # ... while the fetch had a socket, which the watchdog shut down
         self.done = False   # the fetch is over; nothing of it may be touched any more
 
 
-def _cut(sock: socket.socket) -> None:
-    # The plain socket method, below TLS: SSLSocket.shutdown would also tear down the
-    # TLS state another thread is reading with. A blocked recv then returns at once.
+def _duplicate(sock: socket.socket) -> socket.socket | None:
+    """A plain socket on a new descriptor for the same connection (below TLS); None if ``sock`` is closed.
+
+    Shutting the duplicate down ends the connection for every descriptor of it, so a
+    blocked ``recv`` on ``sock`` returns at once, and no TLS state is touched. Never
+    change its timeout: the blocking flag is shared with ``sock``.
+    """
     try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        return socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
+    except OSError:
+        return None
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # not connected (any more): nothing to cut
 
@@ -165,9 +177,15 @@ class _Watchdog:
     armed in deadline order (one budget per fetcher), so a deque is the queue; the
     thread sleeps until the oldest deadline, and ends once nothing is armed.
 
-    Sockets are attached and detached under the same lock the watchdog cuts
-    under, and always detached before they are closed, so a cut can never land
-    on a file descriptor that was closed and reused by another connection.
+    The watchdog never touches a fetch's own sockets: each watch holds a
+    duplicate descriptor of every socket it watches, made, cut and closed only
+    under the lock. A socket therefore stays watched when its connection object
+    lets go of it: http.client closes the connection once the head of a
+    ``Connection: close`` or HTTP/1.0 answer is in, while the body is still read
+    from the socket. Whoever closes the socket itself, the watch's duplicate keeps
+    the descriptor it cuts open until the fetch disarms (or the connection goes
+    back to the pool), so a cut can never land on a descriptor that was reused by
+    another connection.
     """
 
     def __init__(self, budget: float):
@@ -187,24 +205,32 @@ class _Watchdog:
         return watch
 
     def disarm(self, watch: _Watch) -> bool:
-        """End the watch; True when the budget ran out first and its sockets were cut."""
+        """End the watch; True when the budget ran out first."""
         with self._lock:
             watch.done = True
+            for duplicate in watch.sockets.values():
+                duplicate.close()
             watch.sockets.clear()
             return watch.fired
 
     def attach(self, watch: _Watch, sock: socket.socket) -> None:
         with self._lock:
-            if watch.done:
+            if watch.done or sock in watch.sockets:
                 return
-            watch.sockets.add(sock)
-            if watch.fired:  # a retry or redirect after the budget ran out: nothing more may be read
-                _cut(sock)
+            duplicate = _duplicate(sock)
+            if duplicate is None:
+                return  # already closed: nothing can be read from it
+            watch.sockets[sock] = duplicate
+            if watch.fired:  # connected after the budget ran out: nothing more may be read
+                _cut(duplicate)
 
-    def detach(self, watch: _Watch, sock: socket.socket | None) -> bool:
-        """Stop watching ``sock``; True when the watchdog already cut it."""
+    def detach(self, watch: _Watch, socks: Iterable[socket.socket]) -> bool:
+        """Stop watching ``socks``; True when the budget ran out (they may have been cut)."""
         with self._lock:
-            watch.sockets.discard(sock)
+            for sock in socks:
+                duplicate = watch.sockets.pop(sock, None)
+                if duplicate is not None:
+                    duplicate.close()
             return watch.fired
 
     def expire(self, watch: _Watch) -> None:
@@ -215,8 +241,9 @@ class _Watchdog:
     def _expire(self, watch: _Watch) -> None:
         if not watch.done and not watch.fired:
             watch.fired = True
-            for sock in watch.sockets:
-                _cut(sock)
+            watch.cut = bool(watch.sockets)
+            for duplicate in watch.sockets.values():
+                _cut(duplicate)
 
     def _run(self) -> None:
         with self._lock:
@@ -252,16 +279,17 @@ def _watch_socket(conn: Any) -> None:
     if conn._watch is not None and conn._watch is not watch:
         _unwatch_socket(conn)
     conn._watch = watch
+    conn._watched = conn._watched | {conn.sock}  # also the sockets it closed: a response may still read them
     watch.owner.attach(watch, conn.sock)
 
 
 def _unwatch_socket(conn: Any) -> bool:
-    """Take ``conn``'s socket off its watch; True when the watchdog had cut it (unusable)."""
+    """Take ``conn``'s sockets off its watch; True when the budget ran out (the socket may be cut: unusable)."""
     watch: _Watch | None = conn._watch
     if watch is None:
         return False
-    conn._watch = None
-    return watch.owner.detach(watch, conn.sock)
+    watched, conn._watch, conn._watched = conn._watched, None, frozenset()
+    return watch.owner.detach(watch, watched)
 
 
 # --- the address guard, inside the connection --------------------------------------
@@ -327,11 +355,14 @@ class _GuardedConnectionMixin:
 
     TLS still wraps the socket with ``server_hostname=self.host``, so SNI and
     certificate checks use the URL's host while the TCP peer is the checked address.
-    The connection also puts its socket under the fetch's watchdog while it is used.
+    The connection also puts its socket under the fetch's watchdog, until the fetch
+    ends or the connection goes back to the pool. Closing the connection does not end
+    the watch: the response of an answer that ends its connection reads on from the socket.
     """
 
     guard: AddressGuard
     _watch: _Watch | None = None
+    _watched: frozenset[socket.socket] = frozenset()
 
     def _new_conn(self) -> socket.socket:
         try:
@@ -353,10 +384,6 @@ class _GuardedConnectionMixin:
     def getresponse(self):
         self.timeout = _clip(self.timeout, f"the response headers from {self.host}")
         return super().getresponse()
-
-    def close(self) -> None:
-        _unwatch_socket(self)  # before the descriptor is closed and can be reused
-        super().close()
 
 
 class _GuardedPoolMixin:
@@ -488,12 +515,14 @@ class ImageFetcher:
             failure = None
         finally:
             _budget.deadline = _budget.watch = None
-            cut = self._watchdog.disarm(watch)  # after this no socket of this fetch can be cut
-        if cut:
+            expired = self._watchdog.disarm(watch)  # after this no socket of this fetch can be cut
+        if expired:
             # Whatever the cut caused (a parse error, headers or a body that "ended" early) is not the answer.
+            why = ("the server answered too slowly, so its connection was shut down at the deadline" if watch.cut
+                   else "the budget ran out while no connection was open (e.g. during the DNS lookup)")
             raise Rejected("fetch_timeout", (
                 f"{url} did not finish within the time budget of {self.policy.total_timeout:g}s "
-                f"(--fetch-timeout); the server answered too slowly and the connection was cut")) from None
+                f"(--fetch-timeout); {why}")) from None
         if isinstance(failure, Rejected):
             message = str(failure) if str(url) in str(failure) else f"{url}: {failure}"
             raise Rejected(failure.reason, message) from None
