@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from training.adjectives import DEFAULT_WORDNET_DIR, AdjectiveFinder, WordNetMissing, count_adjectives, load_wordnet
+from training.adjectives import (
+    DEFAULT_WORDNET_DIR,
+    AdjectiveFinder,
+    WordNetMissing,
+    count_adjectives,
+    load_wordnet,
+)
+from training.data import iter_records
 
 
 @dataclass
@@ -65,24 +72,10 @@ def _files(patterns: Iterable[str], what: str) -> list[str]:
 
 def _records(path: str, inputs: Inputs) -> Iterator[tuple[str, dict]]:
     """(where, record) for each JSON object in a JSONL or Parquet file; bad lines are counted, not fatal."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        for i, record in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}#{i}", record
-        return
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                inputs.problem("malformed_json", where, str(exc))
-                continue
-            if not isinstance(record, dict):
-                inputs.problem("malformed_json", where, f"a JSON {type(record).__name__}, not an object")
-                continue
+    for where, record in iter_records(path):
+        if isinstance(record, str):
+            inputs.problem("malformed_json", where, record)
+        else:
             yield where, record
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -40,24 +41,39 @@ def _read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+def iter_records(path: str) -> Iterator[tuple[str, dict | str]]:
+    """``(where, record)`` for each JSON object of a JSONL or Parquet file, or ``(where, problem)`` for a bad line.
+
+    Callers decide what a bad line means: training refuses it, the analysis counts it.
+    """
+    data = _read_bytes(path)
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        for i, record in enumerate(pq.read_table(io.BytesIO(data)).to_pylist()):
+            yield f"{path}#{i}", record
+        return
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield where, f"not valid JSON ({exc.msg})"
+            continue
+        if not isinstance(record, dict):
+            yield where, f"expected a JSON object, got {type(record).__name__}"
+            continue
+        yield where, record
+
+
 def read_records(pattern: str, flag: str) -> list[dict]:
     """All records of the JSONL (``.jsonl``/``.json``, optionally compressed) or Parquet files a glob matches."""
     records: list[dict] = []
     for path in match_files(pattern, flag):
-        data = _read_bytes(path)
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-            records.extend(pq.read_table(io.BytesIO(data)).to_pylist())
-            continue
-        for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove the line") from exc
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        for where, record in iter_records(path):
+            if isinstance(record, str):
+                raise ValueError(f"{where}: {record}; fix or remove the line")
             records.append(record)
     return records
 

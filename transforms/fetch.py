@@ -33,7 +33,7 @@ import http.cookiejar
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 from urllib.parse import unquote, urljoin, urlsplit
@@ -630,26 +630,34 @@ class ImageFetcher:
         if declared.isdigit() and int(declared) > self.policy.max_bytes:
             raise self._too_large(url, f"{int(declared)} bytes by its Content-Length")
         raw = response.raw
-        chunks: list[bytes] = []
-        total = 0
-        while True:
+
+        def read(total: int) -> bytes:
             timeout = _clip(self.policy.read_timeout, f"{url} finished downloading after {total} bytes")
             connection = raw.connection
             if connection is not None and connection.sock is not None:
                 connection.sock.settimeout(timeout)  # each read waits at most what is left of the budget
             try:
-                data = raw.read1(CHUNK_BYTES)
+                return raw.read1(CHUNK_BYTES)
             except (TimeoutError, ReadTimeoutError):
                 cause = (f"hit the time budget of {self.policy.total_timeout:g}s" if timeout < self.policy.read_timeout
                          else f"sent nothing for {self.policy.read_timeout:g}s")
                 raise Rejected("fetch_timeout", f"{url} {cause} after {total} bytes") from None
             except (ProtocolError, Urllib3HTTPError, OSError) as exc:
                 raise Rejected("connection_error", f"{url} body was cut off after {total} bytes: {exc}") from None
+
+        return self._read_up_to_cap(read, url)
+
+    def _read_up_to_cap(self, read: Callable[[int], bytes], name: str) -> bytes:
+        """Call ``read(bytes so far)`` until it returns nothing; abort as soon as the byte cap is passed."""
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            data = read(total)
             if not data:
                 return b"".join(chunks)
             total += len(data)
             if total > self.policy.max_bytes:
-                raise self._too_large(url, f"at least {total} bytes (aborted while streaming)")
+                raise self._too_large(name, f"at least {total} bytes (aborted while streaming)")
             chunks.append(data)
 
     def _fetch_storage(self, url: str, scheme: str) -> bytes:
@@ -668,21 +676,15 @@ class ImageFetcher:
             if not _exists(path):
                 raise Rejected("file_not_found", f"{path} does not exist") from None
             raise Rejected("connection_error", f"{path} could not be opened: {exc}") from None
-        chunks: list[bytes] = []
-        total = 0
+
+        def read(total: int) -> bytes:
+            _clip(None, f"{path} finished reading after {total} bytes")
+            try:
+                return handle.read(CHUNK_BYTES)
+            except Exception as exc:  # noqa: BLE001 - any storage error, named in the reason
+                raise Rejected("connection_error", f"{path} could not be read after {total} bytes: {exc}") from None
         with handle:
-            while True:
-                _clip(None, f"{path} finished reading after {total} bytes")
-                try:
-                    data = handle.read(CHUNK_BYTES)
-                except Exception as exc:  # noqa: BLE001 - any storage error, named in the reason
-                    raise Rejected("connection_error", f"{path} could not be read after {total} bytes: {exc}") from None
-                if not data:
-                    return b"".join(chunks)
-                total += len(data)
-                if total > self.policy.max_bytes:
-                    raise self._too_large(path, f"at least {total} bytes (aborted while reading)")
-                chunks.append(data)
+            return self._read_up_to_cap(read, path)
 
 
 def _scheme_mismatch(url: str, scheme: str, path: str) -> Rejected:
