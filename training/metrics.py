@@ -103,6 +103,32 @@ def ca_outcomes(scores, clicked, groups) -> PairOutcomes:
     return PairOutcomes(codes[i], score_gap * click_sign > 0, score_gap == 0)
 
 
+def group_bootstrap_ci(numerator, denominator, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                       chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CIs of ``sum(numerator) / sum(denominator)``, resampling groups (rows) with replacement.
+
+    Each column is one statistic; all columns share the same resamples, so the
+    CIs of related figures (e.g. deltas against one baseline) are comparable.
+    Resamples are drawn ``chunk`` at a time and summed as count-weighted sums,
+    so memory stays O(chunk x groups) however many resamples are asked for.
+    """
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    squeeze = numerator.ndim == 1
+    numerator, denominator = numerator.reshape(len(numerator), -1), denominator.reshape(len(denominator), -1)
+    n = len(numerator)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, n_boot, chunk):
+        draws = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        counts = np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stats.append((counts @ numerator) / (counts @ denominator))
+    tail = (1.0 - level) / 2.0
+    low, high = np.nanquantile(np.concatenate(stats), [tail, 1.0 - tail], axis=0)
+    return (low[0], high[0]) if squeeze else (low, high)
+
+
 def bootstrap_ci(outcomes: PairOutcomes, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of the micro-averaged accuracy, resampling groups (SERPs) with replacement."""
@@ -111,11 +137,7 @@ def bootstrap_ci(outcomes: PairOutcomes, n_boot: int = 1000, seed: int = 0,
     _, codes = np.unique(outcomes.group, return_inverse=True)
     correct = np.bincount(codes, weights=outcomes.correct.astype(np.float64))
     pairs = np.bincount(codes).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
-    accuracy = correct[draws].sum(axis=1) / pairs[draws].sum(axis=1)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(accuracy, [tail, 1.0 - tail])
+    low, high = group_bootstrap_ci(correct, pairs, n_boot=n_boot, seed=seed, level=level)
     return float(low), float(high)
 
 
