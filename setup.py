@@ -42,7 +42,7 @@ setup(
     description="Image Score: learn human preferences for listing photos and feed them into search ranking",
     python_requires=">=3.11",
     py_modules=["imagescore"],
-    packages=find_packages(include=["pipelines*", "transforms*", "es*", "scoring*", "training*", "labeling*"]),
+    packages=find_packages(include=["pipelines*", "transforms*", "es*", "scoring*", "training*", "labeling*", "ranking*"]),
     package_data={"labeling": ["prompts/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -57,6 +57,7 @@ WINDOW_ITEMS = "window_items"
 
 _SERP_FIELDS = {"serp_id": str, "query": str, "platform": str, "ts": str, "items": list}
 _ITEM_FIELDS = ("item_id", "position", "price", "image_url", "clicked")
+ENGINE_FIELDS = ("score", "relevance_score")  # optional per item; carried into windows when logged
 
 
 # --------------------------------------------------------------------------- parsing
@@ -98,8 +99,16 @@ def _parse_item(raw: Any, serp_id: str, index: int) -> dict:
         if not isinstance(value, bool):
             raise Rejected("bad_field", f"{where}: {name} must be true or false, got {value!r}")
         flags[name] = value
+    engine = {}
+    for name in ENGINE_FIELDS:  # optional: the engine's logged score and its named relevance clause's score
+        value = raw.get(name)
+        if value is None:
+            continue
+        if not _is_number(value) or value < 0 or not math.isfinite(value):
+            raise Rejected("bad_field", f"{where}: {name} must be a finite number >= 0 or absent, got {value!r}")
+        engine[name] = float(value)
     return {"item_id": item_id, "position": position, "price": None if price is None else float(price),
-            "image_url": raw["image_url"].strip(), **flags}  # one spelling for every later join
+            "image_url": raw["image_url"].strip(), **flags, **engine}  # one spelling for every later join
 
 
 def parse_serp(line: str | bytes) -> dict:
@@ -196,7 +205,8 @@ def make_window(serp: dict, max_price_diff: float = 0.2, before: int = 5, after:
     window = {
         "serp_id": serp["serp_id"], "query": serp["query"], "platform": serp["platform"], "ts": serp["ts"],
         "anchor_item_id": anchor["item_id"],
-        "items": [{k: item[k] for k in ("item_id", "position", "price", "image_url", "clicked", "liked", "purchased")}
+        "items": [{k: item[k] for k in ("item_id", "position", "price", "image_url", "clicked", "liked", "purchased")
+                   + ENGINE_FIELDS if k in item}
                   for item in window_items],
     }
     return window, drops
@@ -309,7 +319,7 @@ def parquet_schema():
     import pyarrow as pa
     item = pa.struct([("item_id", pa.string()), ("position", pa.int64()), ("price", pa.float64()),
                       ("image_url", pa.string()), ("clicked", pa.bool_()), ("liked", pa.bool_()),
-                      ("purchased", pa.bool_())])
+                      ("purchased", pa.bool_()), ("score", pa.float64()), ("relevance_score", pa.float64())])
     return pa.schema([("serp_id", pa.string()), ("query", pa.string()), ("platform", pa.string()),
                       ("ts", pa.string()), ("split", pa.string()), ("anchor_item_id", pa.string()),
                       ("items", pa.list_(item))])

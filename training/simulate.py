@@ -21,6 +21,10 @@ share, so the simulator makes a small world where the truth is known:
   strings, a target price (some listing's price) and ranks the category's
   items by ``relevance - 4 * |log(price / target)| + noise``: a relevance
   ranker that shows similar-price neighbourhoods, blind to image quality.
+  Each shown item logs the engine's ``score`` (``exp`` of that ranking
+  score, as float32: a text ``relevance_score`` ``exp(relevance + noise)``
+  times a price-proximity factor ``exp(-4 |log(price / target)|)``), so
+  ``rerank-eval`` can replay the SERP under a boosting formula.
 * **Clicks.** An examination model: position ``p`` is looked at with
   probability ``1 / log2(1 + p)``; a looked-at item is clicked with
   probability ``sigmoid(intercept + relevance_effect * (2 r - 1) +
@@ -125,9 +129,16 @@ def generate_serps(rng: np.random.Generator, items: list[dict], urls: list[str],
         query = QUERY_TEMPLATES[int(rng.integers(len(QUERY_TEMPLATES)))].format(kind=kind)
         platform = PLATFORMS[int(rng.choice(len(PLATFORMS), p=PLATFORM_WEIGHTS))]
         target = log_price[pool[int(rng.integers(len(pool)))]]
-        rank = relevance[pool] - 4.0 * np.abs(log_price[pool] - target) + rng.normal(0.0, rank_noise, len(pool))
+        noise = rng.normal(0.0, rank_noise, len(pool))
+        price_gap = np.abs(log_price[pool] - target)
+        rank = relevance[pool] - 4.0 * price_gap + noise
         k = min(serp_size, len(pool))
-        shown = pool[np.argsort(-rank, kind="stable")[:k]]
+        top = np.argsort(-rank, kind="stable")[:k]
+        shown = pool[top]
+        # What the engine logged: exp(rank) as Elasticsearch computes it, a float32 text-relevance score
+        # times a double price-proximity factor (an outer function_score multiplying).
+        relevance_score = np.exp(relevance[shown] + noise[top]).astype(np.float32)
+        engine_score = (relevance_score.astype(np.float64) * np.exp(-4.0 * price_gap[top])).astype(np.float32)
         attract = _sigmoid(intercept + relevance_effect * (2 * relevance[shown] - 1)
                            + quality_effect * (2 * quality[shown] - 1))
         clicked = rng.random(k) < examine[:k] * attract
@@ -139,7 +150,8 @@ def generate_serps(rng: np.random.Generator, items: list[dict], urls: list[str],
             "serp_id": f"serp-{j:07d}", "query": query, "platform": platform,
             "ts": ts.isoformat().replace("+00:00", "Z"),
             "items": [{"item_id": items[i]["item_id"], "position": p + 1, "price": prices[i], "image_url": urls[i],
-                       "clicked": bool(clicked[p]), "liked": bool(liked[p]), "purchased": bool(purchased[p])}
+                       "clicked": bool(clicked[p]), "liked": bool(liked[p]), "purchased": bool(purchased[p]),
+                       "score": float(engine_score[p]), "relevance_score": float(relevance_score[p])}
                       for p, i in enumerate(shown.tolist())],
         }
 

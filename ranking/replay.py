@@ -1,0 +1,205 @@
+"""Replay logged SERPs under a boosting formula, ranking each window as Elasticsearch would.
+
+The logs hold, per shown item, the engine's ``score`` and (when the query
+named its relevance clause) the ``relevance_score``. The replay builds the
+real query with :mod:`es.boosting` around stand-ins that return those logged
+figures, and evaluates it with the scoring mirror :mod:`es.function_score`:
+
+* multiplicative / power: the base query's score is the logged ``score``;
+* additive / rank_feature: the relevance clause scores the logged
+  ``relevance_score`` and the other factors are ``score / relevance_score``
+  (freshness and other dynamic factors are taken as logged).
+
+Every SERP is ranked by the new score, ties broken by logged position. The
+logs should come from searches without the boost (the control arm).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+
+import numpy as np
+from elasticsearch.dsl import Q
+from elasticsearch.dsl import function as F
+
+from es.boosting import RANK_FEATURE_FIELD, RELEVANCE_NAME, SCORE_FIELD, Boost, build_query, rescore_search
+from es.function_score import evaluate, search_scores
+
+LOGGED_SCORE, LOGGED_RELEVANCE, OTHER_FACTORS = "_logged_score", "_logged_relevance", "_other_factors"
+
+
+@dataclasses.dataclass
+class Logs:
+    """Logged SERPs as flat arrays, one row per shown item, rows grouped by SERP and sorted by position."""
+
+    serp_ids: list[str]
+    platforms: np.ndarray   # per SERP (object)
+    queries: np.ndarray     # per SERP (object)
+    serp: np.ndarray        # per item: SERP index
+    item_ids: np.ndarray    # per item (object)
+    position: np.ndarray    # per item: logged position (int)
+    clicked: np.ndarray     # per item (bool)
+    score: np.ndarray       # per item: logged engine score (float64 holding float32 values)
+    relevance: np.ndarray   # per item: logged relevance_score, NaN where the log has none
+    image_urls: np.ndarray  # per item (object), for the sample page
+    image_score: np.ndarray | None = None  # per item: float32, NaN where no score is known
+
+    @property
+    def n_serps(self) -> int:
+        return len(self.serp_ids)
+
+    def logged_rank(self) -> np.ndarray:
+        """1-based rank of each item in its logged SERP (positions may start at 0 or skip)."""
+        starts = np.searchsorted(self.serp, np.arange(self.n_serps))
+        return np.arange(len(self.serp)) - starts[self.serp] + 1
+
+
+def _files(pattern: str, what: str) -> list[str]:
+    files = sorted({f for part in pattern.split(",") if part for f in glob.glob(part.strip())})
+    if not files:
+        raise SystemExit(f"no {what} files match {pattern!r}")
+    return files
+
+
+def _number(value, where: str, name: str, required: bool) -> float:
+    if value is None:
+        if required:
+            raise ValueError(f"{where} has no {name!r}; log the engine score of every shown item "
+                             f"(hit._score) to replay it")
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def load_logs(pattern: str) -> Logs:
+    """Read search-log JSONL (one SERP per line, the simulate/collect log format) from a glob."""
+    serp_ids, platforms, queries = [], [], []
+    serp, item_ids, position, clicked, score, relevance, urls = [], [], [], [], [], [], []
+    for path in _files(pattern, "log"):
+        with open(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    raw = json.loads(line)
+                    items = sorted(raw["items"], key=lambda it: it["position"])
+                    sid, platform = str(raw["serp_id"]), str(raw.get("platform", "unknown"))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{where}: not a SERP log line ({type(exc).__name__}: {exc}); expected "
+                                     f"serp_id, platform, items[] with item_id, position, clicked, score") from None
+                index = len(serp_ids)
+                serp_ids.append(sid)
+                platforms.append(platform)
+                queries.append(str(raw.get("query", "")))
+                for it in items:
+                    at = f"{where} (SERP {sid!r}, item {it.get('item_id')!r})"
+                    serp.append(index)
+                    item_ids.append(it["item_id"])
+                    position.append(it["position"])
+                    clicked.append(bool(it.get("clicked", False)))
+                    score.append(_number(it.get("score"), at, "score", True))
+                    relevance.append(_number(it.get("relevance_score"), at, "relevance_score", False))
+                    urls.append(it.get("image_url", ""))
+    return Logs(serp_ids, np.array(platforms, dtype=object), np.array(queries, dtype=object), np.array(serp, dtype=np.int64),
+                np.array(item_ids, dtype=object), np.array(position, dtype=np.int64), np.array(clicked, bool),
+                np.array(score, np.float64), np.array(relevance, np.float64), np.array(urls, dtype=object))
+
+
+def load_scores(pattern: str) -> dict[str, float]:
+    """``id`` -> ``image_score`` from JSONL files such as the backfill's ``scores*.jsonl``."""
+    scores: dict[str, float] = {}
+    for path in _files(pattern, "score"):
+        with open(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                    key, value = str(raw["id"]), raw["image_score"]
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object with id and image_score "
+                                     f"({type(exc).__name__}: {exc})") from None
+                scores[key] = _number(value, f"{path}:{lineno} (id {key!r})", "image_score", True)
+    return scores
+
+
+def attach_scores(logs: Logs, scores: dict[str, float]) -> Logs:
+    """Set each item's image score (float32, as the index stores it); NaN where none is known."""
+    logs.image_score = np.array([scores.get(i, np.nan) for i in logs.item_ids.tolist()], dtype=np.float32)
+    return logs
+
+
+def _logged_field_query(field: str, name: str | None = None) -> Q:
+    """A query whose score is a logged figure: ``function_score`` replacing match_all's score by the field."""
+    kwargs = {"_name": name} if name else {}
+    return Q("function_score", query=Q("match_all"), functions=[F.SF("field_value_factor", field=field)],
+             boost_mode="replace", **kwargs)
+
+
+def replay_query(boost: Boost, rescore_window: int | None = None) -> dict:
+    """The search body the replay evaluates: the real builder around stand-ins for the logged scores."""
+    if boost.formula in ("multiplicative", "power"):
+        base = _logged_field_query(LOGGED_SCORE)
+    else:
+        base = Q("function_score", query=_logged_field_query(LOGGED_RELEVANCE, RELEVANCE_NAME),
+                 functions=[F.SF("field_value_factor", field=OTHER_FACTORS)], boost_mode="multiply")
+    if rescore_window:
+        return rescore_search(base, boost, rescore_window).to_dict()
+    return {"query": build_query(base, boost).to_dict()}
+
+
+def replay_docs(logs: Logs, boost: Boost) -> dict[str, np.ndarray]:
+    """The document fields the mirror reads; errors clearly when the formula needs what the logs lack."""
+    if logs.image_score is None:
+        raise ValueError("attach image scores (attach_scores) before replaying")
+    docs = {LOGGED_SCORE: logs.score, SCORE_FIELD: logs.image_score}
+    if boost.formula in ("additive", "rank_feature"):
+        lacking = np.isnan(logs.relevance)
+        if lacking.any():
+            i = int(np.argmax(lacking))
+            raise ValueError(f"the {boost.formula} formula needs each item's relevance_score, but SERP "
+                             f"{logs.serp_ids[logs.serp[i]]!r} item {logs.item_ids[i]!r} (and {int(lacking.sum()) - 1} "
+                             f"more) has none; name the relevance clause and log it with include_named_queries_score,"
+                             f" or replay the multiplicative formula")
+        zero = logs.relevance == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            docs[OTHER_FACTORS] = np.where(zero, 0.0, logs.score / logs.relevance)
+        docs[LOGGED_RELEVANCE] = logs.relevance
+    if boost.formula == "rank_feature":
+        present = ~np.isnan(logs.image_score) & (logs.image_score > 0)
+        docs[RANK_FEATURE_FIELD] = np.where(present, logs.image_score, np.nan).astype(np.float32)
+    return docs
+
+
+def replay_scores(logs: Logs, boost: Boost, rescore_window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, rescored)`` of every logged item under ``boost``.
+
+    With a rescore window, the items a SERP showed within its first
+    ``rescore_window`` logged ranks are rescored and the rest keep the logged score.
+    """
+    body = replay_query(boost, rescore_window)
+    docs = replay_docs(logs, boost)
+    if not rescore_window:
+        _, scores = evaluate(body["query"], docs)
+        return scores, np.zeros(len(scores), bool)
+    spec = dict(body["rescore"])
+    spec["window_size"] = len(logs.serp)  # every row is rescored here; the per-SERP window is applied below
+    _, scores, _ = search_scores({**body, "rescore": spec}, docs)
+    in_window = logs.logged_rank() <= rescore_window
+    return np.where(in_window, scores, logs.score.astype(np.float32)), in_window
+
+
+def new_ranks(logs: Logs, scores: np.ndarray, rescored: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each item in its SERP under ``scores``; ties keep the logged order."""
+    keys = [logs.position, -scores.astype(np.float64)]
+    if rescored is not None and rescored.any():
+        keys.append(~rescored)
+    keys.append(logs.serp)
+    order = np.lexsort(keys)
+    ranks = np.empty(len(order), np.int64)
+    starts = np.searchsorted(logs.serp[order], np.arange(logs.n_serps))
+    ranks[order] = np.arange(len(order)) - starts[logs.serp[order]] + 1
+    return ranks
