@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train the MLP head with pairwise focal or CE loss"),
     "evaluate": ("training.evaluate", "OPA and CA of Image Score against the paper's baselines"),
     "export-triton": ("scoring.export_triton", "export a score model as a Triton model repository"),
+    "query": ("ranking.query", "print (or run, with explain) a search boosted by the image score"),
+    "rerank-eval": ("ranking.rerank_eval", "replay logged SERPs under boosting formulas and weights"),
+    "ab-readout": ("ranking.ab", "read out an A/B test in the paper's Table 2 layout"),
+    "simulate-ab": ("ranking.ab_simulate", "simulate an A/B test with per-platform effects (and optional SRM)"),
 }
 
 

@@ -4,7 +4,9 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "apache-beam[gcp]>=2.77,<3",
     "tritonclient[grpc]>=2.50",
-    "elasticsearch>=8.13,<10",  # 9.x by default; `pip install 'elasticsearch>=8,<9'` for 8.x clusters
+    # 9.x by default; `pip install 'elasticsearch>=8.18,<9'` for 8.x clusters. 8.18 is the first client that
+    # ships elasticsearch.dsl, which the boosting query builders use.
+    "elasticsearch>=8.18,<10",
     "google-cloud-pubsub>=2.20",
     "pillow>=10.3",
     "requests>=2.31",
@@ -17,6 +19,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "openai>=1.45",
     "matplotlib>=3.8",  # training curves and analysis plots  # the vision-LLM judge (any OpenAI-compatible endpoint)
+    "tea-tasting>=1,<2",  # A/B readout: Welch tests, delta-method ratio CIs, CUPED, power, Holm
 ]
 
 EXTRAS = {
@@ -33,6 +36,7 @@ EXTRAS["dev"] = sorted(
         "pytest>=8",
         "pytest-timeout>=2.3",
         "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
+        "ir-measures>=0.3",  # trec_eval-semantics oracle for the rerank-eval ranking metrics
     }
 )
 
