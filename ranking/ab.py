@@ -40,18 +40,18 @@ POWER = 0.8
 
 def read_rows(path: str) -> pa.Table:
     """CSV, JSONL or Parquet by extension."""
-    import pyarrow.csv
-    import pyarrow.json
-    import pyarrow.parquet
+    import pyarrow.csv as pa_csv
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pa_parquet
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such file")
     lower = path.lower()
     if lower.endswith(".parquet"):
-        table = pa.parquet.read_table(path)
+        table = pa_parquet.read_table(path)
     elif lower.endswith((".jsonl", ".json", ".ndjson")):
-        table = pa.json.read_json(path)
+        table = pa_json.read_json(path)
     elif lower.endswith(".csv"):
-        table = pa.csv.read_csv(path, convert_options=pa.csv.ConvertOptions(
+        table = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
             column_types={"user_id": pa.string(), "variant": pa.string(), "platform": pa.string(),
                           "exposed_at": pa.string()}))
     else:

@@ -152,3 +152,8 @@ def test_bad_flags_are_named(tmp_path):
         ab.run(["--input", str(tmp_path / "rows.txt"), "--control", "c", "--output", str(tmp_path / "o")]) \
             if (tmp_path / "rows.txt").write_text("x") else None
     assert ab.run(["--input", str(path), "--control", "control", "--output", str(tmp_path / "csv")]) == 0
+    jsonl = tmp_path / "rows.jsonl"
+    ab_simulate.write(table, str(jsonl))
+    assert ab.run(["--input", str(jsonl), "--control", "control", "--output", str(tmp_path / "jsonl")]) == 0
+    assert (json.loads((tmp_path / "csv" / "readout.json").read_text())["rows"]
+            == json.loads((tmp_path / "jsonl" / "readout.json").read_text())["rows"])
