@@ -15,7 +15,7 @@ import numpy as np
 
 
 def estimate_em(query_item: np.ndarray, rank: np.ndarray, clicked: np.ndarray, iterations: int = 100,
-                tol: float = 1e-7) -> np.ndarray:
+                tol: float = 1e-5) -> np.ndarray:
     """theta[r - 1] for r = 1..max rank, theta[0] = 1. ``query_item`` are int codes of (query, item) pairs."""
     rank0 = np.asarray(rank, np.int64) - 1
     c = np.asarray(clicked, np.float64)

@@ -42,9 +42,12 @@ def propensities(logs: Logs, path: str | None) -> tuple[np.ndarray, str]:
     """Supplied (``--propensities``) or EM-estimated propensities by logged rank."""
     if path:
         return load_propensities(path), path
-    pairs = np.char.add(logs.queries[logs.serp].astype(str), np.char.add("\x1f", logs.item_ids.astype(str)))
-    _, codes = np.unique(pairs, return_inverse=True)
-    return estimate_em(codes.reshape(-1), logs.logged_rank(), logs.clicked), "estimated (EM, position-based model)"
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    queries = pc.take(pa.array(logs.queries.tolist(), pa.string()), pa.array(logs.serp))
+    pairs = pc.binary_join_element_wise(queries, pa.array(logs.item_ids.tolist(), pa.string()), "\x1f")
+    codes = pairs.dictionary_encode().indices.to_numpy()  # one code per (query, item)
+    return estimate_em(codes, logs.logged_rank(), logs.clicked), "estimated (EM, position-based model)"
 
 
 def sweep(logs: Logs, formulas: list[str], ws: list[float], *, missing: float = 0.5, k: int = 10,

@@ -133,6 +133,20 @@ def test_bad_log_lines_are_named(tmp_path, line, message):
         load_logs(str(path))
 
 
+def test_columnar_and_line_readers_agree(tmp_path):
+    from ranking import replay
+    rows = [serp(f"s{i}", [(f"i{j}", j == i % 3, {"score": float(9 - j), **({"relevance_score": 2.0} if i else {})})
+                          for j in (2, 0, 1)], platform=("web", "ios")[i % 2]) for i in range(4)]
+    path = write_jsonl(tmp_path / "logs.jsonl", rows)
+    fast, slow = replay._read_columnar(path), replay._read_lines(path)
+    assert fast is not None
+    for name in replay._COLUMNS:
+        assert np.array_equal(np.asarray(fast[name]), np.asarray(slow[name]), equal_nan=name == "relevance"), name
+    other = write_jsonl(tmp_path / "more.jsonl", rows)
+    logs = load_logs(",".join([path, other]))  # two files: SERP indices continue
+    assert logs.n_serps == 8 and logs.serp.tolist()[-3:] == [7, 7, 7] and logs.position.tolist()[:3] == [1, 2, 3]
+
+
 def test_bad_score_files_and_missing_globs_are_named(tmp_path):
     path = write_jsonl(tmp_path / "scores.jsonl", [{"id": "a", "image_score": 0.5}, {"item_id": "b"}])
     with pytest.raises(ValueError, match="scores.jsonl:2: expected a JSON object with id and image_score"):
