@@ -277,7 +277,7 @@ def _rank_feature(body: dict, docs: Docs):
     present = ~np.isnan(values)
     if (values[present] <= 0).any():
         raise ScoreError(f"rank_feature field [{body['field']}] holds a value <= 0; Elasticsearch refuses those "
-                         f"at index time, write a positive value (see es.boosting.rank_feature_value)")
+                         f"at index time, write a positive value (es.mapping.rank_feature_value does)")
     f = quantize_rank_feature(np.where(present, values, 1.0))  # float32, as Lucene decodes it
     boost = np.float32(body.get("boost", 1.0))
     one = np.float32(1.0)

@@ -23,7 +23,15 @@ import numpy as np
 from elasticsearch.dsl import Q
 from elasticsearch.dsl import function as F
 
-from es.boosting import RANK_FEATURE_FIELD, RELEVANCE_NAME, SCORE_FIELD, Boost, build_query, rescore_search
+from es.boosting import (
+    RANK_FEATURE_FIELD,
+    RANK_FEATURE_FLOOR,
+    RELEVANCE_NAME,
+    SCORE_FIELD,
+    Boost,
+    build_query,
+    rescore_search,
+)
 from es.function_score import evaluate, search_scores
 
 LOGGED_SCORE, LOGGED_RELEVANCE, OTHER_FACTORS = "_logged_score", "_logged_relevance", "_other_factors"
@@ -225,9 +233,8 @@ def replay_docs(logs: Logs, boost: Boost) -> dict[str, np.ndarray]:
         with np.errstate(divide="ignore", invalid="ignore"):
             docs[OTHER_FACTORS] = np.where(zero, 0.0, logs.score / logs.relevance)
         docs[LOGGED_RELEVANCE] = logs.relevance
-    if boost.formula == "rank_feature":
-        present = ~np.isnan(logs.image_score) & (logs.image_score > 0)
-        docs[RANK_FEATURE_FIELD] = np.where(present, logs.image_score, np.nan).astype(np.float32)
+    if boost.formula == "rank_feature":  # as the indexing jobs write it: max(score, floor); none when unscored
+        docs[RANK_FEATURE_FIELD] = np.maximum(logs.image_score, np.float32(RANK_FEATURE_FLOOR)).astype(np.float32)
     return docs
 
 

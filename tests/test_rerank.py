@@ -102,6 +102,15 @@ def test_replay_of_the_additive_formula_uses_logged_relevance_and_other_factors(
     assert new_ranks(data, new).tolist() == [2, 1]
 
 
+def test_rank_feature_replay_uses_the_value_the_indexers_write(tmp_path):
+    from es.function_score import quantize_rank_feature
+    rows = [serp("s1", [(i, False, {"score": 1.0, "relevance_score": 1.0}) for i in "abc"])]
+    data = attach_scores(load_logs(write_jsonl(tmp_path / "logs.jsonl", rows)), {"a": 0.0, "c": 0.3})
+    new, _ = replay_scores(data, Boost("rank_feature", 1.0, rank_function="linear", rank_params={}))
+    floor = float(quantize_rank_feature(np.array([1e-4], np.float32))[0])
+    assert new.tolist() == [f32(1.0 + floor), 1.0, f32(1.0 + float(quantize_rank_feature(np.float32([0.3]))[0]))]
+
+
 def test_additive_needs_relevance_scores_but_multiplicative_does_not(tmp_path):
     logs = write_jsonl(tmp_path / "logs.jsonl", [serp("s1", [("a", False, {"score": 2.0}), ("b", True, {"score": 1.0})])])
     data = attach_scores(load_logs(logs), {"a": 0.1, "b": 0.9})
