@@ -62,6 +62,32 @@ def read_rows(path: str) -> pa.Table:
     return table
 
 
+def exposure_times(column: pa.ChunkedArray) -> pa.Array:
+    """``exposed_at`` as UTC microseconds: ISO-8601 strings (a time without a zone is UTC) or timestamps."""
+    from datetime import UTC, datetime
+    if column.null_count:
+        raise ValueError(f"column 'exposed_at' has {column.null_count} nulls; every exposure needs its time")
+    if pa.types.is_timestamp(column.type):
+        naive = column.type.tz is None
+        values = pc.cast(column, pa.timestamp("us", tz=None if naive else "UTC"))
+        return pc.cast(values, pa.int64()).combine_chunks()
+    texts = pc.cast(column, pa.string())
+    for target in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):  # all zoned, or all naive (UTC)
+        try:
+            return pc.cast(pc.cast(texts, target), pa.int64()).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    out = []
+    for text in texts.to_pylist():  # mixed spellings: one by one, naming the first bad value
+        try:
+            ts = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"exposed_at {text!r} is not an ISO-8601 time (e.g. 2024-03-01T12:00:00Z)") from None
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+        out.append(round(ts.timestamp() * 1_000_000))
+    return pa.array(out, pa.int64())
+
+
 def per_user(table: pa.Table, covariates: bool = False) -> tuple[pa.Table, dict]:
     """One row per user: metrics summed (conversions: any), platform of first exposure; and what was excluded."""
     columns = list(METRICS.values()) + ([f"{c}_pre" for c in METRICS.values()] if covariates else [])
@@ -83,7 +109,7 @@ def per_user(table: pa.Table, covariates: bool = False) -> tuple[pa.Table, dict]
         if table[name].null_count:
             raise ValueError(f"column {name!r} has {table[name].null_count} nulls")
     table = table.set_column(table.column_names.index("exposed_at"), "exposed_at",
-                             pc.cast(table["exposed_at"], pa.string()))
+                             exposure_times(table["exposed_at"]))
     table = table.sort_by([("user_id", "ascending"), ("exposed_at", "ascending")])
     aggs = [("platform", "first"), ("variant", "first"), ("variant", "count_distinct")]
     aggs += [(c, "max" if c.startswith("converted") else "sum") for c in columns]

@@ -118,7 +118,13 @@ def test_users_count_once_on_the_platform_of_first_exposure():
                       "converted": [1, 0, 0, 1, 0], "transactions": [2, 1, 0, 1, 0],
                       "converted_via_search": [1, 0, 0, 0, 0], "transactions_via_search": [1, 0, 0, 0, 0]})
     users, excluded = ab.per_user(table)
-    assert excluded == {"users_in_several_variants": 1}  # u3 saw both arms: excluded and counted
+    assert excluded == {"users_in_several_variants": 1}
+    # The same times spelled with zones, mixed with naive ones (UTC), order the same way.
+    mixed = table.set_column(3, "exposed_at", pa.array(["2024-01-02T09:00:00+09:00", "2024-01-01T00:00:00Z",
+                                                       "2024-01-01", "2024-01-01", "2024-01-02"]))
+    assert ab.per_user(mixed)[0].to_pylist() == users.to_pylist()
+    with pytest.raises(ValueError, match="exposed_at 'soon' is not an ISO-8601 time"):
+        ab.per_user(table.set_column(3, "exposed_at", pa.array(["soon"] * 5)))  # u3 saw both arms: excluded and counted
     got = {r["user_id"]: r for r in users.to_pylist()}
     assert set(got) == {"u1", "u2"}
     assert got["u1"]["platform"] == "web" and got["u1"]["transactions"] == 3 and got["u1"]["converted"] == 1
