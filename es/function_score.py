@@ -129,7 +129,21 @@ def _clauses(body: dict, key: str) -> list[dict]:
     return value if isinstance(value, list) else [value]
 
 
+_KNOWN_KEYS = {
+    "bool": {"must", "should", "filter", "must_not", "boost", "_name"},
+    "function_score": {"query", "functions", "score_mode", "boost_mode", "max_boost", "boost", "_name",
+                       "field_value_factor", "script_score", "weight"},
+}
+
+
+def _check_keys(kind: str, body: dict) -> None:
+    unknown = set(body) - _KNOWN_KEYS[kind]
+    if unknown:
+        raise UnsupportedQuery(f"the scoring mirror does not evaluate {kind} options {sorted(unknown)}")
+
+
 def _bool(body: dict, docs: Docs, leaf: Leaf | None):
+    _check_keys("bool", body)
     n = _n(docs)
     matches = np.ones(n, bool)
     total = np.zeros(n, np.float64)  # Lucene sums clause scores in double and casts once
@@ -255,6 +269,7 @@ def combine(sub_scores: np.ndarray, factor: np.ndarray, boost_mode: str, max_boo
 
 
 def _function_score(body: dict, docs: Docs, leaf: Leaf | None):
+    _check_keys("function_score", body)
     matches, sub = evaluate(body.get("query", {"match_all": {}}), docs, leaf)
     functions = list(body.get("functions", []))
     for single in ("field_value_factor", "script_score", "weight"):

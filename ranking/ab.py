@@ -164,7 +164,8 @@ def readout(users: pa.Table, control: str, split: dict[str, float], *, covariate
     results, checks = {}, {}
     for platform in platforms:
         part = users if platform == "all" else users.filter(pc.equal(users["platform"], platform))
-        counts = dict(zip(*[c.to_pylist() for c in part.group_by("variant").aggregate([("variant", "count")]).columns]))
+        per_variant = part.group_by("variant").aggregate([("variant", "count")])
+        counts = dict(zip(per_variant["variant"].to_pylist(), per_variant["variant_count"].to_pylist()))
         counts = {v: counts.get(v, 0) for v in variants}
         checks[platform] = srm(counts, split)
         if counts[control] < 2:

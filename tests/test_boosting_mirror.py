@@ -137,6 +137,10 @@ def test_unknown_queries_and_scripts_are_refused_not_guessed():
     with pytest.raises(UnsupportedQuery, match="power variant's script"):
         function_factor([{"script_score": {"script": {"source": "_score * 2"}}}], "multiply", docs([0.5]),
                         np.ones(1, np.float32))
+    with pytest.raises(UnsupportedQuery, match=r"function_score options \['min_score'\]"):
+        evaluate({"function_score": {"query": {"match_all": {}}, "min_score": 2}}, docs([0.5]))
+    with pytest.raises(UnsupportedQuery, match=r"bool options \['minimum_should_match'\]"):
+        evaluate({"bool": {"should": [{"match_all": {}}], "minimum_should_match": 1}}, docs([0.5]))
     with pytest.raises(UnsupportedQuery, match="score_mode 'median'"):
         function_factor([{"weight": 1}], "median", docs([0.5]), np.ones(1, np.float32))
 
