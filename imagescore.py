@@ -91,6 +91,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def run_outcome(job: str, read: int, succeeded: int, dead: int, max_share: float | None) -> tuple[int, str]:
+    """(exit code, why) of a finished run: 1 when records were dead-lettered and none succeeded, or when
+    the dead-letter share is over ``max_share``; 0 otherwise (an empty input, or one where every record
+    is a counted skip, is not a failure)."""
+    if read and dead and not succeeded:
+        return 1, f"{job}: FAILED: none of the {read:,} records read succeeded; see the dead-letter reasons above"
+    if max_share is not None and read and dead / read > max_share:
+        return 1, (f"{job}: FAILED: {dead / read:.1%} of the records read were dead-lettered, over "
+                   f"--max-deadletter-share {max_share:g}")
+    return 0, ""
+
+
+def check_share(share: float | None, flag: str = "--max-deadletter-share") -> float | None:
+    """A share flag's value, refused unless it is in [0, 1]."""
+    if share is not None and not 0 <= share <= 1:
+        raise UsageError(f"{flag} must be between 0 and 1, got {share:g}")
+    return share
+
+
 def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run a job's ``run(argv)`` and return its exit code; a :class:`UsageError` becomes one line and 2.
 

@@ -28,7 +28,7 @@ from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
 from imagescore import UsageError, job_main
 from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
-                               help_requested, job_options, require_files)
+                               help_requested, job_options, max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
@@ -140,9 +140,7 @@ def _validate(opts: BackfillOptions, io_opts: JobIOOptions, es_url: str | None) 
         raise UsageError("--source es needs --es-url (or $ES_URL); use --source files --input GLOB otherwise")
     if opts.days < 0:
         raise UsageError(f"--days must be at least 0, got {opts.days}")
-    share = opts.view_as(OutcomeOptions).max_deadletter_share
-    if share is not None and not 0 <= share <= 1:
-        raise UsageError(f"--max-deadletter-share must be between 0 and 1, got {share:g}")
+    max_deadletter_share(opts)
 
 
 def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
@@ -223,7 +221,7 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     read, dead = totals.get("items_read", 0), totals.get("deadlettered", 0)
     print(f"backfill: read {read:,}, scored {totals.get('scored', 0):,}, "
           f"written {written:,}, skipped {skipped:,}, dead-lettered {dead:,}{top_reasons(totals)}")
-    finish(result, "backfill", read, written + skipped, dead, opts.view_as(OutcomeOptions).max_deadletter_share)
+    finish(result, "backfill", read, written + skipped, dead, max_deadletter_share(opts))
     return result
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from PIL import Image, ImageDraw
 
+from imagescore import ArgumentParser, UsageError, job_main
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
 
@@ -109,7 +110,7 @@ def index_catalog(entries: list, es_url: str, index: str) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imagescore demo", description=__doc__)
+    parser = ArgumentParser(prog="imagescore demo", description=__doc__)
     parser.add_argument("--output", default="demo_output", help="where the catalog, scores and contact sheet go")
     parser.add_argument("--seed", type=int, default=7, help="catalog seed (the catalog is reproducible)")
     parser.add_argument("--products", type=int, default=160, help="procedurally drawn product photos")
@@ -165,4 +166,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m pipelines.demo", run)

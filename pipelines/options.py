@@ -12,7 +12,7 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from imagescore import DefaultsHelpFormatter, UsageError, unknown_flags_message
+from imagescore import DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
 from scoring.model import DEFAULT_MODEL
 
 
@@ -168,3 +168,8 @@ class OutcomeOptions(PipelineOptions):
         parser.add_argument("--max-deadletter-share", dest="max_deadletter_share", type=float, default=None,
                             help="exit 1 when more than this share (0-1) of the records read was dead-lettered "
                                  "(default: fail only when nothing succeeded)")
+
+
+def max_deadletter_share(options: PipelineOptions) -> float | None:
+    """``--max-deadletter-share``, checked to be a share."""
+    return check_share(options.view_as(OutcomeOptions).max_deadletter_share)

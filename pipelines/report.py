@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 from apache_beam.metrics.metric import MetricsFilter
+
+from imagescore import run_outcome
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
 
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
@@ -52,21 +54,9 @@ def top_reasons(totals: dict[str, int], n: int = 3) -> str:
     return f" ({text}{f', {len(reasons) - n} more reasons' if len(reasons) > n else ''})"
 
 
-def outcome(job: str, read: int, succeeded: int, dead: int, max_share: float | None) -> tuple[int, str]:
-    """(exit code, why) of a finished run: 1 when records were dead-lettered and none succeeded, or when
-    the dead-letter share is over ``max_share``; 0 otherwise (an empty input, or one where every record
-    is a counted skip, is not a failure)."""
-    if read and dead and not succeeded:
-        return 1, f"{job}: FAILED: none of the {read:,} records read succeeded; see the dead-letter reasons above"
-    if max_share is not None and read and dead / read > max_share:
-        return 1, (f"{job}: FAILED: {dead / read:.1%} of the records read were dead-lettered, over "
-                   f"--max-deadletter-share {max_share:g}")
-    return 0, ""
-
-
 def finish(result, job: str, read: int, succeeded: int, dead: int, max_share: float | None) -> int:
     """Print the verdict when the run failed; store the exit code on ``result`` for the entry point."""
-    code, why = outcome(job, read, succeeded, dead, max_share)
+    code, why = run_outcome(job, read, succeeded, dead, max_share)
     if why:
         print(why)
     result.exit_code = code

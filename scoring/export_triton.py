@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from imagescore import ArgumentParser, UsageError, job_main
 from scoring.model import DEFAULT_MODEL, ScoreModel, load_model
 from scoring.photos import draw_product
 
@@ -272,7 +273,7 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagescore export-triton",
+    parser = ArgumentParser(prog="imagescore export-triton",
                                      description="Export a score model as a Triton model repository.")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="handcrafted (default) or a training run directory")
     parser.add_argument("--repository", required=True, help="Triton model repository directory to write into")
@@ -297,11 +298,10 @@ def run(argv: Sequence[str] | None = None) -> int:
                                   backend=args.backend, max_batch_size=args.max_batch_size, device=args.device,
                                   overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"export-triton: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     print(model_dir)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m scoring.export_triton", run)

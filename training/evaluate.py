@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from imagescore import ArgumentParser, UsageError, job_main
 from training import baselines as B
 from training import metrics as M
 from training.data import Dataset, load_dataset
@@ -120,7 +121,7 @@ def table_markdown(rows: list[dict], data: Dataset, split: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore evaluate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="imagescore evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--windows", required=True, help="glob of collect's windows (with split)")
     p.add_argument("--labels", required=True, help="glob of the label step's labels")
     p.add_argument("--embeddings", required=True, help="glob of embed's Parquet (the runs' backbone)")
@@ -143,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bootstrap < 1:
-        raise SystemExit("--bootstrap must be at least 1")
-    data = load_dataset(args.windows, args.labels, args.embeddings)
+        raise UsageError("--bootstrap must be at least 1")
+    try:
+        data = load_dataset(args.windows, args.labels, args.embeddings)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     rows, scores = evaluate_methods(data, runs=args.runs, ctr=args.ctr, clip_backbone=args.clip_backbone,
                                     split=args.split, n_boot=args.bootstrap, seed=args.seed,
                                     ctr_prior_strength=args.ctr_prior_strength)
@@ -170,4 +174,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m training.evaluate", run)

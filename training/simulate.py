@@ -48,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from imagescore import ArgumentParser, UsageError, job_main
 from scoring.photos import DEGRADATIONS, PRODUCT_KINDS
 
 # Query strings per category: several phrasings of one intent, as real logs have.
@@ -145,7 +146,7 @@ def generate_serps(rng: np.random.Generator, items: list[dict], urls: list[str],
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore simulate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="imagescore simulate", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="directory for images/, logs.jsonl and quality.jsonl")
     p.add_argument("--serps", type=int, default=2000, help="number of searches (SERPs) to log")
     p.add_argument("--items", type=int, default=300, help="number of listings")
@@ -167,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 def simulate(args: argparse.Namespace) -> dict:
     """Write the world to ``args.output``; returns a small summary."""
     if args.items < len(PRODUCT_KINDS) or args.serps < 0 or args.serp_size < 1:
-        raise SystemExit(f"imagescore simulate: need --items >= {len(PRODUCT_KINDS)} (one per category), "
+        raise UsageError(f"need --items >= {len(PRODUCT_KINDS)} (one per category), "
                          f"--serps >= 0 and --serp-size >= 1")
     start = datetime.fromisoformat(args.start)
     start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
@@ -215,4 +216,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m training.simulate", run)
