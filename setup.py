@@ -15,20 +15,19 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",
     "pyarrow>=14",
     "tqdm>=4.66",
-    "openai>=1.45",
-    "matplotlib>=3.8",  # training curves and analysis plots  # the vision-LLM judge (any OpenAI-compatible endpoint)
+    "openai>=1.45",  # the vision-LLM judge (any OpenAI-compatible endpoint)
+    "matplotlib>=3.8",  # training curves and analysis plots
+    "nltk>=3.8",  # reads WordNet for analyze's adjectives (pure Python; the WordNet files come from the OS)
 ]
 
 EXTRAS = {
     # Real photos (scikit-image's sample images) for the demo catalog and tests.
     "demo": ["scikit-image>=0.22"],
-    # The adjective lexicon (WordNet through NLTK) for `imagescore analyze`.
-    "analysis": ["nltk>=3.8"],
     # open_clip backbones pull torchvision, which on CPU-only machines here forces a CUDA torch.
     "open_clip": ["open_clip_torch>=2.24"],
 }
 EXTRAS["dev"] = sorted(
-    set(EXTRAS["demo"] + EXTRAS["analysis"])
+    set(EXTRAS["demo"])
     | {
         "pytest>=8",
         "pytest-timeout>=2.3",

@@ -72,10 +72,7 @@ def trace_model(model: ScoreModel, device: str = "cpu", seed: int = 0) -> torch.
     (``torch.tensor(..., device=x.device)``), so a trace only runs on the kind
     of device it was made on: trace on ``cuda`` to serve on a GPU.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available here; a GPU model must be "
-                         "traced on a GPU (run the export on the serving machine or in the NGC PyTorch container)")
+    device = _export_device(device)
     model = model.to(device).eval().requires_grad_(False)
     rng = np.random.default_rng(seed)
     size = int(model.input_size)
@@ -236,6 +233,7 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
         raise ValueError(f"--max-batch-size must be >= 1 (the served model batches), got {max_batch_size}")
     if not name or "/" in name or os.sep in name or name.startswith("."):
         raise ValueError(f"--name {name!r} is not a usable directory name for a Triton model")
+    _export_device(device)
     if isinstance(model, str):
         # Loaded where it will be traced, so a GPU export keeps the GPU path's precision (fp16 backbones).
         model = load_model(model, device)
@@ -270,6 +268,15 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
     log.info("exported %s (%s backend, %s, input %dx%d) to %s", model.model_id, backend, device,
              model.input_size, model.input_size, version_dir)
     return model_dir
+
+
+def _export_device(device: str | torch.device) -> torch.device:
+    """``--device`` of the export (``cpu`` or ``cuda``): there is no ``auto``, a trace runs only where it was made."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available here; export with --device cpu, "
+                         "or trace a GPU model on a GPU (the serving machine or the NGC PyTorch container)")
+    return device
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -143,7 +143,7 @@ def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_pa
     assert train(["--windows", world["windows"], "--labels", world["labels"], "--embeddings", world["embeddings"],
                   "--output", str(run_dir), "--epochs", "2", "--bootstrap", "10", "--no-progress"]) == 0
     model_id, input_size = model_info(str(run_dir))
-    assert model_id.startswith("clip-mlp:run@") and input_size == 384
+    assert model_id.startswith("handcrafted-mlp:run@") and input_size == 384
 
     root, server, entries = catalog
     out = tmp_path / "out"

@@ -144,7 +144,7 @@ def test_cli_writes_run_directory_that_loads_as_a_model(world, tmp_path):
     for name in ("checkpoint.pt", "config.json", "metrics.json", "MODEL_CARD.md", "curves.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model_id"].startswith("clip-mlp:run-a@")
+    assert metrics["model_id"].startswith("handcrafted-mlp:run-a@")
     assert metrics["test"]["ca"]["ci_low"] is not None and len(metrics["history"]) == 6
     config = json.loads((out / "config.json").read_text())
     assert config["backbone"] == "handcrafted" and config["run_name"] == "run-a"

@@ -167,7 +167,10 @@ def run(argv: list[str] | None = None) -> int:
         if args.samples > 0 and image_score:
             from training.samples import write_samples_page
             path = os.path.join(args.output, "samples.html")
-            write_samples_page(path, data.splits[args.split], scores[image_score], method=image_score,
+            # The head's raw outputs rank the same as the served model's sigmoid(head); the page shows
+            # the latter, the [0, 1] image_score the backfill writes.
+            calibrated = 1.0 / (1.0 + np.exp(-np.asarray(scores[image_score], dtype=np.float64)))
+            write_samples_page(path, data.splits[args.split], calibrated, method=image_score,
                                n=args.samples, seed=args.seed, embed_images=args.embed_images)
             print(f"qualitative samples: {path}")
     return 0

@@ -147,7 +147,8 @@ def generate_serps(rng: np.random.Generator, items: list[dict], urls: list[str],
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="imagescore simulate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", required=True, help="directory for images/, logs.jsonl and quality.jsonl")
+    p.add_argument("--output", required=True,
+                   help="directory for images/, logs.jsonl, quality.jsonl and items.jsonl (backfill's input)")
     p.add_argument("--serps", type=int, default=2000, help="number of searches (SERPs) to log")
     p.add_argument("--items", type=int, default=300, help="number of listings")
     p.add_argument("--seed", type=int, default=0)
@@ -190,6 +191,11 @@ def simulate(args: argparse.Namespace) -> dict:
                                  "off_center": it["off_center"], "object_scale": it["object_scale"],
                                  "category": it["category"], "relevance": it["relevance"],
                                  "price": it["price"]}) + "\n")
+    # The listings as item records, the input of `imagescore backfill --source files`: listed when the log starts.
+    with open(os.path.join(out, "items.jsonl"), "w") as fh:
+        for it, url in zip(items, urls):
+            fh.write(json.dumps({"id": it["item_id"], "image_urls": [url], "created_at": start.isoformat(),
+                                 "price": it["price"], "title": it["category"]}) + "\n")
     n = clicks = 0
     with open(os.path.join(out, "logs.jsonl"), "w") as fh:
         for serp in generate_serps(rng, items, urls, args.serps, serp_size=args.serp_size, start=start,
