@@ -31,6 +31,7 @@ EXTRAS["dev"] = sorted(
     | {
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "markdown-it-py>=3",  # parses README.md for the walkthrough doc test
         "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
     }
 )
