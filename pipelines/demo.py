@@ -162,6 +162,9 @@ def run(argv: list[str] | None = None) -> int:
                                          "against it (credentials from ES_API_KEY or ES_USERNAME/ES_PASSWORD)")
     parser.add_argument("--es-index", default="imagescore-demo", help="index for --es-url (created if missing)")
     args, beam_args = parser.parse_known_args(argv)
+    # The rest goes to the backfill: refuse a typo now, before the catalog is drawn.
+    demo_flags = tuple(flag for action in parser._actions for flag in action.option_strings)
+    days = job_options(beam_args, also_known=demo_flags).view_as(backfill.BackfillOptions).days
 
     out = Path(args.output).resolve()
     root = out / "catalog"
@@ -189,7 +192,6 @@ def run(argv: list[str] | None = None) -> int:
                                           "--deadletter", str(out / "deadletter-es"), "--model", args.model,
                                           "--allow-image-hosts", server.host_port, "--now", now.isoformat(),
                                           *beam_args])
-            days = job_options(beam_args).view_as(backfill.BackfillOptions).days
             es_lines = es_summary(indexed, refused, counters(es_result), now - timedelta(days=days))
 
     scores = read_jsonl(str(out / "scores*.jsonl"))

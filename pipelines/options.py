@@ -108,7 +108,7 @@ class _RefusingParser(_BeamArgumentParser):
         raise UsageError(message)
 
 
-def job_options(argv: list[str] | None) -> PipelineOptions:
+def job_options(argv: list[str] | None, also_known: tuple[str, ...] = ()) -> PipelineOptions:
     """``PipelineOptions(argv)`` for a Beam job, refusing what no options class defines.
 
     Beam only warns "Unparseable argument" and runs on with defaults, so a
@@ -116,7 +116,8 @@ def job_options(argv: list[str] | None) -> PipelineOptions:
     the way ``PipelineOptions.get_all_options`` does, with every loaded
     ``PipelineOptions`` subclass (Beam's, its runners', the job's) and
     refuses any leftover flag, with Beam's "did you mean" suggestion; a bad
-    value (``--days abc``) is refused the same way.
+    value (``--days abc``) is refused the same way. ``also_known`` are flags a
+    wrapper (the demo) parsed itself, offered as suggestions too.
     """
     argv = list(argv or [])
     parser = _RefusingParser(allow_abbrev=False)
@@ -128,7 +129,7 @@ def job_options(argv: list[str] | None) -> PipelineOptions:
     _, unknown = parser.parse_known_args(argv)
     if unknown:
         known = [flag for action in parser._actions for flag in action.option_strings]
-        raise UsageError(unknown_flags_message(unknown, known))
+        raise UsageError(unknown_flags_message(unknown, [*known, *also_known]))
     return PipelineOptions(argv)
 
 
