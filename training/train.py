@@ -367,11 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
              "run_name": str, "bootstrap": int}
     for name, kind in flags.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       help=f"default {getattr(TrainConfig(), name)!r}")
+                       help=f"--config's value, else (default: {getattr(TrainConfig(), name)!r})")
     for name, kind in (("grid_lr", float), ("grid_weight_decay", float), ("grid_loss", str)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                        type=lambda text, kind=kind: [kind(v) for v in text.split(",") if v.strip()],
-                       help=f"comma-separated; default {','.join(map(str, getattr(TrainConfig(), name)))}")
+                       help=f"comma-separated (default: {','.join(map(str, getattr(TrainConfig(), name)))})")
     return p
 
 
