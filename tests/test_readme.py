@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,33 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     assert len(scores) == len(items)  # every simulated listing scored by the trained model
     assert all(s["image_score_model"].startswith("handcrafted-mlp:run@") and 0 <= s["image_score"] <= 1
                for s in scores)
+
+
+def readme_commands() -> list[list[str]]:
+    """Every ``imagescore COMMAND ...`` line of every README code block (continuations joined), as words."""
+    import shlex
+    commands = []
+    for token in MarkdownIt("commonmark").parse(README.read_text(encoding="utf-8")):
+        if token.type != "fence":
+            continue
+        for line in token.content.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split(" #", 1)[0].strip())
+            if words[:1] == ["imagescore"] or words[:1] == [".venv/bin/imagescore"]:
+                commands.append(words[1:])
+    return commands
+
+
+def test_every_flag_in_the_readme_is_one_its_command_takes(capsys):
+    import imagescore
+    commands = readme_commands()
+    assert {c[0] for c in commands} >= {"simulate", "collect", "label", "analyze", "embed", "train", "evaluate",
+                                        "backfill", "demo", "export-triton"}
+    for command, *args in commands:
+        try:
+            imagescore.main([command, "--help"])
+        except SystemExit:
+            pass
+        help_text = capsys.readouterr().out
+        for flag in (a.split("=", 1)[0] for a in args if a.startswith("--")):
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), \
+                f"README: `imagescore {command}` does not take {flag}"
