@@ -78,7 +78,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fired on the header (its limit is global; ours is checked below).
         raise Rejected("too_many_pixels", f"image refused by Pillow's decompression-bomb guard before decoding "
-                       f"({exc}); the cap here is {max_pixels:,} pixels ({max_pixels / 1e6:g} MP, "
+                       f"({exc}); the cap here is {max_pixels} pixels ({max_pixels / 1e6:g} MP, "
                        "--max-image-pixels)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         if _looks_like_image(data):
@@ -97,8 +97,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise Rejected(
             "too_many_pixels",
-            f"{img.format} image is {width}x{height} = {width * height:,} pixels, over the cap of "
-            f"{max_pixels:,} pixels ({max_pixels / 1e6:g} MP, --max-image-pixels); it is refused before decoding")
+            f"{img.format} image is {width}x{height} = {width * height} pixels, over the cap of "
+            f"{max_pixels} pixels ({max_pixels / 1e6:g} MP, --max-image-pixels); it is refused before decoding")
     return img
 
 
