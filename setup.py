@@ -17,24 +17,24 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",
     "pyarrow>=14",
     "tqdm>=4.66",
-    "openai>=1.45",
-    "matplotlib>=3.8",  # training curves and analysis plots  # the vision-LLM judge (any OpenAI-compatible endpoint)
+    "openai>=1.45",  # the vision-LLM judge (any OpenAI-compatible endpoint)
+    "matplotlib>=3.8",  # training curves and analysis plots
+    "nltk>=3.8",  # reads WordNet for analyze's adjectives (pure Python; the WordNet files come from the OS)
     "tea-tasting>=1,<2",  # A/B readout: Welch tests, delta-method ratio CIs, CUPED, power, Holm
 ]
 
 EXTRAS = {
     # Real photos (scikit-image's sample images) for the demo catalog and tests.
     "demo": ["scikit-image>=0.22"],
-    # The adjective lexicon (WordNet through NLTK) for `imagescore analyze`.
-    "analysis": ["nltk>=3.8"],
     # open_clip backbones pull torchvision, which on CPU-only machines here forces a CUDA torch.
     "open_clip": ["open_clip_torch>=2.24"],
 }
 EXTRAS["dev"] = sorted(
-    set(EXTRAS["demo"] + EXTRAS["analysis"])
+    set(EXTRAS["demo"])
     | {
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "markdown-it-py>=3",  # parses README.md for the walkthrough doc test
         "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
         "ir-measures>=0.3",  # trec_eval-semantics oracle for the rerank-eval ranking metrics
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from es.client import scrubbed_errors
+from es.client import EsError, scrubbed_errors
 
 SCORE_FIELD = "image_score"
 MODEL_FIELD = "image_score_model"
@@ -72,9 +72,18 @@ def ensure_index_template(client: Elasticsearch, index: str, *, name: str | None
 def ensure_score_mapping(client: Elasticsearch, index: str) -> None:
     """Add the score fields to an existing index (or every index a pattern matches).
 
-    Fails with a clear message when a field already exists with another type, which no
-    put-mapping can change; that needs a reindex.
+    Raises :class:`EsError` whose ``status`` says why: ``None`` when Elasticsearch did not
+    answer, 404 when the index does not exist, 400 when a field already exists with another
+    type (no put-mapping can change that; it needs a reindex).
     """
-    with scrubbed_errors(f"putting the image score mapping on index {index!r} "
-                         "(an existing field of another type needs a reindex)"):
-        client.indices.put_mapping(index=index, properties=score_properties())
+    try:
+        with scrubbed_errors(f"putting the image score mapping on index {index!r}"):
+            client.indices.put_mapping(index=index, properties=score_properties())
+    except EsError as exc:
+        if exc.status == 400:
+            raise EsError(f"index {index!r}: a score field exists with another type, which needs a reindex "
+                          f"into an index mapped with {sorted(score_properties())} ({exc})", 400) from None
+        if exc.status == 404:
+            raise EsError(f"index {index!r} does not exist ({exc}); check --es-index, or create the index "
+                          "with its item mapping first", 404) from None
+        raise

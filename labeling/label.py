@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from imagescore import ArgumentParser, UsageError, check_share, job_main, run_outcome
 from labeling.cache import WindowCache
 from labeling.judges import WindowOutcome
 from labeling.report import label_rows, summarize
@@ -31,7 +32,7 @@ STAGE = "label"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="imagescore label",
         description="Label SERP windows with a judge: a vision LLM (default) or an offline judge. "
                     "The LLM API key comes from $LLM_API_KEY or $OPENAI_API_KEY, never from a flag.")
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--score-model", default="handcrafted",
                          help="scoring.model.load_model spec for --judge handcrafted")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--max-deadletter-share", type=float, default=None,
+                   help="exit 1 when more than this share (0-1) of the windows was dead-lettered "
+                        "(default: fail only when no window was labelled)")
     return p
 
 
@@ -199,18 +203,24 @@ def label(args) -> dict:
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    check_share(args.max_deadletter_share)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = label(args)
-    except ValueError as exc:
-        print(f"imagescore label: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # the flags and the files they name (windows, --quality, --prompt)
+        raise UsageError(str(exc)) from None
+    reasons = sorted(summary["dead_letter_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    top = f" ({', '.join(f'{r} {n}' for r, n in reasons[:3])})" if reasons else ""
     print(f"labelled {summary['windows_labelled']} of {summary['windows_in']} windows "
-          f"({summary['items_labelled']} items), dead-lettered {summary['windows_dead_lettered']}; "
+          f"({summary['items_labelled']} items), dead-lettered {summary['windows_dead_lettered']}{top}; "
           f"tokens {summary['usage']['total_tokens']}, cost {summary['cost']['total']}; "
           f"see {os.path.join(args.output, 'summary.json')}", file=sys.stderr)
-    return 0 if summary["windows_labelled"] or not summary["windows_in"] else 1
+    code, why = run_outcome("label", summary["windows_in"], summary["windows_labelled"],
+                            summary["windows_dead_lettered"], args.max_deadletter_share)
+    if why:
+        print(why, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m labeling.label", run)

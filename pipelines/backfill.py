@@ -23,11 +23,13 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from es.bulk_writer import WriteToElasticsearch, update_action
-from es.client import EsConfig, make_client
+from es.client import EsConfig, EsError, make_client
 from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
-from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, help_requested
-from pipelines.report import print_counters, ship_packages
+from imagescore import UsageError, job_main
+from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
+                               help_requested, job_options, max_deadletter_share, require_files)
+from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
@@ -102,28 +104,43 @@ def _dead_letter_from_write(failure) -> dict:
 
 
 def _ensure_mapping(config: EsConfig, index: str) -> None:
-    """Map the score fields before any write, so ``image_score_model`` is a keyword the source can filter on."""
+    """Map the score fields before any write, so ``image_score_model`` is a keyword the source can filter on.
+
+    It is also the job's first request, so a cluster that is not there, a missing index or refused
+    credentials stop the job here with one line naming the URL and the index."""
     client = make_client(config)
     try:
         ensure_score_mapping(client, index)
+    except EsError as exc:
+        if exc.status is None:
+            raise UsageError(f"Elasticsearch is not reachable at {config.safe_url()} ({exc}); check --es-url "
+                             "(or $ES_URL) and that the cluster is up") from None
+        if exc.status in (400, 401, 403, 404):
+            hint = {401: "; check ES_API_KEY or ES_USERNAME/ES_PASSWORD",
+                    403: "; the credentials need the manage privilege on the index"}.get(exc.status, "")
+            raise UsageError(f"Elasticsearch at {config.safe_url()}: {exc}{hint}") from None
+        raise
     finally:
         client.close()
 
 
 def _validate(opts: BackfillOptions, io_opts: JobIOOptions, es_url: str | None) -> None:
     if opts.source == "files" and not io_opts.input:
-        raise SystemExit("backfill: --source files needs --input GLOB (JSONL item records)")
+        raise UsageError("--source files needs --input GLOB (JSONL item records)")
     if io_opts.output is None:
         if not es_url:
-            raise SystemExit("backfill: no --es-url and no $ES_URL; pass one, or --output DIR to write files instead")
+            raise UsageError("no --es-url and no $ES_URL; pass one, or --output DIR to write files instead")
         if not opts.deadletter:
-            raise SystemExit("backfill: writing to Elasticsearch needs --deadletter DIR_OR_GS_PREFIX, so that no "
+            raise UsageError("writing to Elasticsearch needs --deadletter DIR_OR_GS_PREFIX, so that no "
                              "rejected item is dropped silently")
     if not re.fullmatch(r"\d+(d|h|m|s|ms|micros|nanos)", opts.es_pit_keep_alive or ""):
-        raise SystemExit(f"backfill: --es-pit-keep-alive {opts.es_pit_keep_alive!r} is not an Elasticsearch time "
+        raise UsageError(f"--es-pit-keep-alive {opts.es_pit_keep_alive!r} is not an Elasticsearch time "
                          "value such as 10m or 1h")
     if opts.source == "es" and not es_url:
-        raise SystemExit("backfill: --source es needs --es-url (or $ES_URL); use --source files --input GLOB otherwise")
+        raise UsageError("--source es needs --es-url (or $ES_URL); use --source files --input GLOB otherwise")
+    if opts.days < 0:
+        raise UsageError(f"--days must be at least 0, got {opts.days}")
+    max_deadletter_share(opts)
 
 
 def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
@@ -131,11 +148,16 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
     bo, jo, io, mo, eo = (opts.view_as(c) for c in (
         BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(bo, jo, eo.es_url)
-    model_id, input_size = score_model_info(mo.model)
     try:
         now = parse_time(bo.now, "--now") if bo.now else datetime.now(timezone.utc)
     except Rejected as exc:
-        raise SystemExit(f"backfill: {exc}") from None
+        raise UsageError(str(exc)) from None
+    try:
+        model_id, input_size = score_model_info(mo.model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    if bo.source == "files":
+        require_files(jo.input, "--input", jsonl=True)
     since = now - timedelta(days=bo.days)
     es_config = EsConfig.from_env(url=eo.es_url, **(
         {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
@@ -184,9 +206,9 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     """Parse flags, run the backfill to completion, print what happened."""
     if help_requested(argv, "imagescore backfill", __doc__.split("\n\n")[0], BackfillOptions, JobIOOptions,
-                      ImageOptions, ModelOptions, ElasticsearchOptions):
+                      ImageOptions, ModelOptions, ElasticsearchOptions, OutcomeOptions):
         return None
-    opts = PipelineOptions(argv)
+    opts = job_options(argv)
     ship_packages(opts)
     pipeline = beam.Pipeline(options=opts)
     build(pipeline, opts)
@@ -196,11 +218,13 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     to_files = opts.view_as(JobIOOptions).output is not None
     written = totals.get("scored", 0) if to_files else totals.get("es_written", 0)
     skipped = sum(v for k, v in totals.items() if k.startswith("skipped_")) + totals.get("es_missing", 0)
-    print(f"backfill: read {totals.get('items_read', 0):,}, scored {totals.get('scored', 0):,}, "
-          f"written {written:,}, skipped {skipped:,}, dead-lettered {totals.get('deadlettered', 0):,}")
+    read, dead = totals.get("items_read", 0), totals.get("deadlettered", 0)
+    print(f"backfill: read {read:,}, scored {totals.get('scored', 0):,}, "
+          f"written {written:,}, skipped {skipped:,}, dead-lettered {dead:,}{top_reasons(totals)}")
+    finish(result, "backfill", read, written + skipped, dead, max_deadletter_share(opts))
     return result
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    run(sys.argv[1:])
+    job_main("python -m pipelines.backfill", run)

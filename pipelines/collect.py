@@ -29,8 +29,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import JobIOOptions, help_requested
-from pipelines.report import counters
+from imagescore import UsageError, job_main, run_outcome
+from pipelines.options import (JobIOOptions, OutcomeOptions, help_requested, job_options, max_deadletter_share,
+                               require_files)
+from pipelines.report import counters, top_reasons
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.items import json_object
@@ -398,7 +400,8 @@ def _validate(opts: CollectOptions, output: str | None) -> datetime | None:
         except Rejected as exc:
             problems.append(str(exc))
     if problems:
-        raise SystemExit("imagescore collect: " + "; ".join(problems))
+        raise UsageError("; ".join(problems))
+    require_files(opts.logs, "--logs", jsonl=True)
     return cutoff
 
 
@@ -461,17 +464,20 @@ def write_summary(output: str, summary: dict) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    if help_requested(argv, "imagescore collect", __doc__.split("\n\n")[0], CollectOptions, JobIOOptions):
+    if help_requested(argv, "imagescore collect", __doc__.split("\n\n")[0], CollectOptions, JobIOOptions,
+                      OutcomeOptions):
         return 0
-    options = PipelineOptions(argv)
+    options = job_options(argv)
     opts = options.view_as(CollectOptions)
     output = options.view_as(JobIOOptions).output
     cutoff = _validate(opts, output)
+    max_deadletter_share(options)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, opts, output, cutoff)
     result = pipeline.run()
     result.wait_until_finish()
-    summary = summarize(counters(result), opts)
+    totals = counters(result)
+    summary = summarize(totals, opts)
     summary["options"]["output"] = output
     if opts.ctr_cutoff is None:
         summary["ctr"] = "skipped: pass --ctr-cutoff ISO_TIMESTAMP to write ctr*.jsonl"
@@ -482,8 +488,16 @@ def run(argv: list[str] | None = None) -> int:
     if not all(summary["invariants"].values()):
         log.error("collect: counts do not add up (%s); please report this as a bug", summary["invariants"])
         return 1
-    return 0
+    counts = summary["counts"]
+    print(f"collect: read {summary['lines_in']:,} lines, wrote {counts.get(WINDOWS, 0):,} windows "
+          f"({counts.get(WINDOW_ITEMS, 0):,} items), dead-lettered {summary['deadletters_total']:,}"
+          f"{top_reasons(totals)}; see {_join(output, 'summary.json')}", file=sys.stderr)
+    code, why = run_outcome("collect", summary["lines_in"], counts.get(WINDOWS, 0), summary["deadletters_total"],
+                        max_deadletter_share(options))
+    if why:
+        print(why, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m pipelines.collect", run)

@@ -30,8 +30,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import ImageOptions, JobIOOptions, ModelOptions, help_requested
-from pipelines.report import print_counters, ship_packages
+from imagescore import UsageError, job_main
+from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions, help_requested, job_options,
+                               max_deadletter_share, require_files)
+from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.decode import DecodeImages
@@ -172,21 +174,29 @@ class _CountEmbedded(beam.DoFn):
 
 def _validate(opts: EmbedOptions, io_opts: JobIOOptions) -> None:
     if bool(opts.windows) == bool(io_opts.input):
-        raise SystemExit("embed: pass exactly one of --windows GLOB (collect's windows) or --input GLOB "
+        raise UsageError("pass exactly one of --windows GLOB (collect's windows) or --input GLOB "
                          "(JSONL {item_id, image_url})")
     if not opts.backbone:
-        raise SystemExit("embed: --backbone is required, e.g. --backbone hf:openai/clip-vit-base-patch16, "
+        raise UsageError("--backbone is required, e.g. --backbone hf:openai/clip-vit-base-patch16, "
                          "--backbone hf:/models/clip or --backbone handcrafted")
     if not io_opts.output:
-        raise SystemExit("embed: --output DIR is required (embeddings-*.parquet and deadletter-*.jsonl go there)")
+        raise UsageError("--output DIR is required (embeddings-*.parquet and deadletter-*.jsonl go there)")
 
 
 def build(pipeline: beam.Pipeline, opts: PipelineOptions, run_id: str | None = None) -> dict[str, Any]:
     """Add the job to ``pipeline``; returns what it decided up front (backbone id, files skipped from)."""
     eo, io, mo, jo = (opts.view_as(c) for c in (EmbedOptions, ImageOptions, ModelOptions, JobIOOptions))
     _validate(eo, jo)
+    max_deadletter_share(opts)
     # Loaded once here for its id and input size; workers load their own copy through the handler.
-    backbone = load_backbone(eo.backbone, device="cpu", normalize=eo.normalize)
+    try:
+        backbone = load_backbone(eo.backbone, device="cpu", normalize=eo.normalize)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--backbone {eo.backbone!r}: {exc}") from None
+    if eo.windows:
+        require_files(eo.windows, "--windows", jsonl=not eo.windows.endswith(".parquet"))
+    else:
+        require_files(jo.input, "--input", jsonl=True)
     backbone_id, input_size = backbone.backbone_id, backbone.input_size
     del backbone
     out = jo.output.rstrip("/")
@@ -248,9 +258,9 @@ def summarize(totals: dict[str, int]) -> dict[str, int]:
 def run(argv: list[str] | None = None):
     """Parse flags, run the job to completion, print what happened."""
     if help_requested(argv, "imagescore embed", __doc__.split("\n\n")[0], EmbedOptions, JobIOOptions,
-                      ImageOptions, ModelOptions):
+                      ImageOptions, ModelOptions, OutcomeOptions):
         return None
-    opts = PipelineOptions(argv)
+    opts = job_options(argv)
     if not opts.view_as(StandardOptions).runner:
         opts.view_as(StandardOptions).runner = "DirectRunner"
     ship_packages(opts)
@@ -260,11 +270,14 @@ def run(argv: list[str] | None = None):
           f"{len(plan['previous_files'])} earlier embeddings file(s) checked for rows to skip")
     result = pipeline.run()
     result.wait_until_finish()
-    summary = summarize(print_counters(result, title="embed"))
-    print("embed: " + ", ".join(f"{name}={value}" for name, value in summary.items()))
+    totals = print_counters(result, title="embed")
+    summary = summarize(totals)
+    print("embed: " + ", ".join(f"{name}={value}" for name, value in summary.items()) + top_reasons(totals))
+    finish(result, "embed", summary["entries_read"], summary["embedded"] + summary["skipped_already_embedded"],
+           summary["dead_letters"], max_deadletter_share(opts))
     return result
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    run(sys.argv[1:])
+    job_main("python -m pipelines.embed", run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 from apache_beam.metrics.metric import MetricsFilter
+
+from imagescore import run_outcome
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
 
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
@@ -39,3 +41,23 @@ def print_counters(result, title: str, namespace: str = "imagescore") -> dict[st
         print("  (no counters reported)")
     return totals
 
+
+
+def top_reasons(totals: dict[str, int], n: int = 3) -> str:
+    """" (fetch_blocked_address 3, parse_malformed_json 1)" from the ``deadletter_<stage>_<reason>`` counters,
+    for the end of a summary line; empty when there are none."""
+    reasons = sorted(((name[len("deadletter_"):], value) for name, value in totals.items()
+                      if name.startswith("deadletter_") and value), key=lambda kv: (-kv[1], kv[0]))
+    if not reasons:
+        return ""
+    text = ", ".join(f"{name} {value:,}" for name, value in reasons[:n])
+    return f" ({text}{f', {len(reasons) - n} more reasons' if len(reasons) > n else ''})"
+
+
+def finish(result, job: str, read: int, succeeded: int, dead: int, max_share: float | None) -> int:
+    """Print the verdict when the run failed; store the exit code on ``result`` for the entry point."""
+    code, why = run_outcome(job, read, succeeded, dead, max_share)
+    if why:
+        print(why)
+    result.exit_code = code
+    return code

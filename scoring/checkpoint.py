@@ -70,12 +70,19 @@ def read_checkpoint(run_dir: str) -> dict:
     return checkpoint
 
 
+def head_kind(backbone_id: str) -> str:
+    """The model family a head belongs to, named after its backbone: ``handcrafted-mlp`` on the
+    handcrafted image statistics, ``clip-mlp`` on a CLIP image tower (Hugging Face, open_clip, rinna)."""
+    return "handcrafted-mlp" if backbone_id.startswith("handcrafted:") else "clip-mlp"
+
+
 def run_model_id(run_dir: str) -> str:
-    """``clip-mlp:<run name>@<first 10 hex of the checkpoint's sha256>``: changes whenever the weights do."""
+    """``<head kind>:<run name>@<first 10 hex of the checkpoint's sha256>``, e.g. ``clip-mlp:fl@0123456789``:
+    changes whenever the weights do."""
     checkpoint = read_checkpoint(run_dir)
     with open(os.path.join(run_dir, CHECKPOINT), "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()[:10]
-    return f"clip-mlp:{checkpoint['run_name']}@{digest}"
+    return f"{head_kind(checkpoint['backbone']['id'])}:{checkpoint['run_name']}@{digest}"
 
 
 def run_info(run_dir: str) -> tuple[str, int]:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from imagescore import ArgumentParser, UsageError, job_main
 from scoring.model import DEFAULT_MODEL, ScoreModel, load_model
 from scoring.photos import draw_product
 
@@ -71,10 +72,7 @@ def trace_model(model: ScoreModel, device: str = "cpu", seed: int = 0) -> torch.
     (``torch.tensor(..., device=x.device)``), so a trace only runs on the kind
     of device it was made on: trace on ``cuda`` to serve on a GPU.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available here; a GPU model must be "
-                         "traced on a GPU (run the export on the serving machine or in the NGC PyTorch container)")
+    device = _export_device(device)
     model = model.to(device).eval().requires_grad_(False)
     rng = np.random.default_rng(seed)
     size = int(model.input_size)
@@ -235,6 +233,7 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
         raise ValueError(f"--max-batch-size must be >= 1 (the served model batches), got {max_batch_size}")
     if not name or "/" in name or os.sep in name or name.startswith("."):
         raise ValueError(f"--name {name!r} is not a usable directory name for a Triton model")
+    _export_device(device)
     if isinstance(model, str):
         # Loaded where it will be traced, so a GPU export keeps the GPU path's precision (fp16 backbones).
         model = load_model(model, device)
@@ -271,8 +270,17 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
     return model_dir
 
 
+def _export_device(device: str | torch.device) -> torch.device:
+    """``--device`` of the export (``cpu`` or ``cuda``): there is no ``auto``, a trace runs only where it was made."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available here; export with --device cpu, "
+                         "or trace a GPU model on a GPU (the serving machine or the NGC PyTorch container)")
+    return device
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagescore export-triton",
+    parser = ArgumentParser(prog="imagescore export-triton",
                                      description="Export a score model as a Triton model repository.")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="handcrafted (default) or a training run directory")
     parser.add_argument("--repository", required=True, help="Triton model repository directory to write into")
@@ -297,11 +305,10 @@ def run(argv: Sequence[str] | None = None) -> int:
                                   backend=args.backend, max_batch_size=args.max_batch_size, device=args.device,
                                   overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"export-triton: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     print(model_dir)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m scoring.export_triton", run)

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from imagescore import UsageError
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
 from pipelines.report import counters
@@ -127,7 +128,7 @@ def test_refuses_to_start_when_records_could_be_lost(argv, message, monkeypatch,
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="--model"):
+    with pytest.raises(UsageError, match="--model"):
         backfill.run(["--source", "files", "--input", "x.jsonl", "--output", "/tmp/x", "--model", "no-such-model"])
 
 
@@ -142,7 +143,7 @@ def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_pa
     assert train(["--windows", world["windows"], "--labels", world["labels"], "--embeddings", world["embeddings"],
                   "--output", str(run_dir), "--epochs", "2", "--bootstrap", "10", "--no-progress"]) == 0
     model_id, input_size = model_info(str(run_dir))
-    assert model_id.startswith("clip-mlp:run@") and input_size == 384
+    assert model_id.startswith("handcrafted-mlp:run@") and input_size == 384
 
     root, server, entries = catalog
     out = tmp_path / "out"

@@ -27,3 +27,12 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert imagescore.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     assert imagescore.main([]) == 0 and "commands:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", sorted(FLAGS))
+def test_help_shows_defaults(command, capsys):
+    try:
+        imagescore.main([command, "--help"])
+    except SystemExit:
+        pass
+    assert "(default: " in capsys.readouterr().out

@@ -164,7 +164,7 @@ def test_flags_are_checked(tmp_path, tiny_clip_dir):
         embed.run(["--backbone", tiny_clip_dir, "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match="--backbone is required"):
         embed.run(["--input", "x.jsonl", "--output", str(tmp_path)])
-    with pytest.raises(ValueError, match="unknown backbone spec"):
+    with pytest.raises(SystemExit, match="unknown backbone spec"):
         embed.run(["--input", "x.jsonl", "--output", str(tmp_path), "--backbone", "vgg"])
 
 

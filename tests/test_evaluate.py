@@ -120,7 +120,7 @@ def test_run_on_another_backbone_is_refused(world, tmp_path):
 def test_samples_page_orders_by_score_and_escapes(dataset):
     import dataclasses
     part = dataclasses.replace(dataset.splits["test"], queries=["<script>x</script>"] * dataset.splits["test"].n_windows)
-    scores = np.arange(len(part.group), dtype=float)
+    scores = np.linspace(0.0, 1.0, len(part.group))
     page = render_samples(part, scores, method="Image Score (FL)", n=1, seed=0)
     assert "<script>x" not in page and "&lt;script&gt;" in page
     section = page.split("<section>")[1]
@@ -128,6 +128,12 @@ def test_samples_page_orders_by_score_and_escapes(dataset):
     ranked_scores = [float(s.split("score ")[1].split(" ")[0].split("<")[0]) for s in ranked.split("<figcaption>")[1:]]
     assert ranked_scores == sorted(ranked_scores, reverse=True)
     assert "clicked" in original and original.count("#e4002b") == 1
+
+
+def test_samples_page_shows_image_scores_not_raw_head_outputs(dataset):
+    part = dataset.splits["test"]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        render_samples(part, np.full(len(part.group), -1.156), method="Image Score (FL)", n=1)
 
 
 def test_samples_page_embeds_local_images(dataset, tmp_path):

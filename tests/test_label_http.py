@@ -5,9 +5,16 @@ import json
 
 import pytest
 
+from imagescore import guarded
 from labeling.label import run
 from tests.chat_double import ChatDouble, Reply, recorded
 from tests.fixtures.chat import window, write_images, write_windows
+
+
+def cli(argv):
+    """The command as the console script runs it: a usage error is one line on stderr and exit code 2."""
+    return guarded("imagescore label", run, argv)
+
 
 SECRET = "sk-test-SECRET-8f3a9c2e71d4"
 
@@ -246,7 +253,7 @@ def test_api_key_is_sent_but_never_written_or_logged(tmp_path, images, chat_doub
 
 def test_usage_errors_exit_2(tmp_path, images, capsys):
     path = windows_file(tmp_path, images, 1)
-    assert run(["--windows", path, "--output", str(tmp_path / "o")]) == 2
+    assert cli(["--windows", path, "--output", str(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
-    assert run(["--windows", str(tmp_path / "nope-*.jsonl"), "--output", str(tmp_path / "o"), "--model", "m"]) == 2
+    assert cli(["--windows", str(tmp_path / "nope-*.jsonl"), "--output", str(tmp_path / "o"), "--model", "m"]) == 2
     assert "matches no file" in capsys.readouterr().err

@@ -6,9 +6,15 @@ import json
 import numpy as np
 import pytest
 
+from imagescore import guarded
 from labeling.label import run
 from scoring.photos import degrade, draw_product
 from tests.fixtures.chat import window, write_windows
+
+
+def cli(argv):
+    """The command as the console script runs it: a usage error is one line on stderr and exit code 2."""
+    return guarded("imagescore label", run, argv)
 
 
 def read(out, name):
@@ -91,12 +97,12 @@ def test_simulated_judge_refuses_a_bad_quality_file(tmp_path, capsys, content, m
     quality = tmp_path / "quality.jsonl"
     quality.write_text(content)
     windows = write_windows(tmp_path / "w.jsonl", [window("w1", ["file:///x/0.jpg"])])
-    assert run(["--windows", windows, "--output", str(tmp_path / "o"), "--judge", "simulated",
+    assert cli(["--windows", windows, "--output", str(tmp_path / "o"), "--judge", "simulated",
                 "--quality", str(quality)]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_simulated_judge_needs_quality(tmp_path, capsys):
     windows = write_windows(tmp_path / "w.jsonl", [window("w1", ["file:///x/0.jpg"])])
-    assert run(["--windows", windows, "--output", str(tmp_path / "o"), "--judge", "simulated"]) == 2
+    assert cli(["--windows", windows, "--output", str(tmp_path / "o"), "--judge", "simulated"]) == 2
     assert "--quality" in capsys.readouterr().err

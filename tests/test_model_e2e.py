@@ -82,7 +82,7 @@ def test_quality_world_image_score_beats_random(tmp_path):
     from transforms.decode import decode_image
     import pyarrow.parquet as pq
     model = load_model(out["run"], device="cpu")
-    assert model.model_id.startswith("clip-mlp:run-fl@")
+    assert model.model_id.startswith("handcrafted-mlp:run-fl@")
     rows = pq.read_table(glob.glob(os.path.join(out["emb"], "embeddings*.parquet"))[0]).to_pylist()[:16]
     images = []
     for row in rows:

@@ -144,7 +144,7 @@ def test_cli_writes_run_directory_that_loads_as_a_model(world, tmp_path):
     for name in ("checkpoint.pt", "config.json", "metrics.json", "MODEL_CARD.md", "curves.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model_id"].startswith("clip-mlp:run-a@")
+    assert metrics["model_id"].startswith("handcrafted-mlp:run-a@")
     assert metrics["test"]["ca"]["ci_low"] is not None and len(metrics["history"]) == 6
     config = json.loads((out / "config.json").read_text())
     assert config["backbone"] == "handcrafted" and config["run_name"] == "run-a"
@@ -174,11 +174,11 @@ def test_cli_refuses_existing_output_and_wrong_backbone(world, tmp_path):
         _train_cli(world, out)
     assert (out / "keep.txt").read_text() == "x"
     unloadable = write_world(str(tmp_path / "w2"), n_windows=30, backbone_id=f"hf:{tmp_path}/no-such-clip@0123")
-    with pytest.raises(ValueError, match="pass --backbone SPEC naming the backbone embed used"):
+    with pytest.raises(SystemExit, match="pass --backbone SPEC naming the backbone embed used"):
         _train_cli(unloadable, tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
     other = write_world(str(tmp_path / "w3"), n_windows=30, backbone_id="handcrafted:handcrafted-v0")
-    with pytest.raises(ValueError, match="loads 'handcrafted:handcrafted-v1' but the embeddings come from"):
+    with pytest.raises(SystemExit, match="loads 'handcrafted:handcrafted-v1' but the embeddings come from"):
         _train_cli(other, tmp_path / "r3")
     assert not (tmp_path / "r3").exists()
 

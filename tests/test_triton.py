@@ -23,6 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import InferenceServerClient, model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from imagescore import guarded
 from scoring import export_triton as et
 from scoring.model import ScoreModel, load_model
 from scoring.photos import DEGRADATIONS, degrade, draw_product, sample_photos
@@ -39,6 +40,12 @@ from transforms.triton_handler import (
     retry_filter,
     triton_model_info,
 )
+
+
+def cli(argv):
+    """The command as the console script runs it: a usage error is one line on stderr and exit code 2."""
+    return guarded("imagescore export-triton", et.run, argv)
+
 
 PARITY_TOLERANCE = 1e-5
 
@@ -215,12 +222,12 @@ def test_export_refuses_to_overwrite_and_bad_arguments(tmp_path):
 
 
 def test_cli_reports_errors_without_a_traceback(exported, capsys):
-    assert et.run(["--repository", exported, "--name", "hc", "--version", "2"]) == 2
+    assert cli(["--repository", exported, "--name", "hc", "--version", "2"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert et.run(["--model", "/no/such/run", "--repository", exported]) == 2
+    assert cli(["--model", "/no/such/run", "--repository", exported]) == 2
     assert "'/no/such/run' is neither 'handcrafted' nor a training run directory" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert et.run(["--repository", exported, "--name", "gpu", "--device", "cuda"]) == 2
+        assert cli(["--repository", exported, "--name", "gpu", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     assert sorted(os.listdir(exported)) == ["hc"]
 

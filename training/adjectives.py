@@ -72,8 +72,11 @@ def load_wordnet(root: str = DEFAULT_WORDNET_DIR):
               "adj.exc")
     if not all(os.path.isfile(os.path.join(root, name)) for name in needed):
         raise WordNetMissing(install_message(root))
-    import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    try:
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    except ImportError as exc:  # a trimmed install: the rest of the report does not need it
+        raise WordNetMissing(f"NLTK is not installed ({exc}); install it with `pip install 'nltk>=3.8'`") from exc
 
     real_root = os.path.realpath(root)
     if real_root not in nltk.data.path:

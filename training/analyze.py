@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from imagescore import ArgumentParser, UsageError, job_main
 from training.adjectives import (
     DEFAULT_WORDNET_DIR,
     AdjectiveFinder,
@@ -66,7 +67,7 @@ class Inputs:
 def _files(patterns: Iterable[str], what: str) -> list[str]:
     files = sorted({path for pattern in patterns for path in glob.glob(pattern)})
     if not files:
-        raise SystemExit(f"imagescore analyze: no {what} files match {list(patterns)}")
+        raise UsageError(f"no {what} files match {list(patterns)}")
     return files
 
 
@@ -462,7 +463,7 @@ def analyze(window_globs: list[str], label_globs: list[str], out_dir: str, *, al
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore analyze", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="imagescore analyze", description=__doc__.split("\n\n")[0])
     p.add_argument("--windows", action="append", required=True, metavar="GLOB",
                    help="collect's windows*.jsonl or *.parquet (repeatable)")
     p.add_argument("--labels", action="append", required=True, metavar="GLOB",
@@ -501,4 +502,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m training.analyze", run)

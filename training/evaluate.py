@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from imagescore import ArgumentParser, UsageError, job_main
 from training import baselines as B
 from training import metrics as M
 from training.data import Dataset, load_dataset
@@ -120,7 +121,7 @@ def table_markdown(rows: list[dict], data: Dataset, split: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore evaluate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="imagescore evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--windows", required=True, help="glob of collect's windows (with split)")
     p.add_argument("--labels", required=True, help="glob of the label step's labels")
     p.add_argument("--embeddings", required=True, help="glob of embed's Parquet (the runs' backbone)")
@@ -143,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bootstrap < 1:
-        raise SystemExit("--bootstrap must be at least 1")
-    data = load_dataset(args.windows, args.labels, args.embeddings)
+        raise UsageError("--bootstrap must be at least 1")
+    try:
+        data = load_dataset(args.windows, args.labels, args.embeddings)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     rows, scores = evaluate_methods(data, runs=args.runs, ctr=args.ctr, clip_backbone=args.clip_backbone,
                                     split=args.split, n_boot=args.bootstrap, seed=args.seed,
                                     ctr_prior_strength=args.ctr_prior_strength)
@@ -163,11 +167,14 @@ def run(argv: list[str] | None = None) -> int:
         if args.samples > 0 and image_score:
             from training.samples import write_samples_page
             path = os.path.join(args.output, "samples.html")
-            write_samples_page(path, data.splits[args.split], scores[image_score], method=image_score,
+            # The head's raw outputs rank the same as the served model's sigmoid(head); the page shows
+            # the latter, the [0, 1] image_score the backfill writes.
+            calibrated = 1.0 / (1.0 + np.exp(-np.asarray(scores[image_score], dtype=np.float64)))
+            write_samples_page(path, data.splits[args.split], calibrated, method=image_score,
                                n=args.samples, seed=args.seed, embed_images=args.embed_images)
             print(f"qualitative samples: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m training.evaluate", run)

@@ -50,9 +50,11 @@ def _cell(split: SplitData, k: int, score: float, embed: bool) -> str:
 
 def render_samples(split: SplitData, scores: np.ndarray, *, method: str, n: int = 12, seed: int = 0,
                    embed_images: bool = False) -> str:
-    """The HTML page for ``n`` SERPs picked with a seeded generator."""
+    """The HTML page for ``n`` SERPs picked with a seeded generator; ``scores`` are image scores in [0, 1]."""
     if len(scores) != len(split.group):
         raise ValueError(f"{len(scores)} scores for {len(split.group)} images")
+    if len(scores) and not (np.min(scores) >= 0.0 and np.max(scores) <= 1.0):
+        raise ValueError("samples show image scores in [0, 1]; pass sigmoid(head output), not the raw head output")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(split.n_windows, size=min(n, split.n_windows), replace=False).tolist())
     sections = []
@@ -78,7 +80,8 @@ h2 {{ font-size: 1em; margin-top: 1.5em; }}
 </style></head><body>
 <h1>Image Score: qualitative samples</h1>
 <p>Each SERP twice: as the search engine ranked it, then re-ordered by {html.escape(method)} (highest first).
-The clicked image has a red frame. Labels are the judge's (0–1 within the SERP).</p>
+The clicked image has a red frame. Labels are the judge's (0–1 within the SERP); scores are the
+<code>image_score</code> in [0, 1] that the served model writes.</p>
 {"".join(sections)}
 </body></html>
 """

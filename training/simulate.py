@@ -52,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from imagescore import ArgumentParser, UsageError, job_main
 from scoring.photos import DEGRADATIONS, PRODUCT_KINDS
 
 # Query strings per category: several phrasings of one intent, as real logs have.
@@ -157,8 +158,9 @@ def generate_serps(rng: np.random.Generator, items: list[dict], urls: list[str],
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore simulate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", required=True, help="directory for images/, logs.jsonl and quality.jsonl")
+    p = ArgumentParser(prog="imagescore simulate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", required=True,
+                   help="directory for images/, logs.jsonl, quality.jsonl and items.jsonl (backfill's input)")
     p.add_argument("--serps", type=int, default=2000, help="number of searches (SERPs) to log")
     p.add_argument("--items", type=int, default=300, help="number of listings")
     p.add_argument("--seed", type=int, default=0)
@@ -179,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
 def simulate(args: argparse.Namespace) -> dict:
     """Write the world to ``args.output``; returns a small summary."""
     if args.items < len(PRODUCT_KINDS) or args.serps < 0 or args.serp_size < 1:
-        raise SystemExit(f"imagescore simulate: need --items >= {len(PRODUCT_KINDS)} (one per category), "
+        raise UsageError(f"need --items >= {len(PRODUCT_KINDS)} (one per category), "
                          f"--serps >= 0 and --serp-size >= 1")
     start = datetime.fromisoformat(args.start)
     start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
@@ -201,6 +203,11 @@ def simulate(args: argparse.Namespace) -> dict:
                                  "off_center": it["off_center"], "object_scale": it["object_scale"],
                                  "category": it["category"], "relevance": it["relevance"],
                                  "price": it["price"]}) + "\n")
+    # The listings as item records, the input of `imagescore backfill --source files`: listed when the log starts.
+    with open(os.path.join(out, "items.jsonl"), "w") as fh:
+        for it, url in zip(items, urls):
+            fh.write(json.dumps({"id": it["item_id"], "image_urls": [url], "created_at": start.isoformat(),
+                                 "price": it["price"], "title": it["category"]}) + "\n")
     n = clicks = 0
     with open(os.path.join(out, "logs.jsonl"), "w") as fh:
         for serp in generate_serps(rng, items, urls, args.serps, serp_size=args.serp_size, start=start,
@@ -227,4 +234,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m training.simulate", run)

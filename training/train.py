@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from imagescore import ArgumentParser, UsageError, job_main
 from scoring.head import ACTIVATIONS, HeadConfig, ScoreHead
 from scoring.model import resolve_device
 from training import metrics as M
@@ -156,16 +157,21 @@ def _selection_key(ca: float, opa: float) -> tuple[float, float]:
     return (-1.0 if math.isnan(ca) else ca, -1.0 if math.isnan(opa) else opa)
 
 
+def check_trainable(data: Dataset) -> None:
+    """Refuse data a head cannot be trained and selected on (ValueError naming what to change)."""
+    if data.splits["train"].n_pairs == 0:
+        raise ValueError("the train split has no pairs: every window was dropped or tied "
+                         f"(data summary: {data.summary()})")
+    if data.splits["validation"].n_windows == 0:
+        raise ValueError("the validation split is empty, so no epoch can be selected; "
+                         "give collect a validation fraction > 0")
+
+
 def train_head(config: TrainConfig, data: Dataset, *, progress: bool = True, desc: str = "train") -> TrainResult:
     """Train one head; return it at its best validation epoch (CA, then OPA)."""
     from tqdm.auto import tqdm
+    check_trainable(data)
     train, val = data.splits["train"], data.splits["validation"]
-    if train.n_pairs == 0:
-        raise ValueError("the train split has no pairs: every window was dropped or tied "
-                         f"(data summary: {data.summary()})")
-    if val.n_windows == 0:
-        raise ValueError("the validation split is empty, so no epoch can be selected; "
-                         "give collect a validation fraction > 0")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -347,7 +353,7 @@ The test split was not used for any choice. Compare against baselines with `imag
 
 # ---------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="imagescore train", description=__doc__.split("\n")[0])
     p.add_argument("--windows", required=True, help="glob of collect's windows (JSONL or Parquet), with split")
     p.add_argument("--labels", required=True, help="glob of the label step's labels*.jsonl")
     p.add_argument("--embeddings", required=True, help="glob of embed's embeddings*.parquet")
@@ -361,11 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
              "run_name": str, "bootstrap": int}
     for name, kind in flags.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       help=f"default {getattr(TrainConfig(), name)!r}")
+                       help=f"--config's value, else (default: {getattr(TrainConfig(), name)!r})")
     for name, kind in (("grid_lr", float), ("grid_weight_decay", float), ("grid_loss", str)):
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                        type=lambda text, kind=kind: [kind(v) for v in text.split(",") if v.strip()],
-                       help=f"comma-separated; default {','.join(map(str, getattr(TrainConfig(), name)))}")
+                       help=f"comma-separated (default: {','.join(map(str, getattr(TrainConfig(), name)))})")
     return p
 
 
@@ -414,14 +420,18 @@ def resolve_backbone(config: TrainConfig, data: Dataset) -> tuple[str, bool, int
 def run(argv: list[str] | None = None) -> int:
     from scoring.checkpoint import save_run
     args = build_parser().parse_args(argv)
-    config = config_from_args(args)
     if os.path.isdir(args.output) and os.listdir(args.output) and not args.force:
-        raise SystemExit(f"--output {args.output!r} exists and is not empty; choose a new run directory or pass --force")
+        raise UsageError(f"--output {args.output!r} exists and is not empty; choose a new run directory or pass --force")
+    try:  # the flags, --config and the files they name
+        config = config_from_args(args)
+        data = load_dataset(args.windows, args.labels, args.embeddings)
+        spec, normalize, input_size = resolve_backbone(config, data)
+        check_trainable(data)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     run_name = config.run_name or os.path.basename(os.path.normpath(args.output))
-    data = load_dataset(args.windows, args.labels, args.embeddings)
     summary = data.summary()
     print(f"data: {json.dumps(summary)}", file=sys.stderr)
-    spec, normalize, input_size = resolve_backbone(config, data)
     progress = not args.no_progress
     grid_rows = None
     if args.grid:
@@ -457,4 +467,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m training.train", run)

@@ -78,7 +78,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fired on the header (its limit is global; ours is checked below).
         raise Rejected("too_many_pixels", f"image refused by Pillow's decompression-bomb guard before decoding "
-                       f"({exc}); the cap here is {max_pixels} pixels (max_pixels)") from exc
+                       f"({exc}); the cap here is {max_pixels} pixels ({max_pixels / 1e6:g} MP, "
+                       "--max-image-pixels)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         if _looks_like_image(data):
             raise Rejected("truncated_image", f"image header is incomplete or corrupt ({exc}): {_describe(data)}; "
@@ -97,7 +98,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise Rejected(
             "too_many_pixels",
             f"{img.format} image is {width}x{height} = {width * height} pixels, over the cap of "
-            f"{max_pixels} pixels (max_pixels); it is refused before decoding")
+            f"{max_pixels} pixels ({max_pixels / 1e6:g} MP, --max-image-pixels); it is refused before decoding")
     return img
 
 
