@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tea_tasting as tt
 from scipy import stats
+from imagescore import ArgumentParser, UsageError, job_main
 
 METRICS = {"bcr": "converted", "bcr_via_search": "converted_via_search",
            "atpu": "transactions", "atpu_via_search": "transactions_via_search"}
@@ -253,7 +254,7 @@ def forest_plot(path: str, result: dict) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore ab-readout", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="imagescore ab-readout", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="per-user experiment rows: .csv, .jsonl or .parquet")
     p.add_argument("--control", required=True, help="name of the control variant")
     p.add_argument("--split", help="configured traffic shares, e.g. control=50,treatment=50 (default: equal)")
@@ -272,7 +273,7 @@ def run(argv: list[str] | None = None) -> int:
         result = readout(users, args.control, parse_split(args.split, variants), covariates=args.cuped,
                          alpha=args.alpha)
     except ValueError as exc:
-        raise SystemExit(f"imagescore ab-readout: {exc}") from None
+        raise UsageError(f"imagescore ab-readout: {exc}") from None
     result["excluded"] = excluded
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "readout.json"), "w") as fh:
@@ -287,4 +288,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m ranking.ab", run)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+from imagescore import ArgumentParser, UsageError, job_main
 
 PLATFORMS = ("web", "ios", "android")
 
@@ -33,7 +34,7 @@ def _pairs(text: str, what: str) -> dict[str, float]:
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise SystemExit(f"--{what} {text!r}: expected name=number pairs") from None
+            raise UsageError(f"--{what} {text!r}: expected name=number pairs") from None
     return out
 
 
@@ -110,20 +111,20 @@ def write(table: pa.Table, path: str) -> None:
             for row in table.to_pylist():
                 fh.write(json.dumps(row) + "\n")
     else:
-        raise SystemExit(f"--output {path!r}: name it .parquet, .csv or .jsonl")
+        raise UsageError(f"--output {path!r}: name it .parquet, .csv or .jsonl")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore simulate-ab", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="imagescore simulate-ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="rows file: .parquet, .csv or .jsonl (truth.json beside it)")
-    p.add_argument("--users", type=int, default=200_000)
+    p.add_argument("--users", type=int, default=200_000, help="simulated users")
     p.add_argument("--split", default="control=50,treatment=50", help="variant=share pairs; the first is control")
     p.add_argument("--lift", default="web=1.04,ios=0.99,android=0.98",
                    help="true multiplicative lift of via-search transactions per platform, for every non-control "
                         "variant (VARIANT:platform=x to set one variant)")
     p.add_argument("--srm-loss", default="", help="lose this share of a variant's users, e.g. treatment=0.02")
     p.add_argument("--search-share", type=float, default=0.6, help="share of purchases that go through search")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     return p
 
 
@@ -131,19 +132,19 @@ def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     split = _pairs(args.split, "split")
     if len(split) < 2 or any(v <= 0 for v in split.values()) or args.users < 1:
-        raise SystemExit("--split needs at least two variants with positive shares, --users >= 1")
+        raise UsageError("--split needs at least two variants with positive shares, --users >= 1")
     control, *treated = split
     lifts: dict[str, dict[str, float]] = {v: {} for v in treated}
     for part in args.lift.split(","):
         key, _, value = part.partition("=")
         variant, _, plat = key.rpartition(":")
         if plat not in PLATFORMS or (variant and variant not in treated):
-            raise SystemExit(f"--lift {part!r}: expected [VARIANT:]PLATFORM=ratio with platform in {PLATFORMS}")
+            raise UsageError(f"--lift {part!r}: expected [VARIANT:]PLATFORM=ratio with platform in {PLATFORMS}")
         for v in [variant] if variant else treated:
             lifts[v][plat] = float(value)
     loss = _pairs(args.srm_loss, "srm-loss") if args.srm_loss else {}
     if set(loss) - set(split):
-        raise SystemExit(f"--srm-loss names unknown variants {sorted(set(loss) - set(split))}")
+        raise UsageError(f"--srm-loss names unknown variants {sorted(set(loss) - set(split))}")
     table = simulate(args.users, split, lifts, seed=args.seed, search_share=args.search_share, srm_loss=loss)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write(table, args.output)
@@ -155,4 +156,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m ranking.ab_simulate", run)

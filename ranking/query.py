@@ -17,10 +17,11 @@ import sys
 from elasticsearch.dsl import Q
 
 from es.boosting import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME, Boost, PlatformBoosts, search_body
+from imagescore import ArgumentParser, UsageError, job_main
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore query", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="imagescore query", description=__doc__.split("\n\n")[0])
     base = p.add_mutually_exclusive_group(required=True)
     base.add_argument("--base-query", help="JSON file holding the query to boost")
     base.add_argument("--match", help="boost a match query on --field for this text")
@@ -46,13 +47,13 @@ def _base(args) -> dict:
         with open(args.base_query) as fh:
             base = json.load(fh)
     except OSError as exc:
-        raise SystemExit(f"--base-query {args.base_query}: {exc.strerror}") from None
+        raise UsageError(f"--base-query {args.base_query}: {exc.strerror}") from None
     except ValueError as exc:
-        raise SystemExit(f"--base-query {args.base_query}: not JSON ({exc})") from None
+        raise UsageError(f"--base-query {args.base_query}: not JSON ({exc})") from None
     if isinstance(base, dict) and set(base) == {"query"}:
         base = base["query"]  # a whole search body is fine too
     if not isinstance(base, dict) or len(base) != 1:
-        raise SystemExit(f"--base-query {args.base_query}: expected one query object like {{\"match\": {{...}}}}")
+        raise UsageError(f"--base-query {args.base_query}: expected one query object like {{\"match\": {{...}}}}")
     return base
 
 
@@ -67,7 +68,7 @@ def body_for(args) -> dict:
             raise ValueError("--platform needs --platform-config (the per-platform formulas and weights)")
         return search_body(_base(args), boosts.for_platform(args.platform), rescore_window=args.rescore_window)
     except ValueError as exc:
-        raise SystemExit(f"imagescore query: {exc}") from None
+        raise UsageError(f"imagescore query: {exc}") from None
 
 
 def explain_lines(explanation: dict, depth: int = 0) -> list[str]:
@@ -101,4 +102,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m ranking.query", run)

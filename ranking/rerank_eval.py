@@ -26,15 +26,16 @@ from ranking.propensity import estimate_em, for_ranks, load_propensities
 from ranking.replay import Logs, attach_scores, load_logs, load_scores, new_ranks, replay_scores
 from training.metrics import group_bootstrap_ci
 from training.samples import _src as image_src
+from imagescore import ArgumentParser, UsageError, job_main
 
 
 def _floats(text: str, name: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"--{name} must be comma-separated numbers, got {text!r}") from None
     if not values or any(not np.isfinite(v) or v < 0 for v in values):
-        raise SystemExit(f"--{name} needs finite numbers >= 0, got {text!r}")
+        raise UsageError(f"--{name} needs finite numbers >= 0, got {text!r}")
     return values
 
 
@@ -175,7 +176,7 @@ figcaption {{ font-size: 0.7em; color: #333; }}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagescore rerank-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="imagescore rerank-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--logs", required=True, help="search-log JSONL glob(s), comma-separated; items carry score "
                                                  "(and relevance_score for the additive formulas)")
     p.add_argument("--scores", required=True, help="JSONL glob(s) of id + image_score (e.g. backfill scores*.jsonl)")
@@ -201,10 +202,10 @@ def run(argv: list[str] | None = None) -> int:
     formulas = [f.strip() for f in args.formula.split(",") if f.strip()]
     bad = [f for f in formulas if f not in FORMULAS]
     if bad or not formulas:
-        raise SystemExit(f"--formula: {bad or args.formula!r} not among {', '.join(FORMULAS)}")
+        raise UsageError(f"--formula: {bad or args.formula!r} not among {', '.join(FORMULAS)}")
     ws = _floats(args.w, "w")
     if args.bootstrap < 1 or args.k < 1:
-        raise SystemExit("--bootstrap and --k must be at least 1")
+        raise UsageError("--bootstrap and --k must be at least 1")
     t0 = time.perf_counter()
     try:
         logs = attach_scores(load_logs(args.logs), load_scores(args.scores))
@@ -213,7 +214,7 @@ def run(argv: list[str] | None = None) -> int:
                             seed=args.seed, rescore_window=args.rescore_window, rank_function=args.rank_function,
                             rank_params=json.loads(args.rank_params))
     except ValueError as exc:
-        raise SystemExit(f"imagescore rerank-eval: {exc}") from None
+        raise UsageError(f"imagescore rerank-eval: {exc}") from None
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "rerank.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
@@ -236,4 +237,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m ranking.rerank_eval", run)
