@@ -26,9 +26,9 @@ SECRETS = (API_KEY, USERNAME, PASSWORD)
 FAST = {"max_retries": 1, "initial_backoff": 0.01, "max_backoff": 0.02, "max_retry_time": 5.0}
 
 
-def _score(doc_id: str, value=0.5) -> dict:
-    return {"id": doc_id, "image_score": value, "image_score_model": "m-v1",
-            "image_scored_at": "2025-06-01T00:00:00Z"}
+def _score(doc_id: str, scored_at="2025-06-01T00:00:00Z") -> dict:
+    return {"id": doc_id, "updated_at": "2025-05-01T00:00:00Z", "image_score": 0.5, "image_score_model": "m-v1",
+            "image_scored_at": scored_at, "image_score_image_url": f"http://img.test/{doc_id}.jpg"}
 
 
 def _assert_clean(*texts: str) -> None:
@@ -109,7 +109,7 @@ def test_per_document_errors_are_scrubbed(api_key_env, es_double, es_config, es_
     es_client.index(index=es_index, id="b", document={"title": "t"})
     es_double.fail_bulk_items(400, ids=["a"], error_type="illegal_argument_exception",
                               reason=f"request carried [ApiKey {API_KEY}]")
-    out = write_batch(es_config, es_index, [_score("a"), _score("b", "not-a-number"), _score("gone")], **FAST)
+    out = write_batch(es_config, es_index, [_score("a"), _score("b", "not-a-date"), _score("gone")], **FAST)
     assert [(f[0]["id"], f[1]) for f in out["failed"]] == [("a", "es_400"), ("b", "es_mapping_error")]
     assert "<ES_API_KEY redacted>" in out["failed"][0][2]
     assert out["missing"] == ["gone"]

@@ -17,14 +17,23 @@ from es.bulk_writer import (
     write_batch,
 )
 from es.client import EsConfig, EsError
+from es.guard import GUARD_SCRIPT_ID, canonical_version
 from tests.fixtures.es import seed_items
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
 
 
-def score(doc_id: str, value: float | str = 0.5, model: str = "handcrafted-v1") -> dict:
-    return {"id": doc_id, "image_score": value, "image_score_model": model,
-            "image_scored_at": "2025-06-01T12:00:00+00:00"}
+def score(doc_id: str, value: float | str = 0.5, model: str = "handcrafted-v1",
+          version: str = "2025-05-02T00:00:00Z", scored_at: str = "2025-06-01T12:00:00+00:00") -> dict:
+    return {"id": doc_id, "updated_at": version, "image_score": value, "image_score_model": model,
+            "image_scored_at": scored_at, "image_score_image_url": f"http://img.test/{doc_id}.jpg"}
+
+
+def stored(record: dict) -> dict:
+    """The score fields a score record leaves in the document."""
+    return {**{k: v for k, v in record.items() if k not in ("id", "updated_at")},
+            "image_score_rank": max(record["image_score"], 1e-4),
+            "image_score_version": canonical_version(record["updated_at"])}
 
 
 def items(n: int, prefix: str = "item") -> dict[str, dict]:
@@ -44,26 +53,25 @@ def run_pipeline(config: EsConfig, index: str, records: list, **settings):
 
 def test_pipeline_routes_every_record_to_exactly_one_output(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(4))
-    records = [score("item-0", 0.1), score("item-1", 0.2), score("item-2", "not-a-number"),
-               score("gone", 0.9), score("item-3", 0.4)]
+    records = [score("item-0", 0.1), score("item-1", 0.2), score("item-2", scored_at="yesterday"),
+               score("gone", 0.9), score("item-3", 0.4), score("item-4", "not-a-number")]
     pipeline = BeamTestPipeline(runner="DirectRunner")
     outputs = (pipeline | beam.Create(records)
                | WriteToElasticsearch(es_config, es_index, **FAST))
     assert_that(outputs.written, equal_to(["item-0", "item-1", "item-3"]), label="written")
     assert_that(outputs.missing, equal_to(["gone"]), label="missing")
-    assert_that(outputs.failed | beam.Map(lambda f: (f[0]["id"], f[1], f[0] == score("item-2", "not-a-number"),
-                                                    "image_score" in f[2])),
-                equal_to([("item-2", "es_mapping_error", True, True)]), label="failed")
+    assert_that(outputs.failed | beam.Map(lambda f: (f[0]["id"], f[1], f[0] in records, f[2].split(":")[0])),
+                equal_to([("item-2", "es_mapping_error", True, "document_parsing_exception"),
+                          ("item-4", "es_bad_record", True, "record 'item-4'")]), label="failed")
     result = pipeline.run()
     result.wait_until_finish()
     counters = {r.key.metric.name: r.committed
                 for r in result.metrics().query(MetricsFilter().with_namespace("imagescore"))["counters"]}
-    assert counters["es_written"] == 3 and counters["es_missing"] == 1 and counters["es_failed"] == 1
+    assert counters["es_written"] == 3 and counters["es_missing"] == 1 and counters["es_failed"] == 2
     assert counters["es_bulk_requests"] >= 1 and counters["es_bulk_bytes"] > 0
 
     doc = es_client.get(index=es_index, id="item-1")["_source"]
-    assert doc == {"title": "listing 1", "created_at": "2025-05-01T00:00:00Z", **{
-        k: v for k, v in score("item-1", 0.2).items() if k != "id"}}
+    assert doc == {"title": "listing 1", "created_at": "2025-05-01T00:00:00Z", **stored(score("item-1", 0.2))}
     assert "image_score" not in es_client.get(index=es_index, id="item-2")["_source"]
 
 
@@ -170,20 +178,21 @@ def test_missing_document_is_a_counted_skip(es_config, es_client, es_index):
 
 def test_mapping_error_keeps_the_record_and_the_error(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(3))
-    bad = score("item-1", "very good")
+    bad = score("item-1", scored_at="the day before yesterday")
     out = write_batch(es_config, es_index, [score("item-0"), bad, score("item-2")], **FAST)
     assert sorted(out["written"]) == ["item-0", "item-2"] and not out["missing"]
     ((record, reason, error),) = out["failed"]
     assert record == bad and reason == "es_mapping_error"
-    assert "image_score" in error and "parsing_exception" in error
+    assert "image_scored_at" in error and "parsing_exception" in error
 
 
 def test_record_without_id_fails_without_losing_the_rest(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(1))
-    no_id = {"image_score": 0.5, "image_score_model": "m", "image_scored_at": "2025-06-01T00:00:00Z"}
+    no_id = {k: v for k, v in score("x").items() if k != "id"}
     out = write_batch(es_config, es_index, [no_id, score("item-0")], **FAST)
     assert out["written"] == ["item-0"]
     assert [(f[0], f[1]) for f in out["failed"]] == [(no_id, "es_bad_record")]
+    assert "no string 'id'" in out["failed"][0][2]
 
 
 def test_index_missing_goes_to_failed(es_double, es_config):
@@ -220,24 +229,27 @@ def test_writing_twice_gives_the_same_documents(es_config, es_client, es_index):
     after_first = {i: es_client.get(index=es_index, id=f"item-{i}") for i in range(3)}
     second = write_batch(es_config, es_index, records, **FAST)
     after_second = {i: es_client.get(index=es_index, id=f"item-{i}") for i in range(3)}
-    assert sorted(first["written"]) == sorted(second["written"]) == ["item-0", "item-1", "item-2"]
+    assert sorted(first["written"]) == sorted(second["stale"]) == ["item-0", "item-1", "item-2"]
+    assert not second["written"]
     assert {i: d["_source"] for i, d in after_first.items()} == {i: d["_source"] for i, d in after_second.items()}
     assert {i: d["_version"] for i, d in after_first.items()} == {i: d["_version"] for i, d in after_second.items()}
 
 
-def test_repeated_id_in_a_bundle_keeps_the_last_score(es_double, es_config, es_client, es_index):
+def test_repeated_id_in_a_bundle_keeps_the_newest_score(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(1))
-    out = write_batch(es_config, es_index, [score("item-0", 0.1), score("item-0", 0.7)], **FAST)
-    assert out["written"] == ["item-0", "item-0"]
+    out = write_batch(es_config, es_index, [score("item-0", 0.1), score("item-0", 0.7, version="2025-05-03T00:00:00Z"),
+                                            score("item-0", 0.3)], **FAST)
+    assert out["written"] == ["item-0", "item-0"] and out["stale"] == ["item-0"]
     assert es_client.get(index=es_index, id="item-0")["_source"]["image_score"] == 0.7
-    assert len(es_double.bulk_requests()) == 2  # never two updates of one id in one request
+    assert len(es_double.bulk_requests()) == 3  # never two updates of one id in one request
 
 
-def test_update_action_is_a_partial_doc_update():
-    assert update_action(score("item-7", 0.25), "items") == {
+def test_update_action_is_a_guarded_score_update():
+    record = score("item-7", 0.25)
+    assert update_action(record, "items") == {
         "_op_type": "update", "_index": "items", "_id": "item-7", "retry_on_conflict": 3,
-        "doc": {"image_score": 0.25, "image_score_model": "handcrafted-v1",
-                "image_scored_at": "2025-06-01T12:00:00+00:00"}}
+        "script": {"id": GUARD_SCRIPT_ID, "params": {"score": True, "version": "2025-05-02T00:00:00.000000Z",
+                                                     "fields": stored(record)}}}
 
 
 def test_settings_are_validated():
