@@ -298,3 +298,11 @@ def test_the_double_refuses_update_bodies_outside_its_subset(es_double, es_clien
     with pytest.raises(Exception) as caught:
         es_client.bulk(operations=[{"update": {"_index": guarded_index, "_id": "x"}}, body])
     assert caught.value.meta.status == 400 and message in str(caught.value)
+
+
+def test_the_backfill_query_never_reads_a_tombstone(es_config, es_client, guarded_index):
+    from es.source import backfill_query
+    _write(es_config, guarded_index, DOCUMENT, [{**item(V1), "id": "live"}, {**tombstone(V3), "id": "gone"}])
+    es_client.indices.refresh(index=guarded_index)
+    hits = es_client.search(index=guarded_index, query=backfill_query("2026-01-01T00:00:00Z", "m-new"))["hits"]
+    assert [h["_id"] for h in hits["hits"]] == ["live"]  # a tombstone has no created_at left to match
