@@ -178,8 +178,11 @@ def _error_text(info: dict) -> str:
     if isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('reason')}"
         caused_by = error.get("caused_by")
-        if isinstance(caused_by, dict):
+        for _ in range(3):  # a script failure nests the cause that says what is wrong two levels down
+            if not isinstance(caused_by, dict):
+                break
             text += f" (caused by {caused_by.get('type')}: {caused_by.get('reason')})"
+            caused_by = caused_by.get("caused_by")
         return scrub(text)
     return scrub(str(error))
 
@@ -210,7 +213,7 @@ def _caused_by_type(info: dict) -> str | None:
     return caused_by.get("type") if isinstance(caused_by, dict) else None
 
 
-def update_action(record: dict, index: str, mode: str = SCORE, retry_on_conflict: int = 3) -> dict:
+def update_action(record: dict, index: str, mode: str, retry_on_conflict: int = 3) -> dict:
     """The bulk-helper action for one record: a guarded scripted ``update`` of document ``record["id"]``.
 
     Raises :class:`~es.guard.BadRecord`. Also used to write the same updates as NDJSON files.
@@ -376,8 +379,8 @@ class WriteToElasticsearch(beam.PTransform):
     """Write records through the stale-update guard into ``index``; outputs tagged
     ``written``, ``deleted``, ``stale``, ``missing``, ``failed`` (see the module docstring).
 
-    ``mode`` is ``"score"`` (score fields onto documents another indexer owns) or
-    ``"document"`` (upsert whole processed items and tombstones). The guard script must be
+    ``mode`` (required, keyword) is ``"score"`` (score fields onto documents another indexer
+    owns) or ``"document"`` (upsert whole processed items and tombstones). The guard script must be
     stored first (:func:`es.guard.ensure_guard_script`, at start-up like the mapping).
     Batches are capped by ``max_docs`` and ``max_bytes`` (request body bytes). ``max_retries``,
     ``initial_backoff``, ``max_backoff`` and ``max_retry_time`` bound the retries of one batch.
@@ -387,7 +390,7 @@ class WriteToElasticsearch(beam.PTransform):
 
     def __init__(self, config: EsConfig, index: str, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
                  max_retries: int = 5, initial_backoff: float = 0.5, max_backoff: float = 30.0,
-                 max_retry_time: float = 120.0, label: str | None = None, *, mode: str = SCORE):
+                 max_retry_time: float = 120.0, label: str | None = None, *, mode: str):
         super().__init__(label)
         if not index or any(c in index for c in ' "*\\/,|<>?#'):
             raise ValueError(f"{index!r} is not a concrete index name; the writer needs one index or alias")
@@ -404,7 +407,7 @@ class WriteToElasticsearch(beam.PTransform):
             _BulkWriteFn(self._config, self._index, self._settings, self._mode)).with_outputs(*OUTPUT_TAGS)
 
 
-def write_batch(config: EsConfig, index: str, records: Iterable[dict], mode: str = SCORE,
+def write_batch(config: EsConfig, index: str, records: Iterable[dict], *, mode: str,
                 **settings: Any) -> dict[str, list]:
     """Write ``records`` outside Beam (one bundle); returns a list per output tag (``written``, ``deleted``, ...).
 

@@ -9,8 +9,10 @@ in a scripted update. The script is stored (installed at start-up, like the mapp
 with microseconds and ``Z`` (``2026-11-20T12:00:00.000000Z``). Strings of one fixed-width
 UTC form sort in time order, so the script compares them with ``compareTo``. Anything
 else a record carries (an offset, no fraction, a naive time taken as UTC) is converted by
-:func:`canonical_version`. A stored version in any other form is only safe when it is a
-non-string (the script then fails loudly); so every writer of these fields must use this module.
+:func:`canonical_version`. Epoch numbers are refused: nothing says whether they are seconds
+or milliseconds. A stored version in any other form (an epoch number, or an ISO string with
+an offset that another indexer wrote) would compare wrongly, so the script refuses it and
+the write fails loudly instead (a dead letter, ``es_script_error``).
 
 The script, for the two write modes:
 
@@ -54,6 +56,8 @@ GUARD_SCRIPT_ID = "imagescore-guard-v1"
 GUARD_SCRIPT_SOURCE = (
     "def s = ctx._source; "
     "def v = params.score ? s.image_score_version : s.updated_at; "
+    "if (v != null && !(v instanceof String && v.length() == 27 && v.endsWith('Z'))) "
+    "{ throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); } "
     "if ((params.score && s.deleted == true) || (v != null && v.compareTo(params.version) >= 0)) "
     "{ ctx.op = 'noop'; } "
     "else { if (!params.score) { s.clear(); } s.putAll(params.fields); }"

@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import Any
 
-GUARD_SCRIPT_SHA256 = "a2cbc8cadec25714f652e7c142b5a55ca5484b7c7d23640d5666498f0d8cc81a"
+GUARD_SCRIPT_SHA256 = "2bbf90ef0ba8b543218d89d0262bb62f0070b39a25cc6294fa14f52d0fd6fa1f"
 PUT_SCRIPT_PARAMS = {"timeout", "master_timeout", "context"}
 UPDATE_FIELDS = {"script", "upsert", "scripted_upsert"}
 
@@ -58,6 +58,8 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
 
     Painless:  def s = ctx._source;
                def v = params.score ? s.image_score_version : s.updated_at;
+               if (v != null && !(v instanceof String && v.length() == 27 && v.endsWith('Z')))
+               { throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); }
                if ((params.score && s.deleted == true) || (v != null && v.compareTo(params.version) >= 0))
                { ctx.op = 'noop'; } else { if (!params.score) { s.clear(); } s.putAll(params.fields); }
     """
@@ -69,15 +71,14 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
         raise _runtime_error(script_id, "class_cast_exception",
                              f"Cannot cast {_java_type(score)} to java.lang.Boolean")
     stored = source.get("image_score_version" if score else "updated_at")
+    if stored is not None and not (isinstance(stored, str) and len(stored) == 27 and stored.endswith("Z")):
+        text = json.dumps(stored) if not isinstance(stored, str) else stored  # Java's toString, near enough
+        raise _runtime_error(script_id, "illegal_argument_exception",
+                             f"stored version [{text}] is not in the canonical form")
     if score and source.get("deleted") is True:
         return False
     if stored is not None:
         version = params.get("version")
-        if not isinstance(stored, str):
-            raise _runtime_error(script_id, "class_cast_exception" if isinstance(stored, (int, float)) and not isinstance(
-                stored, bool) else "illegal_argument_exception",
-                f"dynamic method [{_java_type(stored)}, compareTo/1] cannot compare with the version "
-                f"{_java_type(version)}")
         if version is None:
             raise _runtime_error(script_id, "null_pointer_exception", "Cannot read field \"value\" because "
                                  "\"anotherString\" is null (params.version)")

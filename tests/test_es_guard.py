@@ -122,7 +122,7 @@ CASES = [
 
 @pytest.fixture
 def guarded_index(es_client, es_index):
-    """What a job does at start-up: map the fields (``updated_at`` too, as a job that owns documents) and store the guard."""
+    """What a job does at start-up: map the fields (``updated_at`` too: it owns documents), store the guard."""
     ensure_score_mapping(es_client, es_index, owns_documents=True)
     ensure_guard_script(es_client)
     return es_index
@@ -220,13 +220,22 @@ def test_a_bad_record_is_a_dead_letter_and_nothing_else_is_lost(mode, record, me
     assert message in error and "it" in error
 
 
-def test_a_stored_version_of_another_type_fails_loudly(es_config, es_client, guarded_index):
-    es_client.index(index=guarded_index, id="it", document={"updated_at": 1764000000000, "title": "epoch"})
-    out = _write(es_config, guarded_index, DOCUMENT, [item(V1), {**item(V1), "id": "fine"}])
+@pytest.mark.parametrize("mode,stored", [
+    (DOCUMENT, {"updated_at": 1764000000000}),  # an epoch number another tool wrote
+    (DOCUMENT, {"updated_at": "2026-11-21T19:00:00+09:00"}),  # an offset: as a string it would sort wrongly
+    (DOCUMENT, {"updated_at": "2026-11-20T10:00:00Z"}),  # no fraction: ties would sort wrongly
+    (SCORE, {"image_score_version": "2026-11-21T19:00:00+09:00"}),
+])
+def test_a_stored_version_in_another_form_fails_loudly(mode, stored, es_config, es_client, guarded_index):
+    es_client.index(index=guarded_index, id="it", document={**stored, "title": "foreign"})
+    es_client.index(index=guarded_index, id="fine", document=OTHER_INDEXER)
+    record = item(V1) if mode == DOCUMENT else score(V1)
+    out = _write(es_config, guarded_index, mode, [record, {**record, "id": "fine"}])
     assert out["written"] == ["fine"]
-    ((record, reason, error),) = out["failed"]
-    assert record == item(V1) and reason == "es_script_error" and "script" in error
-    assert es_client.get(index=guarded_index, id="it")["_source"]["title"] == "epoch"
+    ((failed, reason, error),) = out["failed"]
+    assert failed == record and reason == "es_script_error" and "failed to execute script" in error
+    assert "is not in the canonical form" in error  # the cause, two levels down
+    assert es_client.get(index=guarded_index, id="it")["_source"] == {**stored, "title": "foreign"}
 
 
 def test_guard_params_refuse_bad_modes_and_ids():

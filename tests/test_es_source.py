@@ -104,7 +104,7 @@ def test_a_rerun_after_scoring_reads_nothing(es_config, es_client, es_index):
     out = write_batch(es_config, es_index, [
         {"id": doc_id, "updated_at": _ago(1), "image_score": 0.5, "image_score_model": MODEL,
          "image_scored_at": _ago(0), "image_score_image_url": f"https://img.example/{doc_id}.jpg"}
-        for doc_id in expected])
+        for doc_id in expected], mode="score")
     assert sorted(out["written"]) == sorted(expected)
     es_client.indices.refresh(index=es_index)
     read_and_check(es_config, es_index, set(), slices=2)
