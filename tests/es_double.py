@@ -1768,7 +1768,9 @@ def _sort_input(key: _SortKey, ref: FieldRef | None, value: Any) -> Any:
     if ref is None or ref.type in ("keyword", "_id"):
         return str(value)
     if ref.type == "date":
-        return int(ref.date_format().parse(value))  # a formatted date is accepted as well as epoch millis
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)  # sort values are epoch millis whatever the field's format
+        return int(ref.date_format().parse(value))  # a date in the field's format works too
     if ref.type == "boolean":
         if str(value).lower() not in ("true", "false", "0", "1"):
             raise ValueError(f"Failed to parse search_after value [{value}] for boolean field [{key.name}]")
