@@ -27,7 +27,7 @@ class ManualClock:
     """The double's clock, moved by hand, so a refresh interval elapses exactly when a test says."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = time.monotonic()  # not earlier than indices made before the swap
 
     def __call__(self) -> float:
         return self.now
