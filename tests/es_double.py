@@ -1502,6 +1502,9 @@ def parse_update_body(source: dict, position: int, line: bytes) -> dict:
     return source
 
 
+# Extension points, one entry per bulk action kind: BULK_BODY_PARSERS checks an action's body line
+# (a malformed one refuses the whole request), BULK_ACTIONS applies it to one document and returns the
+# item's answer. UPDATE_FIELDS is what update bodies may carry; the rest of ES_UPDATE_FIELDS is refused.
 UPDATE_FIELDS = {"doc", "doc_as_upsert", "detect_noop"}
 BULK_BODY_PARSERS: dict[str, Callable[[dict, int, bytes], dict]] = {"index": lambda source, *_: source,
                                                                     "update": parse_update_body}
