@@ -1453,8 +1453,8 @@ def _get_doc(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[
         raise _index_missing(name)
     index = double._indices[name]
     # GET is real time by default: it sees the latest write, refreshed or not.
-    doc = index.docs.get(doc_id) if _flag({"realtime": params.get("realtime", "true")}, "realtime") \
-        else double._visible(index).get(doc_id)
+    realtime = _flag({"realtime": params.get("realtime", "true")}, "realtime")
+    doc = index.docs.get(doc_id) if realtime else double._visible(index).get(doc_id)
     if doc is None:
         return 404, {"_index": name, "_id": doc_id, "found": False}
     return 200, {"_index": name, "_id": doc_id, "_version": doc.version, "_seq_no": doc.seq_no,
