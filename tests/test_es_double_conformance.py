@@ -275,7 +275,38 @@ def test_paging_a_pit_with_the_newest_id_reads_each_document_once(es_client, nam
     assert es_client.close_point_in_time(id=pit)["num_freed"] >= 1
 
 
+def test_pit_slices_split_the_matches_into_disjoint_parts(es_client, names):
+    """https://www.elastic.co/guide/en/elasticsearch/reference/current/point-in-time-api.html#search-slicing:
+    the slices of one PIT together return every match, each once."""
+    index = names()
+    es_client.bulk(refresh=True, operations=[x for i in range(20) for x in
+                                             ({"index": {"_index": index, "_id": f"d{i}"}}, {"n": i})])
+    pit = es_client.open_point_in_time(index=index, keep_alive="1m")["id"]
+    parts, totals = [], 0
+    try:
+        for slice_id in range(3):
+            page = es_client.search(pit={"id": pit}, slice={"id": slice_id, "max": 3}, size=100,
+                                    sort=[{"_shard_doc": "asc"}])
+            pit = page["pit_id"]
+            parts.append({h["_id"] for h in page["hits"]["hits"]})
+            totals += page["hits"]["total"]["value"]
+    finally:
+        es_client.close_point_in_time(id=pit)
+    assert set().union(*parts) == {f"d{i}" for i in range(20)} and sum(map(len, parts)) == 20 == totals
+
+
 # --------------------------------------------------------------------------- mappings and templates
+
+
+def test_a_new_string_field_is_text_with_a_keyword_sub_field(es_client, names):
+    """https://www.elastic.co/guide/en/elasticsearch/reference/current/dynamic-field-mapping.html: a JSON
+    string becomes ``text`` with a ``keyword`` sub-field (``ignore_above`` 256); a whole number ``long``."""
+    index = names()
+    es_client.index(index=index, id="a", document={"colour": "Red", "n": 3}, refresh=True)
+    properties = es_client.indices.get_mapping(index=index)[index]["mappings"]["properties"]
+    assert properties == {"colour": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}},
+                          "n": {"type": "long"}}
+    assert es_client.count(index=index, query={"term": {"colour.keyword": "Red"}})["count"] == 1
 
 
 def test_put_mapping_refuses_an_empty_field_name(es_client, names):
@@ -401,3 +432,16 @@ def test_errors_have_elasticsearchs_shape(es_client, names):
     body = caught.value.body
     assert body["status"] == 404 and body["error"]["type"] == "index_not_found_exception"
     assert body["error"]["root_cause"][0]["type"] == "index_not_found_exception"
+
+
+def test_a_backfill_rerun_a_moment_later_skips_what_the_first_scored(es_config, es_client, es_index, wait):
+    """The periodic refresh (previous tests) is what lets a rerun skip the scored items without anyone
+    refreshing: the writer does not refresh, and the source reads a point in time."""
+    from es.bulk_writer import write_batch
+    from tests.test_es_source import MODEL, read_and_check, seed_backfill_index
+    expected = seed_backfill_index(es_client, es_index, n=10)
+    out = write_batch(es_config, es_index, [{"id": i, "image_score": 0.5, "image_score_model": MODEL,
+                                             "image_scored_at": "2025-01-01T00:00:00Z"} for i in expected])
+    assert sorted(out["written"]) == sorted(expected)
+    wait(1.5)
+    read_and_check(es_config, es_index, set(), slices=2)
