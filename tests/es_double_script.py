@@ -177,7 +177,8 @@ def check_update_body(body: dict, line: int) -> None:
         raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [script] must be an object")
     if "source" in script:
         raise ScriptError(400, "illegal_argument_exception",
-                          "the ES double runs no inline scripts; store the script and send [script: {id, params}]")
+                          "[script] with [source]: the ES double runs no inline scripts; store the script and "
+                          "send [script: {id, params}]")
     if "lang" in script:
         raise ScriptError(400, "illegal_argument_exception", "lang cannot be specified for stored scripts")
     unknown = sorted(set(script) - {"id", "params"})
