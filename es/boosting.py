@@ -37,13 +37,10 @@ from elasticsearch.dsl import function as F
 from elasticsearch.dsl.query import Query
 
 from es.function_score import POWER_SCRIPT, as_dict
+from es.mapping import DELETED_FIELD as TOMBSTONE_FIELD
+from es.mapping import RANK_FEATURE_FLOOR, SCORE_FIELD
+from es.mapping import RANK_FIELD as RANK_FEATURE_FIELD
 
-# The index fields (es.mapping owns them; the stale-update-guard branch adds the last three there as
-# RANK_FIELD, DELETED_FIELD and RANK_FEATURE_FLOOR with these values: import them from there once merged).
-SCORE_FIELD = "image_score"
-RANK_FEATURE_FIELD = "image_score_rank"
-TOMBSTONE_FIELD = "deleted"
-RANK_FEATURE_FLOOR = 1e-4  # what a score of 0 is written as in image_score_rank (rank_feature values must be > 0)
 RELEVANCE_NAME = "relevance"
 FORMULAS = ("multiplicative", "power", "additive", "rank_feature")
 RANK_FUNCTIONS = ("saturation", "log", "sigmoid", "linear")
