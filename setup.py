@@ -31,6 +31,7 @@ EXTRAS["dev"] = sorted(
     set(EXTRAS["demo"] + EXTRAS["analysis"])
     | {
         "pytest>=8",
+        "pytest-randomly>=3.15",  # random test order; prints the seed that replays a failing order
         "pytest-timeout>=2.3",
         "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
     }

@@ -28,6 +28,7 @@ from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
 from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, help_requested
 from pipelines.report import print_counters, ship_packages
+from pipelines.runners import runner_for
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
@@ -188,7 +189,7 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
         return None
     opts = PipelineOptions(argv)
     ship_packages(opts)
-    pipeline = beam.Pipeline(options=opts)
+    pipeline = beam.Pipeline(runner=runner_for(opts), options=opts)
     build(pipeline, opts)
     result = pipeline.run()
     result.wait_until_finish()

@@ -31,6 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import JobIOOptions, help_requested
 from pipelines.report import counters
+from pipelines.runners import runner_for
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.items import json_object
@@ -457,7 +458,7 @@ def run(argv: list[str] | None = None) -> int:
     opts = options.view_as(CollectOptions)
     output = options.view_as(JobIOOptions).output
     cutoff = _validate(opts, output)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=runner_for(options), options=options)
     build(pipeline, opts, output, cutoff)
     result = pipeline.run()
     result.wait_until_finish()

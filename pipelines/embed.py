@@ -28,10 +28,11 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import ImageOptions, JobIOOptions, ModelOptions, help_requested
 from pipelines.report import print_counters, ship_packages
+from pipelines.runners import runner_for
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.decode import DecodeImages
@@ -251,10 +252,8 @@ def run(argv: list[str] | None = None):
                       ImageOptions, ModelOptions):
         return None
     opts = PipelineOptions(argv)
-    if not opts.view_as(StandardOptions).runner:
-        opts.view_as(StandardOptions).runner = "DirectRunner"
     ship_packages(opts)
-    pipeline = beam.Pipeline(options=opts)
+    pipeline = beam.Pipeline(runner=runner_for(opts), options=opts)
     plan = build(pipeline, opts)
     print(f"embed: backbone {plan['backbone_id']} (input {plan['input_size']}px); "
           f"{len(plan['previous_files'])} earlier embeddings file(s) checked for rows to skip")

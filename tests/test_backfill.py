@@ -1,4 +1,4 @@
-"""The backfill end to end on DirectRunner: every input record lands exactly once.
+"""The backfill end to end on the local runner (in-process FnApiRunner): every input record lands exactly once.
 
 The catalog is the demo's (real HTTP on 127.0.0.1, real fetcher, guard,
 decoder and model): photos must be scored, each broken or hostile item must

@@ -1,4 +1,4 @@
-"""The embeddings job end to end on DirectRunner, with the tiny CLIP and local file:// images."""
+"""The embeddings job end to end on the local runner (in-process FnApiRunner), with the tiny CLIP and local file:// images."""
 from __future__ import annotations
 
 import glob
@@ -56,7 +56,7 @@ def _windows(path, urls: dict[str, str], extra_items: list[dict] = ()) -> str:
 
 
 def _run(argv: list[str]):
-    result = embed.run(["--runner", "DirectRunner"] + argv)
+    result = embed.run(argv)  # no --runner: the job picks the local runner
     return embed.summarize(counters(result))
 
 

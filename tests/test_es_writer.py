@@ -17,6 +17,7 @@ from es.bulk_writer import (
     write_batch,
 )
 from es.client import EsConfig, EsError
+from pipelines.runners import local_runner
 from tests.fixtures.es import seed_items
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
@@ -32,8 +33,8 @@ def items(n: int, prefix: str = "item") -> dict[str, dict]:
 
 
 def run_pipeline(config: EsConfig, index: str, records: list, **settings):
-    """Run the transform on DirectRunner; returns the imagescore counters."""
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    """Run the transform on the local runner; returns the imagescore counters."""
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | beam.Create(records) | WriteToElasticsearch(config, index, **settings)
     result = pipeline.run()
     result.wait_until_finish()
@@ -46,7 +47,7 @@ def test_pipeline_routes_every_record_to_exactly_one_output(es_config, es_client
     seed_items(es_client, es_index, items(4))
     records = [score("item-0", 0.1), score("item-1", 0.2), score("item-2", "not-a-number"),
                score("gone", 0.9), score("item-3", 0.4)]
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     outputs = (pipeline | beam.Create(records)
                | WriteToElasticsearch(es_config, es_index, **FAST))
     assert_that(outputs.written, equal_to(["item-0", "item-1", "item-3"]), label="written")
@@ -207,7 +208,7 @@ def test_connection_refused_is_raised_after_bounded_retries():
 
 def test_connection_refused_fails_the_beam_bundle():
     config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=2)
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | beam.Create([score("a")]) | WriteToElasticsearch(config, "items", max_retries=1, **FAST)
     with pytest.raises(Exception, match="ConnectionError"):
         pipeline.run().wait_until_finish()

@@ -20,6 +20,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from urllib3.response import HTTPResponse
 
+from pipelines.runners import local_runner
 from tests.fixtures.image_server import TINY_PNG, ImageServer
 from transforms import fetch as fetch_module
 from transforms.deadletter import DEAD_LETTER, Rejected
@@ -569,7 +570,7 @@ def test_fetch_images_transform_routes_every_item(image_server, concurrency):
     items = [Item(id=i, image_urls=(u, "http://unused.example/second.jpg"), created_at=now,
                   payload=json.dumps({"id": i, "image_urls": [u]})) for i, u in urls.items()]
     policy = policy_for(image_server, concurrency=concurrency)
-    p = test_pipeline.TestPipeline()
+    p = test_pipeline.TestPipeline(runner=local_runner())
     out = p | beam.Create(items) | FetchImages(policy)
     fetched = out[FetchImages.MAIN] | "ids" >> beam.Map(lambda pair: (pair[0].id, pair[1]))
     dead = out[DEAD_LETTER] | "dl" >> beam.Map(

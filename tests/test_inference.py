@@ -7,6 +7,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
+from pipelines.runners import local_runner
 from scoring.model import load_model, model_info, resolve_device
 from transforms.inference import ScoreModelHandler
 
@@ -28,7 +29,7 @@ def test_run_inference_scores_every_image_with_the_model_id():
         assert all(0.0 <= r.inference <= 1.0 for _, r in results)
 
     handler = KeyedModelHandler(ScoreModelHandler("handcrafted", "cpu", min_batch_size=2, max_batch_size=3))
-    with TestPipeline() as p:
+    with TestPipeline(runner=local_runner()) as p:
         out = p | beam.Create(list(enumerate(images))) | RunInference(handler)
         assert_that(out, check)
 
@@ -44,7 +45,7 @@ def test_large_model_shares_one_model_through_a_proxy():
         np.testing.assert_allclose([r.inference for _, r in results], expected, rtol=1e-5, atol=1e-6)
 
     handler = KeyedModelHandler(ScoreModelHandler("handcrafted", "cpu", max_batch_size=2, large_model=True))
-    with TestPipeline() as p:
+    with TestPipeline(runner=local_runner()) as p:
         assert_that(p | beam.Create(list(enumerate(images))) | RunInference(handler), check)
 
 

@@ -23,6 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import InferenceServerClient, model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from pipelines.runners import local_runner
 from scoring import export_triton as et
 from scoring.model import ScoreModel, load_model
 from scoring.photos import DEGRADATIONS, degrade, draw_product, sample_photos
@@ -280,7 +281,7 @@ def test_local_and_triton_paths_give_the_same_scores(triton_server, name, min_sp
             raise BeamAssertException(f"scores barely vary ({min(spread):.3f}..{max(spread):.3f}); "
                                       "the parity check would prove nothing")
 
-    with test_pipeline.TestPipeline(runner="DirectRunner") as pipeline:
+    with test_pipeline.TestPipeline(runner=local_runner()) as pipeline:
         images = pipeline | beam.Create(photos)
         by_local = images | "Local" >> RunInference(local)
         by_triton = images | "Triton" >> RunInference(remote)
