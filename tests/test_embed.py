@@ -107,7 +107,7 @@ def test_embed_windows_dedupes_dead_letters_and_resumes(tmp_path, tiny_clip_dir)
 
     dead = _dead(out)
     by_id = {d["id"]: d for d in dead}
-    assert by_id["broken"]["stage"] == "decode" and by_id["broken"]["reason"] != "unexpected_error"
+    assert by_id["broken"]["stage"] == "decode" and by_id["broken"]["reason"] == "truncated_image"
     assert by_id["gone"]["stage"] == "fetch" and by_id["gone"]["reason"] == "file_not_found"
     assert any(d["stage"] == "read" and d["reason"] == "missing_id" for d in dead)
     assert json.loads(by_id["broken"]["payload"])["serp_id"] == "s1"  # replayable: the original entry

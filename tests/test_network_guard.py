@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from tests.fixtures.network_guard import NetworkAccessError, is_loopback_host
+from tests.fixtures.network_guard import NetworkAccessError, is_loopback_host, resolves_locally
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +28,24 @@ def test_loopback_hosts_are_allowed(host):
                                   "127.0.0.1.nip.io"])
 def test_other_hosts_are_refused(host):
     assert is_loopback_host(host) is False
+
+
+@pytest.mark.parametrize("host,local", [("169.254.169.254", True), ("10.0.0.1", True), ("::", True),
+                                        ("localhost", True), (None, True), ("github.com", False),
+                                        ("10.0.0.1.example", False)])
+def test_only_names_other_than_localhost_need_a_dns_server(host, local):
+    assert resolves_locally(host) is local
+
+
+def test_looking_up_an_address_literal_is_allowed_but_connecting_to_it_is_not():
+    """The fetcher's address policy resolves literals such as the metadata address; only a connect leaves."""
+    assert socket.getaddrinfo("169.254.169.254", 80, type=socket.SOCK_STREAM)[0][4] == ("169.254.169.254", 80)
+    with pytest.raises(NetworkAccessError, match="resolve 'metadata.google.internal'"):
+        socket.getaddrinfo("metadata.google.internal", 80)
+    with pytest.raises(NetworkAccessError, match="connect to '169.254.169.254'"):
+        socket.create_connection(("169.254.169.254", 80), timeout=1)
+    from tests.fixtures.network_guard import RECORD
+    assert len(RECORD.unreported()) == 2  # both expected here
 
 
 def test_loopback_connections_work_under_the_guard():
