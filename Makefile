@@ -29,8 +29,9 @@ system-deps:
 	  && (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null) \
 	  || echo "note: install WordNet for analyze's adjectives: sudo apt-get install wordnet-base"; }
 
+# -p randomly: random test order, with the seed that replays it printed in the header (docs/testing.md).
 test: $(VENV)/.installed-dev system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -p randomly
 
 # Every Elasticsearch suite: tests/test_es_*.py and tests/test_*_es.py (name new ones that way).
 ES_SUITES := $(sort $(wildcard tests/test_es_*.py tests/test_*_es.py))

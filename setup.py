@@ -33,6 +33,7 @@ EXTRAS["dev"] = sorted(
     set(EXTRAS["demo"])
     | {
         "pytest>=8",
+        "pytest-randomly>=3.15",  # random test order; prints the seed that replays a failing order
         "pytest-timeout>=2.3",
         "markdown-it-py>=3",  # parses README.md for the walkthrough doc test
         "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests

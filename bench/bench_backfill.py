@@ -1,7 +1,7 @@
 """Benchmark: the backfill end to end on the demo catalog with the default model.
 
 It builds the demo catalog, serves it from 127.0.0.1, runs the backfill on
-DirectRunner into files, and reports items/s, peak RSS and the share of wall
+the local runner (in-process FnApiRunner) into files, and reports items/s, peak RSS and the share of wall
 time spent outside the model (fetch, decode, Beam overhead, writing), from
 RunInference's own batch-latency metric measured in the same run. Prints:
 

@@ -1,7 +1,7 @@
-"""Benchmark: collect throughput (SERPs/s) and peak RSS on the DirectRunner, per running mode.
+"""Benchmark: collect throughput (SERPs/s) and peak RSS on the local runner, per --direct_running_mode.
 
 Generates a simulated search log (logs only, ``--no-images``), then runs
-``imagescore collect`` on it once per DirectRunner mode, each in its own
+``imagescore collect`` on it once per running mode, each in its own
 process so peak RSS is that run's alone, plus the same per-SERP code as a
 plain Python loop (no Beam) as the floor the runner overhead is measured
 against. Prints one line:
@@ -99,7 +99,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--serps", type=int, default=100_000)
     p.add_argument("--items", type=int, default=5_000)
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated DirectRunner modes to measure")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated --direct_running_mode values to measure")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--logs", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)

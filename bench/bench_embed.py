@@ -1,4 +1,4 @@
-"""Embedding throughput: RunInference(BackboneModelHandler) on DirectRunner vs. a bare batched forward.
+"""Embedding throughput: RunInference(BackboneModelHandler) on the local runner vs. a bare batched forward.
 
 Both sides embed the same in-memory decoded images with the same backbone,
 loaded through ``load_backbone`` from a saved Hugging Face checkpoint: a
@@ -28,6 +28,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
+from pipelines.runners import local_runner  # noqa: E402
 from scoring.backbone import load_backbone  # noqa: E402
 from transforms.embed_handler import BackboneModelHandler  # noqa: E402
 
@@ -88,7 +89,7 @@ def _inference_parts(result) -> dict[str, float]:
 def pipeline(spec: str, images: np.ndarray, batch: int, directory: str) -> tuple[float, dict[int, np.ndarray]]:
     handler = KeyedModelHandler(BackboneModelHandler(spec, device="cpu", min_batch_size=batch, max_batch_size=batch))
     start = time.perf_counter()
-    p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
+    p = beam.Pipeline(runner=local_runner(), options=PipelineOptions([]))
     _ = (p | beam.Create(list(enumerate(images)))
          | RunInference(handler)
          | beam.ParDo(_Save(directory)))

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from labeling.ratelimit import TokenBucket
 from transforms.deadletter import Rejected, redact
@@ -94,6 +95,10 @@ class ChatClient:
                            f"{self.base_url} answered HTTP {exc.status_code} after retries: {body}") from None
         except (openai.APIResponseValidationError, ValueError) as exc:
             raise Rejected("llm_bad_body", f"{self.base_url} sent a body that is not a chat completion: {exc}") from None
+        if not isinstance(completion, ChatCompletion) or "choices" not in completion.model_fields_set:
+            # openai hands back a str or list when the body is not a JSON object, and fills no field it lacks
+            body = redact(raw.http_response.text[:300])
+            raise Rejected("llm_bad_body", f"{self.base_url} sent a body that is not a chat completion: {body!r}")
         if not completion.choices:
             raise Rejected("empty_response", f"{self.base_url} returned a completion without choices")
         usage = completion.usage

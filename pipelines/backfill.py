@@ -31,6 +31,7 @@ from imagescore import UsageError, job_main
 from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
                                help_requested, job_options, max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
+from pipelines.runners import runner_for
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
@@ -217,7 +218,7 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
         return None
     opts = job_options(argv)
     ship_packages(opts)
-    pipeline = beam.Pipeline(options=opts)
+    pipeline = beam.Pipeline(runner=runner_for(opts), options=opts)
     build(pipeline, opts)
     result = pipeline.run()
     result.wait_until_finish()

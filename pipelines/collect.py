@@ -33,6 +33,7 @@ from imagescore import UsageError, job_main, run_outcome
 from pipelines.options import (JobIOOptions, OutcomeOptions, help_requested, job_options, max_deadletter_share,
                                require_files)
 from pipelines.report import counters, top_reasons
+from pipelines.runners import runner_for
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.items import json_object
@@ -472,7 +473,7 @@ def run(argv: list[str] | None = None) -> int:
     output = options.view_as(JobIOOptions).output
     cutoff = _validate(opts, output)
     max_deadletter_share(options)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=runner_for(options), options=options)
     build(pipeline, opts, output, cutoff)
     result = pipeline.run()
     result.wait_until_finish()

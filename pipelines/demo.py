@@ -1,8 +1,9 @@
 """``imagescore demo``: the whole backfill, offline, on a sample catalog.
 
 It builds a reproducible catalog (see :mod:`pipelines.catalog`), serves its
-images from 127.0.0.1, runs the backfill on DirectRunner with the default
-model into files, and draws a contact sheet of the images ranked by score.
+images from 127.0.0.1, runs the backfill on Beam's in-process FnApiRunner
+(the local runner, :mod:`pipelines.runners`) with the default model into
+files, and draws a contact sheet of the images ranked by score.
 """
 from __future__ import annotations
 

@@ -28,12 +28,13 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from imagescore import UsageError, job_main
 from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions, help_requested, job_options,
                                max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
+from pipelines.runners import runner_for
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.decode import DecodeImages
@@ -261,10 +262,8 @@ def run(argv: list[str] | None = None):
                       ImageOptions, ModelOptions, OutcomeOptions):
         return None
     opts = job_options(argv)
-    if not opts.view_as(StandardOptions).runner:
-        opts.view_as(StandardOptions).runner = "DirectRunner"
     ship_packages(opts)
-    pipeline = beam.Pipeline(options=opts)
+    pipeline = beam.Pipeline(runner=runner_for(opts), options=opts)
     plan = build(pipeline, opts)
     print(f"embed: backbone {plan['backbone_id']} (input {plan['input_size']}px); "
           f"{len(plan['previous_files'])} earlier embeddings file(s) checked for rows to skip")

@@ -2,12 +2,14 @@
 import os
 
 pytest_plugins = [
+    "tests.fixtures.network_guard",  # first: its session patch is in place before any service starts
     "tests.fixtures.image_server",
     "tests.fixtures.es",
     "tests.fixtures.chat",
     "tests.fixtures.tiny_clip",
     "tests.fixtures.training",
     "tests.fixtures.triton",
+    "pytester",  # runs small pytest sessions in a subprocess (tests/test_network_guard.py)
 ]
 
 # Tests never reach a model hub; loading code must work from local directories alone.

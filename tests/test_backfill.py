@@ -1,4 +1,4 @@
-"""The backfill end to end on DirectRunner: every input record lands exactly once.
+"""The backfill end to end on the local runner (in-process FnApiRunner): every input record lands exactly once.
 
 The catalog is the demo's (real HTTP on 127.0.0.1, real fetcher, guard,
 decoder and model): photos must be scored, each broken or hostile item must
@@ -17,6 +17,7 @@ from es.mapping import score_properties
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
 from pipelines.report import counters
+from tests.fixtures.catalog_scores import expected_scores
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -50,9 +51,10 @@ def _expected(entries):
 def _check_every_record_lands_once(entries, out, dead_dir, result):
     scores = _jsonl(f"{out}/scores*.jsonl")
     dead = _jsonl(f"{dead_dir}/deadletter*.jsonl")
-    expected_scored = sorted(json.loads(e.record)["id"] for e in entries if e.expect == "scored")
-    assert sorted(s["id"] for s in scores) == expected_scored
-    assert all(0.0 <= s["image_score"] <= 1.0 and s["image_score_model"] == "handcrafted-v1" for s in scores)
+    expected = expected_scores(entries)
+    assert sorted(s["id"] for s in scores) == sorted(expected)
+    assert {s["id"]: s["image_score"] for s in scores} == pytest.approx(expected, abs=1e-6)
+    assert {s["image_score_model"] for s in scores} == {"handcrafted-v1"}
     expected_dead = Counter(e.expect for e in entries if e.expect not in ("scored", "skipped"))
     assert Counter(d["reason"] for d in dead) == expected_dead
     # Each dead letter keeps the original payload, byte for byte.
@@ -162,7 +164,8 @@ def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_pa
     scores = _jsonl(f"{out}/scores*.jsonl")
     assert len(scores) == sum(e.expect == "scored" for e in entries)
     assert {s["image_score_model"] for s in scores} == {model_id}
-    assert all(0.0 <= s["image_score"] <= 1.0 for s in scores)
+    assert {s["id"]: s["image_score"] for s in scores} == pytest.approx(
+        expected_scores(entries, str(run_dir)), abs=1e-6)
 
 
 def test_triton_model_gives_the_local_scores(catalog, tmp_path, triton_server):

@@ -15,6 +15,7 @@ from es.guard import SCORE, canonical_version
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.report import counters
+from tests.fixtures.catalog_scores import expected_scores
 from tests.fixtures.es import seed_items
 
 NOW = datetime.now(timezone.utc)
@@ -65,9 +66,11 @@ def test_files_to_elasticsearch(catalog, es_url, es_config, es_client, es_index,
     es_client.indices.refresh(index=es_index)
     scored = {i for i, (_, expect) in docs.items() if expect == "scored"} - {unindexed, streamed}
     assert es_client.get(index=es_index, id=streamed)["_source"]["image_score_model"] == "stream-v9"
+    expected = expected_scores(entries)
     for item_id in scored:
         source = es_client.get(index=es_index, id=item_id)["_source"]
-        assert 0 <= source["image_score"] <= 1 and source["image_score_model"] == "handcrafted-v1"
+        assert source["image_score"] == pytest.approx(expected[item_id], abs=1e-6)
+        assert source["image_score_model"] == "handcrafted-v1"
         assert source["title"] == docs[item_id][0]["title"]  # a partial update keeps the rest
         assert source["image_score_version"] == canonical_version(docs[item_id][0]["created_at"])
     dead = _jsonl(f"{dead_dir}/deadletter*.jsonl")

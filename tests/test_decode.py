@@ -10,6 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import EpsImagePlugin, Image, features
 
+from pipelines.runners import local_runner
 from transforms.deadletter import DEAD_LETTER, Rejected
 from transforms.decode import (
     ALLOWED_FORMATS,
@@ -264,7 +265,7 @@ def test_decode_images_keeps_every_good_image_and_dead_letters_every_bad_one():
                            "created_at": "2026-01-01T00:00:00Z"})
 
     elements = [(item(k), v) for k, v in good.items()] + [(item(k), v) for k, (v, _) in bad.items()]
-    with BeamTestPipeline() as p:
+    with BeamTestPipeline(runner=local_runner()) as p:
         result = p | beam.Create(elements) | DecodeImages(SIZE)
         shapes = result[DecodeImages.MAIN] | "Shape" >> beam.Map(
             lambda kv: (kv[0].id, kv[1].shape, kv[1].dtype.name))

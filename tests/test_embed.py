@@ -1,4 +1,4 @@
-"""The embeddings job end to end on DirectRunner, with the tiny CLIP and local file:// images."""
+"""The embeddings job end to end on the local runner (in-process FnApiRunner), with the tiny CLIP and local file:// images."""
 from __future__ import annotations
 
 import glob
@@ -56,7 +56,7 @@ def _windows(path, urls: dict[str, str], extra_items: list[dict] = ()) -> str:
 
 
 def _run(argv: list[str]):
-    result = embed.run(["--runner", "DirectRunner"] + argv)
+    result = embed.run(argv)  # no --runner: the job picks the local runner
     return embed.summarize(counters(result))
 
 
@@ -107,7 +107,7 @@ def test_embed_windows_dedupes_dead_letters_and_resumes(tmp_path, tiny_clip_dir)
 
     dead = _dead(out)
     by_id = {d["id"]: d for d in dead}
-    assert by_id["broken"]["stage"] == "decode" and by_id["broken"]["reason"] != "unexpected_error"
+    assert by_id["broken"]["stage"] == "decode" and by_id["broken"]["reason"] == "truncated_image"
     assert by_id["gone"]["stage"] == "fetch" and by_id["gone"]["reason"] == "file_not_found"
     assert any(d["stage"] == "read" and d["reason"] == "missing_id" for d in dead)
     assert json.loads(by_id["broken"]["payload"])["serp_id"] == "s1"  # replayable: the original entry

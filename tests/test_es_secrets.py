@@ -18,6 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from es.bulk_writer import WriteToElasticsearch, write_batch
 from es.client import EsConfig, EsError, make_client
 from es.source import ReadItemsFromElasticsearch
+from pipelines.runners import local_runner
 
 API_KEY = "sk-fake-api-key-7c1e9b22"
 USERNAME = "scorer-bot-31f0"
@@ -83,7 +84,7 @@ def test_bad_password_401(es_double, es_config, basic_env, logs, capsys):
 
 def test_401_through_beam(es_double, es_config, api_key_env, logs, capsys):
     es_double.require_auth(api_key="the-real-key", echo_credentials=True)
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | beam.Create([_score("a")]) | WriteToElasticsearch(es_config, "items", mode="score", **FAST)
     with pytest.raises(Exception) as caught:
         pipeline.run().wait_until_finish()
@@ -94,7 +95,7 @@ def test_401_through_beam(es_double, es_config, api_key_env, logs, capsys):
 
 def test_source_401(es_double, es_config, api_key_env, logs, capsys):
     es_double.require_auth(api_key="the-real-key", echo_credentials=True)
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | ReadItemsFromElasticsearch(es_config, "items", model_id="m-v1")
     with pytest.raises(Exception) as caught:
         pipeline.run().wait_until_finish()

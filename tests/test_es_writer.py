@@ -18,6 +18,7 @@ from es.bulk_writer import (
 )
 from es.client import EsConfig, EsError
 from es.guard import GUARD_SCRIPT_ID, canonical_version
+from pipelines.runners import local_runner
 from tests.fixtures.es import seed_items
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
@@ -41,8 +42,8 @@ def items(n: int, prefix: str = "item") -> dict[str, dict]:
 
 
 def run_pipeline(config: EsConfig, index: str, records: list, **settings):
-    """Run the transform on DirectRunner; returns the imagescore counters."""
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    """Run the transform on the local runner; returns the imagescore counters."""
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | beam.Create(records) | WriteToElasticsearch(config, index, mode="score", **settings)
     result = pipeline.run()
     result.wait_until_finish()
@@ -55,7 +56,7 @@ def test_pipeline_routes_every_record_to_exactly_one_output(es_config, es_client
     seed_items(es_client, es_index, items(4))
     records = [score("item-0", 0.1), score("item-1", 0.2), score("item-2", scored_at="yesterday"),
                score("gone", 0.9), score("item-3", 0.4), score("item-4", "not-a-number")]
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     outputs = (pipeline | beam.Create(records)
                | WriteToElasticsearch(es_config, es_index, mode="score", **FAST))
     assert_that(outputs.written, equal_to(["item-0", "item-1", "item-3"]), label="written")
@@ -129,10 +130,10 @@ def test_persistent_429_stops_at_max_retry_time(es_double, es_config, es_client,
     es_double.fail_bulk_items(429, times=None)
     started = time.monotonic()
     out = write_batch(es_config, es_index, [score("item-0")], max_retries=50, initial_backoff=0.05,
-                      max_backoff=0.1, max_retry_time=0.5, mode="score")
-    assert time.monotonic() - started < 3
+                      max_backoff=0.2, max_retry_time=0.5, mode="score")
+    assert time.monotonic() - started < 0.5 + 2  # 50 retries at up to 0.2 s would sleep about 10 s
     assert [f[1] for f in out["failed"]] == ["es_rejected"]
-    assert len(es_double.bulk_requests()) == 1 + helper_retries_within(50, 0.05, 0.1, 0.5) < 10
+    assert len(es_double.bulk_requests()) == 1 + helper_retries_within(50, 0.05, 0.2, 0.5) < 10
 
 
 def test_helper_retries_fit_the_time_budget():
@@ -216,16 +217,16 @@ def _closed_port() -> int:
 
 
 def test_connection_refused_is_raised_after_bounded_retries():
-    config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=2)
+    config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=10)
     started = time.monotonic()
     with pytest.raises(EsError, match=r"failed after 3 attempt\(s\).*ConnectionError.*reachable"):
         write_batch(config, "items", [score("a")], max_retries=2, mode="score", **FAST)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 2 * 0.05 + 2  # waiting out the 10 s timeout on 3 tries would take 30 s
 
 
 def test_connection_refused_fails_the_beam_bundle():
     config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=2)
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | beam.Create([score("a")]) | WriteToElasticsearch(config, "items", max_retries=1, mode="score",
                                                                      **FAST)
     with pytest.raises(Exception, match="ConnectionError"):

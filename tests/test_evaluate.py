@@ -70,6 +70,49 @@ def test_cli_prints_and_writes_table_and_samples(world, tmp_path, capsys):
     assert page.count("<section>") == 3 and "#e4002b" in page
 
 
+def test_ctr_highest_on_a_split_with_known_counts(tmp_path):
+    """Two test SERPs whose CTR history is known: every score, OPA and CA are worked out by hand.
+
+    Global CTR = 40 clicks / 350 impressions = 4/35; with the prior worth 10 impressions each item scores
+    (clicks + 8/7) / (impressions + 10), and the unseen e and f both score 4/35 (a tie, counted wrong).
+      SERP 1 (labels a 1 > b 0.5 > c 0, a clicked): a 0.192 > c 0.101 > b 0.056
+        OPA: (a,b) right, (a,c) right, (b,c) wrong;   CA: (a,b) right, (a,c) right
+      SERP 2 (labels e 1 > f 0.5 > d 0, d clicked): e = f 0.114 > d 0.102
+        OPA: (e,d) right, (f,d) right, (e,f) tied;    CA: (d,e) wrong, (d,f) wrong
+    So OPA = 4/6 with 1 tie and CA = 2/4 with none. A constant scorer gets 0/6, the inverted one 1/6,
+    and one that sees every item as unseen 0/6.
+    """
+    from training.data import Embeddings, Window, build_dataset
+
+    history = {"a": (100, 20), "b": (100, 5), "c": (100, 10), "d": (50, 5), "elsewhere": (0, 0)}
+    with open(tmp_path / "ctr-00000.jsonl", "w") as handle:
+        for item, (shown, clicks) in history.items():
+            handle.write(json.dumps({"item_id": item, "impressions": shown, "clicks": clicks}) + "\n")
+    windows = [Window("s1", "bag", "test", "a", tuple({"item_id": i, "image_url": f"u/{i}", "clicked": i == "a"}
+                                                     for i in "abc")),
+               Window("s2", "shoe", "test", "d", tuple({"item_id": i, "image_url": f"u/{i}", "clicked": i == "d"}
+                                                      for i in "def"))]
+    labels = {"s1": {"a": 1.0, "b": 0.5, "c": 0.0}, "s2": {"d": 0.0, "e": 1.0, "f": 0.5}}
+    ids = list("abcdef")
+    embeddings = Embeddings(ids, [f"u/{i}" for i in ids], np.zeros((6, 2), dtype=np.float32),
+                            "handcrafted:handcrafted-v1")
+    data = build_dataset(windows, labels, embeddings)
+
+    rows, scores = evaluate_methods(data, runs=[], ctr=str(tmp_path / "ctr-*.jsonl"), clip_backbone=None,
+                                    n_boot=0)
+    prior = 40 / 350
+    expected = [(c + 10 * prior) / (s + 10) for s, c in (history[i] for i in "abcd")] + [prior, prior]
+    assert data.splits["test"].item_id == ids
+    assert scores["CTR Highest"] == pytest.approx(expected)
+    ctr = next(r for r in rows if r["method"] == "CTR Highest")
+    assert {k: ctr["opa"][k] for k in ("pairs", "correct", "ties", "groups")} == \
+        {"pairs": 6, "correct": 4, "ties": 1, "groups": 2}
+    assert ctr["opa"]["accuracy"] == pytest.approx(4 / 6)
+    assert {k: ctr["ca"][k] for k in ("pairs", "correct", "ties", "groups")} == \
+        {"pairs": 4, "correct": 2, "ties": 0, "groups": 2}
+    assert ctr["ca"]["accuracy"] == pytest.approx(0.5)
+
+
 def test_ctr_smoothing_and_prior():
     table = B.CtrTable({"a": (100, 10), "b": (1, 1)}, prior=0.05)
     assert table.smoothed("a", 10) == pytest.approx((10 + 0.5) / 110)

@@ -7,6 +7,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.runners import local_runner
 from transforms.deadletter import Rejected, dead_letter, redact
 from transforms.items import ParseItems, parse_item
 
@@ -53,7 +54,7 @@ def test_bad_records_are_rejected_with_reason(payload, reason, record_id):
 def test_parse_items_routes_every_record_exactly_once():
     good = [json.dumps({**GOOD, "id": f"g{i}"}) for i in range(5)]
     bad = ["{oops", json.dumps({**GOOD, "id": "b1", "image_urls": []}), json.dumps({**GOOD, "id": "b2", "created_at": "x"})]
-    with TestPipeline() as p:
+    with TestPipeline(runner=local_runner()) as p:
         out = p | beam.Create(good + bad) | ParseItems()
         assert_that(out.items | "ids" >> beam.Map(lambda i: i.id), equal_to([f"g{i}" for i in range(5)]), label="good")
         assert_that(out.deadletter | "dl" >> beam.Map(lambda d: (d["id"], d["stage"], d["reason"], d["payload"])),

@@ -17,6 +17,7 @@ from pipelines import collect
 from scoring.photos import degrade, draw_product
 from tests.chat_double import ChatDouble, recorded
 from tests.fixtures.chat import window, write_images, write_windows
+from tests.fixtures.tools import missing_tool
 from tests.pixel_judge import pixel_judge
 from training import analyze, simulate
 from training.adjectives import DEFAULT_WORDNET_DIR, INSTALL_HINT, WordNetMissing, load_wordnet
@@ -177,8 +178,8 @@ def test_simulate_collect_label_over_http_analyze(tmp_path, monkeypatch):
     try:
         load_wordnet(DEFAULT_WORDNET_DIR)
     except WordNetMissing:
-        pytest.skip(f"WordNet 3.0 is not in {DEFAULT_WORDNET_DIR} ({INSTALL_HINT}); "
-                    "the adjective table of the report was not checked")
+        missing_tool(f"WordNet 3.0 (in {DEFAULT_WORDNET_DIR}; the adjective table of the report is unchecked)",
+                     INSTALL_HINT)
     groups = figures["adjectives"]["groups"]
     found = {row["adjective"] for group in groups.values() for row in group["top"]}
     assert {"sharp", "bright", "cluttered"} <= found, found

@@ -195,14 +195,65 @@ def test_concurrency_limit_is_respected(tmp_path, images, chat_double):
     assert outputs(out)[3]["windows_labelled"] == 6
 
 
-def test_rpm_limit_spaces_requests(tmp_path, images, chat_double):
+def test_rpm_limit_gates_every_attempt_retries_included(tmp_path, images, chat_double, monkeypatch):
+    """--rpm 600 (one every 0.1 s) on a frozen clock: the five windows and the one retry after a 429 each take a
+    token, so the six attempts are told to wait 0, 0.1, ..., 0.5 s. Spacing itself is the bucket's test
+    (tests/test_label_parse.py); timing requests at the server would measure the machine's load instead."""
+    from labeling import client as client_module
+    from labeling.ratelimit import TokenBucket
+
+    waits: list[float] = []
+    buckets: list[TokenBucket] = []
+
+    def frozen_bucket(rate_per_minute):
+        buckets.append(TokenBucket(rate_per_minute, clock=lambda: 0.0, sleep=waits.append))
+        return buckets[-1]
+
+    monkeypatch.setattr(client_module, "TokenBucket", frozen_bucket)
+    chat_double.script = [recorded("rate_limited")]
     chat_double.default = recorded("good_3")
     out = tmp_path / "out"
-    assert label(windows_file(tmp_path, images, 5), out, chat_double, "--concurrency", "4", "--rpm", "600") == 0
-    stamps = sorted(r.received_at for r in chat_double.requests)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert len(stamps) == 5 and stamps[-1] - stamps[0] >= 4 * 0.1 * 0.9
-    assert min(gaps) >= 0.1 * 0.5
+    assert label(windows_file(tmp_path, images, 5), out, chat_double, "--concurrency", "4", "--rpm", "600",
+                 "--retries", "1") == 0
+    assert len(buckets) == 1 and buckets[0].rate == pytest.approx(10.0)
+    assert chat_double.request_count == 6
+    assert sorted(waits) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # the first attempt does not sleep
+    assert outputs(out)[3]["http_status_counts"] == {"429": 1, "200": 5}
+
+
+def test_an_endpoint_nobody_listens_on_is_a_connection_error(tmp_path, images):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    argv = ["--windows", windows_file(tmp_path, images, 2), "--output", str(out), "--base-url",
+            f"http://127.0.0.1:{port}/v1", "--model", "test-vlm", "--allow-image-schemes", "file", "--no-progress",
+            "--concurrency", "1", "--retries", "1"]
+    assert run(argv) == 1
+    labels, _, dead, summary = outputs(out)
+    assert labels == [] and [d["reason"] for d in dead] == ["llm_connection_error"] * 2
+    assert all(f"cannot reach http://127.0.0.1:{port}/v1/" in d["error"] for d in dead)
+    assert summary["windows_labelled"] == 0 and summary["accounted"]
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("this is not json", "llm_bad_body"),
+    ([1, 2], "llm_bad_body"),                       # JSON, but not an object
+    ({"id": "chatcmpl-x"}, "llm_bad_body"),           # an object without a choices field
+    ({"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m", "choices": []},
+     "empty_response"),
+])
+def test_a_bad_completion_body_dead_letters_its_window_only(tmp_path, images, chat_double, body, reason):
+    chat_double.script = [Reply(200, body)]
+    chat_double.default = recorded("good_3")
+    out = tmp_path / "out"
+    assert label(windows_file(tmp_path, images, 2), out, chat_double, "--retries", "0") == 0  # some labelled
+    labels, _, dead, summary = outputs(out)
+    assert [(d["reason"], d["id"]) for d in dead] == [(reason, "s0")]
+    assert chat_double.url in dead[0]["error"]
+    assert {r["serp_id"] for r in labels} == {"s1"} and len(labels) == 3
+    assert summary["windows_labelled"] == 1 and summary["accounted"]
 
 
 def test_unfetchable_and_bad_windows_are_dead_lettered_others_unaffected(tmp_path, chat_double, static_image_server):

@@ -5,11 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from imagescore import guarded
 from labeling.label import run
+from scoring.model import load_model
 from scoring.photos import degrade, draw_product
 from tests.fixtures.chat import window, write_windows
+from transforms.decode import decode_image
 
 
 def cli(argv):
@@ -37,7 +40,11 @@ def test_handcrafted_judge_prefers_the_clean_photo(tmp_path):
     labels = read(out, "labels.jsonl")
     scores = {row["image_url"].rsplit("/", 1)[1]: row["score"] for row in labels}
     assert scores["clean.jpg"] > scores["noisy.jpg"] and scores["clean.jpg"] > scores["dark.jpg"]
-    assert all(0.0 <= s <= 10.0 for s in scores.values())
+    model = load_model("handcrafted", "cpu")
+    with torch.no_grad():  # 10 x the model's score of the decoded file: the judge adds nothing of its own
+        expected = {path.name: 10.0 * float(model(torch.from_numpy(
+            decode_image(path.read_bytes(), model.input_size))[None])[0]) for path in paths.values()}
+    assert scores == pytest.approx(expected, abs=1e-5)
     row = labels[0]
     assert row["judge"] == "handcrafted" and row["model"].startswith("handcrafted-v")
     assert row["prompt_version"] is None and "Handcrafted baseline scorer" in row["rationale"]

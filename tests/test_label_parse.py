@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -142,25 +141,50 @@ def test_cache_round_trip_atomic_and_tolerates_corruption(tmp_path):
 
 # --- rate limit --------------------------------------------------------------------------------------
 
-def test_token_bucket_spaces_requests_across_threads():
-    bucket = TokenBucket(rate_per_minute=1200)  # one every 50 ms
-    stamps: list[float] = []
-    lock = threading.Lock()
+class FrozenClock:
+    """The bucket's clock and sleep: time moves only when the test says so; every wait is recorded."""
 
-    def take():
-        bucket.acquire()
-        with lock:
-            stamps.append(time.monotonic())
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self._lock = threading.Lock()
 
-    threads = [threading.Thread(target=take) for _ in range(6)]
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.waits.append(seconds)
+
+
+def test_token_bucket_queues_callers_that_arrive_together():
+    """Six threads at the same instant, 1200 a minute (one every 50 ms): each waits 50 ms longer than the last."""
+    clock = FrozenClock()
+    bucket = TokenBucket(rate_per_minute=1200, clock=clock, sleep=clock.sleep)
+    threads = [threading.Thread(target=bucket.acquire) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    stamps.sort()
-    assert stamps[-1] - stamps[0] >= 5 * 0.05 * 0.9
-    with pytest.raises(ValueError):
+    assert sorted(clock.waits) == pytest.approx([0.05, 0.10, 0.15, 0.20, 0.25])  # the first one does not sleep
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_capacity():
+    clock = FrozenClock()
+    bucket = TokenBucket(rate_per_minute=60, capacity=3, clock=clock, sleep=clock.sleep)  # one a second
+    assert [bucket.acquire() for _ in range(4)] == pytest.approx([0, 0, 0, 1.0])  # a burst of 3, then queue
+    clock.now = 2.5  # 2.5 tokens of refill on top of the reservation (-1) leave 1.5
+    assert [bucket.acquire() for _ in range(3)] == pytest.approx([0, 0.5, 1.5])
+    clock.now = 1000.0  # a long idle spell saves up no more than the capacity
+    assert [bucket.acquire() for _ in range(4)] == pytest.approx([0, 0, 0, 1.0])
+    assert clock.waits == pytest.approx([1.0, 0.5, 1.5, 1.0])
+
+
+def test_token_bucket_refuses_a_bad_rate_or_capacity():
+    with pytest.raises(ValueError, match="--rpm must be positive, got 0"):
         TokenBucket(0)
+    with pytest.raises(ValueError, match="capacity must be at least 1, got 0.5"):
+        TokenBucket(60, capacity=0.5)
 
 
 def test_recordings_hold_no_key():

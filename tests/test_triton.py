@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 import time
 
 import apache_beam as beam
@@ -20,14 +21,15 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 from apache_beam.utils import retry
 from google.protobuf import text_format
-from tritonclient.grpc import InferenceServerClient, model_config_pb2
+from tritonclient.grpc import InferenceServerClient, InferInput, model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from imagescore import guarded
+from pipelines.runners import local_runner
 from scoring import export_triton as et
 from scoring.model import ScoreModel, load_model
 from scoring.photos import DEGRADATIONS, degrade, draw_product, sample_photos
-from tests.fixtures.triton import CLIP_MODEL_NAME, MODEL_NAME
+from tests.fixtures.triton import CLIP_MODEL_NAME, MODEL_NAME, TcpForwarder
 from transforms.decode import decode_image
 from transforms.inference import ScoreModelHandler
 from transforms.triton_handler import (
@@ -35,6 +37,7 @@ from transforms.triton_handler import (
     TritonModelHandler,
     TritonSpec,
     connect,
+    grpc_code,
     parse_triton_spec,
     read_model_config,
     retry_filter,
@@ -287,7 +290,7 @@ def test_local_and_triton_paths_give_the_same_scores(triton_server, name, min_sp
             raise BeamAssertException(f"scores barely vary ({min(spread):.3f}..{max(spread):.3f}); "
                                       "the parity check would prove nothing")
 
-    with test_pipeline.TestPipeline(runner="DirectRunner") as pipeline:
+    with test_pipeline.TestPipeline(runner=local_runner()) as pipeline:
         images = pipeline | beam.Create(photos)
         by_local = images | "Local" >> RunInference(local)
         by_triton = images | "Triton" >> RunInference(remote)
@@ -388,3 +391,94 @@ def test_connect_names_a_model_the_server_does_not_have(triton_server):
         connect(f"triton://{triton_server.grpc_url}/no_such_model", timeout_s=2, wait_s=1)
     with pytest.raises(ConnectionError, match=r"version 7"):
         triton_model_info(f"{triton_server.spec()}/7", wait_s=1)
+
+
+def test_connect_waits_for_a_server_that_comes_up_late(triton_server):
+    """Nothing listens for the first 1.5 s (UNAVAILABLE); then the real server appears on that address."""
+    forwarder = TcpForwarder(triton_server.grpc_url)
+    timer = threading.Timer(1.5, forwarder.start)
+    started = time.monotonic()
+    timer.start()
+    try:
+        model = connect(f"triton://{forwarder.url}/{MODEL_NAME}", timeout_s=2, wait_s=60)
+        waited = time.monotonic() - started
+        model.client.close()
+    finally:
+        timer.cancel()
+        timer.join()
+        forwarder.stop()
+    assert waited >= 1.5
+    assert (model.model_id, model.input_size, model.max_batch_size) == ("handcrafted-v1", 384, 64)
+
+
+def test_a_batch_recovers_after_a_temporary_unavailable(triton_server, monkeypatch):
+    """The server goes away between two batches (a restart); the retry finds it back and scores the batch."""
+    forwarder = TcpForwarder(triton_server.grpc_url).start()
+    handler = TritonModelHandler(f"triton://{forwarder.url}/{MODEL_NAME}", num_retries=3, throttle_delay_secs=0)
+    model = handler.create_client()
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (384, 384, 3), dtype=np.uint8) for _ in range(3)]
+    calls, sleeps, errors = [], [], []
+    infer = model.client.infer
+
+    def counted_infer(*args, **kwargs):
+        calls.append(1)
+        try:
+            return infer(*args, **kwargs)
+        except InferenceServerException as error:
+            errors.append(grpc_code(error))
+            raise
+
+    def back_up(clock, seconds):
+        """Beam's backoff: bring the server back, and wait until the client's channel has reconnected."""
+        sleeps.append(seconds)
+        forwarder.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if model.client.is_server_ready(client_timeout=2):
+                    return
+            except InferenceServerException:
+                pass
+            assert time.monotonic() < deadline, "the client never reconnected"
+            time.sleep(0.2)
+
+    try:
+        expected = [r.inference for r in handler.run_inference(images, model)]
+        forwarder.stop()
+        model.client.infer = counted_infer
+        monkeypatch.setattr(retry.Clock, "sleep", back_up)
+        again = [r.inference for r in handler.run_inference(images, model)]
+    finally:
+        model.client.close()
+        forwarder.stop()
+    assert errors == ["UNAVAILABLE"] and len(calls) == 2 and len(sleeps) == 1
+    assert again == pytest.approx(expected, abs=1e-7)
+
+
+def test_a_wrong_score_count_from_the_server_fails_the_batch_at_once(triton_server, monkeypatch):
+    """The real server answers for one image fewer than it was sent: the batch fails, naming the model and
+    the counts, and is not retried (a later try would get the same answer)."""
+    sleeps = []
+    monkeypatch.setattr(retry.Clock, "sleep", lambda self, seconds: sleeps.append(seconds))
+    handler = TritonModelHandler(triton_server.spec(), num_retries=3, throttle_delay_secs=0)
+    model = handler.create_client()
+    infer = model.client.infer
+    sent = []
+
+    def one_short(name, inputs, **kwargs):
+        shape = list(inputs[0].shape())
+        sent.append(shape[0])
+        short = InferInput("images", [shape[0] - 1] + shape[1:], "UINT8")
+        short.set_data_from_numpy(np.zeros([shape[0] - 1] + shape[1:], np.uint8))
+        return infer(name, [short], **kwargs)
+
+    model.client.infer = one_short
+    try:
+        with pytest.raises(ValueError, match=r"returned \(2, 1\) 'scores' for a batch of 3; expected one score "
+                                             r"per image") as error:
+            handler.run_inference([np.zeros((384, 384, 3), np.uint8)] * 3, model)
+    finally:
+        model.client.close()
+    assert str(parse_triton_spec(triton_server.spec())) in str(error.value)
+    assert sent == [3] and sleeps == []

@@ -428,6 +428,11 @@ class _BudgetRetry(Retry):
     def sleep(self, response=None) -> None:
         backoff = self.get_backoff_time()
         if backoff > 0 and _clip(backoff, "retrying") < backoff:  # less time left than the backoff
+            last = self.history[-1].error if self.history else None
+            reason = _failure_reason(last) if last is not None else "fetch_timeout"
+            if reason != "fetch_timeout":  # e.g. a refused connection: that, not the clock, is the cause
+                raise Rejected(reason, f"{last}; no retry: the next one (after {backoff:g}s) would pass the "
+                                       f"time budget")
             raise Rejected("fetch_timeout", f"the next retry (after {backoff:g}s) would pass the time budget")
         super().sleep(response)
 
@@ -441,15 +446,28 @@ def _split_url(url: str):
         raise Rejected("bad_url", f"{url!r} is not a valid URL: {exc}") from None
 
 
-def _is_timeout(exc: BaseException) -> bool:
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests' and urllib3's ``reason``/first argument, else ``__cause__``."""
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (requests.Timeout, TimeoutError, ReadTimeoutError, ConnectTimeoutError)):
-            return True
+    for _ in range(32):  # wrappers nest a handful deep; never loop on a cycle
+        if seen is None:
+            return
+        yield seen
         reason = getattr(seen, "reason", None)
         nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-        seen = reason if isinstance(reason, BaseException) else nested
-    return False
+        seen = reason if isinstance(reason, BaseException) else nested if nested is not None else seen.__cause__
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """``connection_refused``, ``fetch_timeout`` or ``connection_error`` for a request that failed."""
+    for seen in _causes(exc):
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection_refused"
+        if isinstance(seen, NewConnectionError):
+            continue  # urllib3 makes it a ConnectTimeoutError subclass, but only its cause says what happened
+        if isinstance(seen, (requests.Timeout, TimeoutError, ReadTimeoutError, ConnectTimeoutError)):
+            return "fetch_timeout"
+    return "connection_error"
 
 
 class ImageFetcher:
@@ -608,9 +626,13 @@ class ImageFetcher:
                 requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
             raise Rejected("bad_url", f"{url!r} is not a valid URL: {exc}") from None
         except requests.RequestException as exc:
-            if _is_timeout(exc):
+            reason = _failure_reason(exc)
+            if reason == "fetch_timeout":
                 raise Rejected("fetch_timeout", f"{url} timed out (connect {self.policy.connect_timeout:g}s, "
                                                 f"read {self.policy.read_timeout:g}s, retries {self.policy.retries})") from None
+            if reason == "connection_refused":
+                raise Rejected(reason, f"{url}: {parts.hostname} refused the connection (nothing listens on that "
+                                       f"port), also on {self.policy.retries} retries: {exc}") from None
             raise Rejected("connection_error", f"{url} could not be fetched: {exc}") from None
 
     def _check_content_type(self, response: requests.Response, url: str) -> None:
