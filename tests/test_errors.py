@@ -20,10 +20,11 @@ from PIL import Image
 
 import imagescore
 from pipelines.options import job_options
+from pipelines.runners import LOCAL_BATCH_RUNNER
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-20T12:00:00+00:00"
-RUNNER = ["--runner", "DirectRunner"]
+RUNNER = ["--runner", LOCAL_BATCH_RUNNER]
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str]:

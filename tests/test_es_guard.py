@@ -26,6 +26,7 @@ from es.guard import (
     ensure_guard_script,
     guard_params,
 )
+from pipelines.runners import local_runner
 from tests import es_double_script
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
@@ -173,7 +174,7 @@ def test_the_pipeline_tags_and_counts_every_outcome(es_config, es_client, guarde
                     refresh=True)
     records = [{**item(V1), "id": "new"}, {**item(V1), "id": "old"}, {**tombstone(V1), "id": "gone"},
                {**item(V1), "id": "bad", "updated_at": "yesterday"}]
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     outputs = pipeline | beam.Create(records) | WriteToElasticsearch(es_config, guarded_index, mode=DOCUMENT, **FAST)
     assert_that(outputs.written, equal_to(["new"]), label="written")
     assert_that(outputs.stale, equal_to(["old"]), label="stale")

@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from es.bulk_writer import write_batch
 from es.client import EsError
 from es.source import ReadItemsFromElasticsearch, backfill_query
+from pipelines.runners import local_runner
 from tests.fixtures.es import seed_items
 
 MODEL = "handcrafted-v2"
@@ -44,7 +45,7 @@ def seed_backfill_index(client, index: str, n: int = 60) -> set[str]:
 
 def read_and_check(config, index: str, expected: set[str], **kwargs) -> None:
     """Run the source; the ids must equal ``expected`` as a multiset (a duplicate fails too)."""
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     read = pipeline | ReadItemsFromElasticsearch(config, index, model_id=MODEL, **kwargs)
     assert_that(read | beam.Map(lambda text: json.loads(text)["id"]), equal_to(sorted(expected)))
     pipeline.run().wait_until_finish()
@@ -123,7 +124,7 @@ def test_dropped_search_connections_are_retried_without_loss_or_duplicates(es_do
 def test_search_connections_that_keep_dropping_fail_the_read_by_name(es_double, es_config, es_client, es_index):
     seed_backfill_index(es_client, es_index, n=10)
     es_double.fail_connections(times=None, path=r"^/_search$")
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | ReadItemsFromElasticsearch(es_config, es_index, model_id=MODEL, slices=2)
     with pytest.raises(Exception, match="searching slice"):
         pipeline.run().wait_until_finish()
@@ -166,7 +167,7 @@ def test_elements_are_source_json_with_the_id(es_config, es_client, es_index):
         "a": {"title": "no id field", "created_at": created},
         "b": {"id": "b", "title": "has its own id", "created_at": created},
     })
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     read = pipeline | ReadItemsFromElasticsearch(es_config, es_index, model_id=MODEL, slices=2)
     assert_that(read | beam.Map(json.loads), equal_to([
         {"id": "a", "title": "no id field", "created_at": created},
@@ -187,7 +188,7 @@ def test_a_rerun_after_scoring_reads_nothing(es_config, es_client, es_index):
 
 
 def test_missing_index_fails_with_its_name(es_config):
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | ReadItemsFromElasticsearch(es_config, "imagescore-test-absent", model_id=MODEL)
     with pytest.raises(Exception, match="imagescore-test-absent"):
         pipeline.run().wait_until_finish()
@@ -229,7 +230,7 @@ def test_search_5xx_is_retried(es_double, es_config, es_client, es_index):
 def test_expired_pit_is_an_error_not_a_silent_short_read(es_double, es_config, es_client, es_index):
     seed_backfill_index(es_client, es_index, n=10)
     es_double.fail_requests(404, times=None, path=r"^/_search$", error_type="search_context_missing_exception")
-    pipeline = BeamTestPipeline(runner="DirectRunner")
+    pipeline = BeamTestPipeline(runner=local_runner())
     _ = pipeline | ReadItemsFromElasticsearch(es_config, es_index, model_id=MODEL, slices=2)
     with pytest.raises(Exception, match="search_context_missing_exception"):
         pipeline.run().wait_until_finish()
