@@ -10,7 +10,8 @@ import pytest
 from labeling import label
 from pipelines import collect
 from training import analyze, simulate
-from training.adjectives import INSTALL_HINT, AdjectiveFinder, load_wordnet
+from tests.fixtures.tools import missing_tool
+from training.adjectives import DEFAULT_WORDNET_DIR, INSTALL_HINT, AdjectiveFinder, WordNetMissing, load_wordnet
 
 
 def test_ks_on_known_distributions():
@@ -54,8 +55,16 @@ def test_window_permutation_test_is_calibrated_where_pooled_ks_is_not():
 
 # --------------------------------------------------------------------------- adjectives
 
-def test_wordnet_adjectives_are_lemmatised_and_adverbs_are_not_counted():
-    finder = AdjectiveFinder(load_wordnet())
+@pytest.fixture(scope="module")
+def wordnet():
+    try:
+        return load_wordnet()
+    except WordNetMissing:
+        missing_tool(f"WordNet 3.0 (in {DEFAULT_WORDNET_DIR})", INSTALL_HINT)
+
+
+def test_wordnet_adjectives_are_lemmatised_and_adverbs_are_not_counted(wordnet):
+    finder = AdjectiveFinder(wordnet)
     text = ("A sharp, well-lit photo with a clean white background, clearer than the blurry and grainy one; "
             "very good framing, well centred, only slightly dark. The image shows a bag.")
     found = finder.adjectives(text)
@@ -66,8 +75,8 @@ def test_wordnet_adjectives_are_lemmatised_and_adverbs_are_not_counted():
     assert finder.is_adjective_only("blurry") and not finder.is_adjective_only("white")
 
 
-def test_criterion_headings_of_the_prompt_are_not_counted_as_the_judges_adjectives():
-    finder = AdjectiveFinder(load_wordnet())
+def test_criterion_headings_of_the_prompt_are_not_counted_as_the_judges_adjectives(wordnet):
+    finder = AdjectiveFinder(wordnet)
     text = ("Color harmony: muted tones. Brightness: dark. Light and shadow: harsh. "
             "Visual impact: weak; the product presentation is cluttered, sharp detail: fine.")
     found = finder.adjectives(text)
@@ -107,7 +116,7 @@ def _tiny_inputs(tmp_path: Path, extra_label_lines: tuple[str, ...] = ()):
     return windows, labels
 
 
-def test_report_accounts_for_bad_lines_tied_windows_and_empty_groups(tmp_path):
+def test_report_accounts_for_bad_lines_tied_windows_and_empty_groups(tmp_path, wordnet):  # its adjectives need WordNet
     windows, labels = _tiny_inputs(tmp_path, ('{"serp_id": ', json.dumps({"serp_id": "s0", "item_id": "i1"}),
                                               json.dumps({"serp_id": "zz", "item_id": "i9", "label": 0.3})))
     out = tmp_path / "report"
