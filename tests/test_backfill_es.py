@@ -59,7 +59,7 @@ def test_files_to_elasticsearch(catalog, es_url, es_client, es_index, tmp_path):
     scored = {i for i, (_, expect) in docs.items() if expect == "scored"} - {unindexed}
     for item_id in scored:
         source = es_client.get(index=es_index, id=item_id)["_source"]
-        assert 0 <= source["image_score"] <= 1 and source["image_score_model"] == "handcrafted-v1"
+        assert 0 <= source["image_score"] <= 1 and source["image_score_model"] == "handcrafted-v2"
         assert source["title"] == docs[item_id][0]["title"]  # a partial update keeps the rest
     dead = _jsonl(f"{dead_dir}/deadletter*.jsonl")
     assert sorted(d["reason"] for d in dead) == sorted(e.expect for e in entries if e.expect not in ("scored", "skipped"))
@@ -96,7 +96,7 @@ def test_demo_against_elasticsearch(es_url, es_client, tmp_path, capsys):
         assert demo.run(["--output", str(tmp_path / "out"), "--products", "6", "--es-url", es_url,
                          "--es-index", index]) == 0
         es_client.indices.refresh(index=index)
-        scored = es_client.search(index=index, query={"exists": {"field": "image_score"}}, size=100)["hits"]["hits"]
+        scored = es_client.search(index=index, query={"exists": {"field": "image_score"}}, size=1000)["hits"]["hits"]
         files = _jsonl(str(tmp_path / "out" / "scores*.jsonl"))
         assert {h["_id"] for h in scored} == {s["id"] for s in files}  # the same items as the file run
         dead = _jsonl(str(tmp_path / "out" / "deadletter-es" / "deadletter*.jsonl"))
