@@ -103,7 +103,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
                          "score through transforms.inference.make_score_handler")
     else:
         raise ValueError(
-            f"--model {spec!r} is neither 'handcrafted', a clip-iqa: spec nor a training run directory; "
+            f"--model {spec!r} is neither 'handcrafted' nor a training run directory (nor a clip-iqa: spec); "
             "pass --model handcrafted, --model clip-iqa:BACKBONE (zero-shot CLIP-IQA), --model RUN_DIR "
             "(from `imagescore train`) or --model triton://HOST:PORT/NAME")
     model.eval().requires_grad_(False)
