@@ -7,6 +7,10 @@ weaker one. :func:`draw_product` draws a deterministic product shot (seeded
 ``numpy.random.Generator``), :func:`degrade` applies one distortion at a level
 in [0, 1] (0 leaves the image untouched), and :func:`sample_photos` returns
 the real photographs that ship inside scikit-image (no download).
+:func:`cutout` cuts real objects out of those photos by fixed rules,
+:func:`compose_listing` places one on a studio sweep or a busy real texture,
+and :func:`listing_pairs` yields the listing-photo pairs a buyer would order
+(tuning and held-out splits: :data:`TUNE_OBJECTS`, :data:`HELDOUT_OBJECTS`).
 """
 from __future__ import annotations
 
