@@ -2,7 +2,10 @@
 
 The catalog is reproducible for a seed and needs no network, weights or
 services: procedurally drawn product photos at varied quality, scikit-image's
-real photos at graded distortions, and a handful of broken and hostile items.
+real photos at graded distortions, listing shots of real objects cut out of
+those photos (clean studio shots and the mistakes sellers make: a busy
+background, a small or off-centre product, too dark, too bright, out of
+focus), and a handful of broken and hostile items.
 The images are served over HTTP on 127.0.0.1, so the demo goes through the
 same fetcher, address guard and decoder as production.
 """
@@ -23,10 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scoring.photos import DEGRADATIONS, degrade, draw_product, sample_photos
+from scoring.photos import (DEGRADATIONS, LISTING_OBJECTS, LISTING_TEXTURES, compose_listing, cutout, degrade,
+                            draw_product, sample_photos, studio_background, texture)
 
 HUGE_PATH = "/huge.jpg"  # streamed without Content-Length, larger than any byte cap
 HUGE_BYTES = 25_000_000
+#: the listing shots of each real object: (label, what the shot shows); see :func:`listing_shot`
+LISTING_SHOTS = ("studio", "cluttered", "small", "off-centre", "dim", "bright", "blurred")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +56,27 @@ def _bomb_png(side: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def listing_shot(obj: Image.Image, shot: str, background: str, size: int = 512) -> Image.Image:
+    """One listing photo of a cut-out object: the clean studio shot or one seller's mistake."""
+    plain = studio_background(size)
+    if shot == "cluttered":
+        return compose_listing(obj, texture(background, size), 0.8)
+    if shot == "small":
+        return compose_listing(obj, plain, 0.3)
+    if shot == "off-centre":
+        return compose_listing(obj, plain, 0.45, (0.27, 0.25))
+    studio = compose_listing(obj, plain, 0.85)
+    if shot == "dim":
+        return degrade(studio, "underexpose", 0.35)
+    if shot == "bright":
+        return degrade(studio, "overexpose", 0.45)
+    if shot == "blurred":
+        return degrade(studio, "blur", 0.6)
+    if shot == "studio":
+        return studio
+    raise ValueError(f"unknown listing shot {shot!r}; choose one of {', '.join(LISTING_SHOTS)}")
 
 
 def build_catalog(root: Path, base_url: str, *, seed: int = 7, products: int = 160,
@@ -91,6 +118,13 @@ def build_catalog(root: Path, base_url: str, *, seed: int = 7, products: int = 1
                 shown = degrade(photo, kind, level, seed=len(entries))
                 label = "clean" if level == 0 else f"{kind} {level:.1f}"
                 add(f"photo-{name}-{label.replace(' ', '-')}", _jpeg(shown), ".jpg", "scored", f"{name}, {label}")
+
+    for i, name in enumerate(LISTING_OBJECTS):
+        obj = cutout(name)
+        background = LISTING_TEXTURES[i % len(LISTING_TEXTURES)]
+        for shot in LISTING_SHOTS:
+            note = f"listing, {name}, {shot}" + (f" (on {background})" if shot == "cluttered" else "")
+            add(f"listing-{name}-{shot}", _jpeg(listing_shot(obj, shot, background)), ".jpg", "scored", note)
 
     # Broken and hostile items: each must end as a dead letter (or counted skip) with this reason.
     add("broken-truncated", _jpeg(draw_product(rng, 256))[:700], ".jpg", "truncated_image", "JPEG cut off mid-stream")

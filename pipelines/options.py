@@ -52,7 +52,8 @@ class ModelOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--model", dest="model", default=DEFAULT_MODEL,
-                            help="handcrafted (weight-free baseline, the default), a training run directory, or "
+                            help="handcrafted (weight-free baseline, the default), clip-iqa:BACKBONE (zero-shot CLIP-IQA), "
+                                 "a training run directory, or "
                                  "triton://HOST:PORT/NAME[/VERSION] to score on a Triton server (gRPC port)")
         parser.add_argument("--device", dest="device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
         parser.add_argument("--min-batch-size", dest="min_batch_size", type=int, default=8)

@@ -282,7 +282,7 @@ def _export_device(device: str | torch.device) -> torch.device:
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="imagescore export-triton",
                                      description="Export a score model as a Triton model repository.")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="handcrafted (default) or a training run directory")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="handcrafted (default), clip-iqa:BACKBONE or a training run directory")
     parser.add_argument("--repository", required=True, help="Triton model repository directory to write into")
     parser.add_argument("--name", default="image_score", help="model name in the repository (default image_score)")
     parser.add_argument("--version", type=int, default=1, help="model version directory (default 1)")
@@ -304,7 +304,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         model_dir = export_triton(args.model, args.repository, name=args.name, version=args.version,
                                   backend=args.backend, max_batch_size=args.max_batch_size, device=args.device,
                                   overwrite=args.overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         raise UsageError(str(error)) from None
     print(model_dir)
     return 0

@@ -31,11 +31,11 @@ Features (``HandcraftedScorer.features``), one value per image:
     Periodic seams: each column's (row's) mean absolute step, with steps capped
     at 0.01 so faint seams in flat areas count as much as real edges, is
     profiled across the image and its spectrum searched for a peak at periods
-    4-20 px (an 8x8 JPEG grid lands anywhere in there after the decoder's
-    resize). The feature is that peak's energy above the spectrum's median, as
-    a fraction of the profile's energy: ~0.01 for photos, 0.1-0.3 for heavy
-    JPEG. Resampled heavy noise can also raise it, which only adds to the
-    noise penalty.
+    2.7-24 px: an 8x8 JPEG grid lands anywhere in there after the decoder's
+    resize, from ~3 px (a photo upscaled 2-2.5x before it was compressed, as
+    apps re-save phone photos) to ~20 px (compressed, then upscaled). The
+    feature is that peak's energy above the spectrum's median, as a fraction of
+    the profile's energy: ~0.01 for photos, 0.1-0.5 for heavy JPEG.
 ``brightness``
     Mean luma of the 4x-pooled image (pooling denoises every tone measure).
 ``highlight``
@@ -52,13 +52,40 @@ Features (``HandcraftedScorer.features``), one value per image:
     Hasler & Suesstrunk's metric on the pooled RGB image (0-1 scale):
     ``sqrt(sd(rg)^2 + sd(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2)``.
 
-The score is a logistic of a weighted sum of these, with hand-set weights
-(``WEIGHTS``) and knees (``KNEES``): the log of detail and sharpness raises
-it; noise, blockiness, dim highlights, a dark image, lifted shadows, blown
-highlights, low contrast and dull colour lower it. The tone terms are soft
-one-sided hinges, so a term that penalises one exposure error never rewards
-the opposite one, and a grey photo is not punished as much as a noisy one. See ``bench/bench_handcrafted_spearman.py`` for how it ranks
-graded distortions of real photos.
+Layout features, on the 4x-pooled image (96 x 96), for what a buyer rewards in
+a listing photo (a plain background, a product that fills the frame, centred):
+
+``background_clutter``
+    Median local detail (3x3 mean of absolute RGB steps) over the frame's
+    outer ring (6 of 96 px), where the background shows: ~0.002 on a studio
+    sweep, 0.1-0.4 on a busy texture or a room.
+``background_spread`` / ``background_luma``
+    How far the ring is from one smooth colour plane fitted to it, and the
+    ring's median luma under that plane (a white sweep ~0.93).
+``subject_fill`` / ``subject_extent`` / ``subject_offset``
+    The subject is what differs from the background plane by more than 0.15
+    (soft mask). Fill is its share of the frame; extent the longer of its
+    5-95 % widths across and down (how much of the frame the product spans,
+    as marketplaces measure it); offset the distance of its centre of mass
+    from the frame's centre (0.5 = at the edge).
+``subject_shadow`` / ``subject_highlight`` / ``subject_clipped``
+    The subject's 5th and 95th luma percentiles and its share of blown
+    pixels: exposure judged on the product, not on a white backdrop.
+
+The score is ``sigmoid(calibrate(logit))``. The logit is ``bias + sum(WEIGHTS
+x terms)`` (:func:`terms`): each term is a signed transform of a feature (log
+of detail, soft one-sided hinges at ``KNEES`` for tones), so a term that
+penalises one exposure error never rewards the opposite one, and exposure is
+penalised both ways: dim (highlights, a light backdrop gone grey, the
+subject's highlights) and bright (blown pixels, lifted shadows of the
+subject). On a plain backdrop the global lifted-shadow term is off: there the
+darkest pixels are the product's, and a light product is not an overexposed
+one. The weights are fitted on a tuning split by ``bench/fit_handcrafted.py``
+(pairwise logistic regression, every weight >= 0, pulled toward hand-set
+values), and :func:`calibrate` is a monotone piecewise-linear map fitted by the
+same script so the tuning images' scores spread over [0.03, 0.97] instead of
+piling up at 0 and 1. ``bench/bench_listing.py`` and
+``bench/bench_handcrafted_spearman.py`` report the held-out split.
 """
 from __future__ import annotations
 
@@ -80,30 +107,51 @@ _FLOOR_QUANTILE = 0.10
 # have fewer independent samples per patch, so their floor sits lower), and the finest band's gain.
 _FLOOR_BIAS = (0.88, 0.78, 0.63, 0.41)
 _WHITE_NOISE_GAIN0 = 0.761
-_BLOCK_PERIODS = (4.0, 20.0)   # px: an 8 px JPEG grid after a 0.5x-2.5x resize
+# px: an 8 px JPEG grid after the decoder's resize, from a photo 2.7x larger (upscaled before it was
+# compressed, as apps re-save phone photos: 8 px -> 3 px) to one 0.4x as large (upscaled after: 8 px -> 20 px)
+_BLOCK_PERIODS = (2.7, 24.0)
 _BLOCK_STEP_CAP = 0.01          # luma step above which an edge counts as content, not a block seam
 _EPS = 1e-8
+_RING = 6                  # pooled px (of 96): the frame's outer ring, where the background shows
+_SUBJECT_DISTANCE = 0.15   # RGB distance from the background colour beyond which a pixel is subject
+_SUBJECT_SOFTNESS = 0.03
 _RATIO_EPS = 1e-6
 _DETAIL_FLOOR = 0.05  # detail ratios below this are all "none": keeps the log from amplifying estimator noise
 
-# Hand-set weights of the quality logit (see _logit for the transform each one multiplies).
+# Weights of the quality logit, one per term of :func:`terms` (each term is signed so that a larger
+# value is better; every weight is >= 0). Fitted on the tuning split by bench/fit_handcrafted.py.
 WEIGHTS = {
     "bias": 3.0,
-    "effective_resolution": 2.4,   # x log(ratio)
-    "sharpness": 1.2,              # x log(ratio)
-    "noise": 0.6,                  # x -log(1 + (sigma / NOISE_REF)^2)
-    "blockiness": 30.0,            # x -(periodic energy fraction)
-    "highlight": 7.0,              # x -hinge(knee - p99): brightest tones too dark
-    "dark": 5.5,                   # x -hinge(knee - mean): image too dark overall
-    "shadow": 5.0,                 # x -hinge(p01 - knee): shadows lifted (washed out)
-    "clipped": 2.0,                # x -hinge(clipped - knee): blown highlights
-    "contrast": 2.0,               # x -hinge(log(knee / rms)): flat image
-    "colourfulness": 1.25,         # x -hinge(knee - colourfulness): dull colours (grey photos lose little)
+    "background_clutter": 1.844,
+    "background_dim": 16.9,
+    "background_spread": 0,
+    "blockiness": 33.96,
+    "clipped": 4.642,
+    "colourfulness": 2.95,
+    "contrast": 2.278,
+    "dark": 7.7,
+    "effective_resolution": 2.696,
+    "highlight": 8.246,
+    "noise": 1.088,
+    "shadow": 12.71,
+    "sharpness": 1.599,
+    "subject_clipped": 4.708,
+    "subject_dark": 7.259,
+    "subject_extent": 3.227,
+    "subject_offset": 9.551,
+    "subject_washed": 5.216,
 }
 NOISE_REF = 4.0 / 255   # below this sigma noise is invisible and barely penalised
-# Where each one-sided tone penalty starts (soft knees): values on the good side of a knee
-# barely move the score, so a distortion in one direction is never rewarded by the other's term.
-KNEES = {"highlight": 0.75, "dark": 0.25, "shadow": 0.05, "clipped": 0.05, "contrast": 0.15, "colourfulness": 0.15}
+CLUTTER_REF = 0.02      # relative ring detail of a plain sweep is ~0.002; a busy texture's 0.3-1
+# Where each one-sided penalty starts (soft knees): values on the good side of a knee barely move
+# the score, so a distortion in one direction is never rewarded by the other's term.
+KNEES = {"highlight": 0.75, "dark": 0.25, "shadow": 0.15, "clipped": 0.05, "contrast": 0.15, "colourfulness": 0.15,
+         "background_spread": 0.02, "subject_offset": 0.05, "subject_dark": 0.55, "subject_washed": 0.6,
+         "subject_clipped": 0.05, "background_dim": 0.8}
+# Monotone calibration of the logit: piecewise linear through these (logit, calibrated logit) knots,
+# extended linearly past both ends, then a sigmoid. Fitted by bench/fit_handcrafted.py so the tuning
+# images' scores spread evenly over [0.03, 0.97] instead of piling up near 0 and 1.
+CALIBRATION = ((-25.2694, -3.4761), (-12.0816, -1.7543), (-9.1785, -1.0201), (-7.1344, -0.479), (-6.0455, 0.0), (-4.9826, 0.479), (-3.5844, 1.0201), (-1.2634, 1.7543), (2.2298, 3.4761))
 
 
 def _soft_hinge(x: torch.Tensor, width: float) -> torch.Tensor:
@@ -125,10 +173,33 @@ def _blur(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), kernel.view(1, 1, -1, 1))
 
 
-class HandcraftedScorer(ScoreModel):
-    """Sharpness, effective resolution, noise, blockiness, exposure, contrast and colour in one score."""
+def _background_plane(pooled: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
+    """The background as a colour plane ``a + b*x + c*y`` fitted to the frame's outer ring, per channel.
 
-    model_id = "handcrafted-v1"
+    A studio sweep is a smooth gradient, not one colour. Two weighted least-squares
+    passes: ring pixels near the ring's median colour, then those near the first
+    plane, so a subject that touches the ring does not tilt the fit.
+    """
+    n, c, h, w = pooled.shape
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=pooled.device, dtype=pooled.dtype),
+                            torch.linspace(-1, 1, w, device=pooled.device, dtype=pooled.dtype), indexing="ij")
+    design = torch.stack([torch.ones_like(xs), xs, ys], dim=-1)                      # [H, W, 3]
+    x = design[ring]                                                                 # [R, 3]
+    values = pooled[:, :, ring]                                                      # [N, C, R]
+    fitted = values.median(dim=2, keepdim=True).values.expand_as(values)
+    for _ in range(2):
+        weight = ((values - fitted).norm(dim=1) < _SUBJECT_DISTANCE).to(pooled.dtype) + 1e-3   # [N, R]
+        gram = torch.einsum("nr,ri,rj->nij", weight, x, x)
+        rhs = torch.einsum("nr,ri,ncr->nci", weight, x, values)
+        beta = torch.linalg.solve(gram[:, None], rhs[..., None])[..., 0]             # [N, C, 3]
+        fitted = torch.einsum("nci,ri->ncr", beta, x)
+    return torch.einsum("nci,hwi->nchw", beta, design)
+
+
+class HandcraftedScorer(ScoreModel):
+    """Sharpness, resolution, noise, blockiness, exposure, colour, background and subject framing in one score."""
+
+    model_id = "handcrafted-v2"
     # 384: big enough that a sharp 600-1200 px listing photo keeps its finest
     # octave after the resize (what effective_resolution measures) and that an
     # 8x8 JPEG grid spans ~48 blocks per side (what blockiness needs), while
@@ -188,6 +259,7 @@ class HandcraftedScorer(ScoreModel):
         rg, yb = r - g, 0.5 * (r + g) - b
         colourfulness = (torch.sqrt(rg.var(1) + yb.var(1))
                          + 0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2))
+        layout = self._layout(pooled, self.luma)
         return {
             "noise": noise,
             "effective_resolution": effective_resolution,
@@ -199,6 +271,58 @@ class HandcraftedScorer(ScoreModel):
             "clipped": (pooled.amax(dim=1).flatten(1) >= _CLIP_HIGH).float().mean(1),
             "contrast": py.std(1),
             "colourfulness": colourfulness.view(n),
+            **layout,
+        }
+
+    @staticmethod
+    def _layout(pooled: torch.Tensor, luma: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Background and subject measures of the 4x-pooled RGB image (see the module docstring).
+
+        The background is what the frame's outer ring shows (its median colour);
+        the subject is what differs from that colour. Soft masks and smooth
+        interval widths keep every measure continuous, so near-identical shots
+        do not tie.
+        """
+        n, _, h, w = pooled.shape
+        ring = torch.ones(h, w, dtype=torch.bool, device=pooled.device)
+        ring[_RING:h - _RING, _RING:w - _RING] = False
+        background = _background_plane(pooled, ring)                                 # [N, 3, H, W]
+        distance = (pooled - background).norm(dim=1)                                 # [N, H, W]
+        # Local detail: absolute differences to the right and below, all channels, over 3x3.
+        dx = (pooled[..., :, 1:] - pooled[..., :, :-1]).abs().sum(1)
+        dy = (pooled[..., 1:, :] - pooled[..., :-1, :]).abs().sum(1)
+        detail = F.pad(dx, (0, 1)) + F.pad(dy, (0, 0, 0, 1))
+        detail = F.avg_pool2d(detail[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+        clutter = detail[:, ring].median(dim=1).values
+        spread = distance[:, ring].median(dim=1).values   # how far the ring is from one smooth sweep
+        subject = torch.sigmoid((distance - _SUBJECT_DISTANCE) / _SUBJECT_SOFTNESS)   # [N, H, W]
+        mass = subject.flatten(1).sum(1) + _EPS
+        extents, centre = [], []
+        for axis, length in ((1, h), (2, w)):
+            profile = subject.sum(dim=3 - axis + 0) if axis == 1 else subject.sum(dim=1)
+            cdf = profile.cumsum(1) / mass[:, None]
+            inside = torch.sigmoid((cdf - 0.05) / 0.01) * torch.sigmoid((0.95 - cdf) / 0.01)
+            extents.append(inside.sum(1) / length)
+            pos = (torch.arange(length, device=pooled.device, dtype=pooled.dtype) + 0.5) / length - 0.5
+            centre.append((profile * pos).sum(1) / mass)
+        y = (pooled * luma).sum(dim=1)
+        inside = subject > 0.5
+        nan = torch.full_like(y, float("nan"))
+        subject_luma = torch.where(inside, y, nan).flatten(1)
+        tones = torch.nanquantile(subject_luma, torch.tensor([0.05, 0.95], device=y.device), dim=1)
+        has_subject = inside.flatten(1).sum(1) >= 16
+        top = pooled.amax(dim=1)
+        subject_clipped = ((top >= _CLIP_HIGH) & inside).flatten(1).sum(1) / (inside.flatten(1).sum(1) + 1.0)
+        return {
+            "background_clutter": clutter,
+            "background_spread": spread,
+            "background_luma": (background[:, :, ring] * luma.view(1, 3, 1)).sum(1).median(dim=1).values,
+            "subject_fill": subject.flatten(1).mean(1),
+            "subject_extent": torch.maximum(extents[0], extents[1]),   # the longer side, as marketplaces measure
+            "subject_offset": torch.sqrt(centre[0] ** 2 + centre[1] ** 2),
+            "subject_shadow": torch.where(has_subject, torch.nan_to_num(tones[0], nan=0.0), y.flatten(1).quantile(0.05, dim=1)),
+            "subject_highlight": torch.where(has_subject, torch.nan_to_num(tones[1], nan=1.0), y.flatten(1).quantile(0.95, dim=1)),
+            "subject_clipped": subject_clipped,
         }
 
     @staticmethod
@@ -254,19 +378,56 @@ class HandcraftedScorer(ScoreModel):
 
     # ------------------------------------------------------------------ score
 
-    def _logit(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
-        w, k = self.weights, KNEES
-        return (w["bias"]
-                + w["effective_resolution"] * torch.log(f["effective_resolution"] + _DETAIL_FLOOR)
-                + w["sharpness"] * torch.log(f["sharpness"] + _DETAIL_FLOOR)
-                - w["noise"] * torch.log1p((f["noise"] / NOISE_REF) ** 2)
-                - w["blockiness"] * f["blockiness"]
-                - w["highlight"] * _soft_hinge(k["highlight"] - f["highlight"], 0.05)
-                - w["dark"] * _soft_hinge(k["dark"] - f["brightness"], 0.05)
-                - w["shadow"] * _soft_hinge(f["shadow"] - k["shadow"], 0.05)
-                - w["clipped"] * _soft_hinge(f["clipped"] - k["clipped"], 0.02)
-                - w["contrast"] * _soft_hinge(torch.log(k["contrast"] / (f["contrast"] + 1e-4)), 0.2)
-                - w["colourfulness"] * _soft_hinge(k["colourfulness"] - f["colourfulness"], 0.03))
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self._logit(self.features(images))).float()
+        return torch.sigmoid(calibrate(logit(terms(self.features(images)), self.weights))).float()
+
+
+def terms(f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The signed terms of the quality logit (larger is better), from :meth:`HandcraftedScorer.features`."""
+    k = KNEES
+    plain = torch.exp(-f["background_clutter"] / (f["background_luma"] + 0.1) / CLUTTER_REF)
+    return {
+        "effective_resolution": torch.log(f["effective_resolution"] + _DETAIL_FLOOR),
+        "sharpness": torch.log(f["sharpness"] + _DETAIL_FLOOR),
+        "noise": -torch.log1p((f["noise"] / NOISE_REF) ** 2),
+        "blockiness": -f["blockiness"],
+        "highlight": -_soft_hinge(k["highlight"] - f["highlight"], 0.05),      # brightest tones too dark
+        "dark": -_soft_hinge(k["dark"] - f["brightness"], 0.05),               # the whole image too dark
+        # Shadows lifted (washed out). Not on a plain backdrop: there the darkest pixels are the
+        # product's, and a light product is not an overexposed one (subject_washed judges it).
+        "shadow": -(1 - plain) * _soft_hinge(f["shadow"] - k["shadow"], 0.05),
+        "clipped": -_soft_hinge(f["clipped"] - k["clipped"], 0.02),            # blown highlights
+        "contrast": -_soft_hinge(torch.log(k["contrast"] / (f["contrast"] + 1e-4)), 0.2),   # flat image
+        "colourfulness": -_soft_hinge(k["colourfulness"] - f["colourfulness"], 0.03),       # dull colours
+        # A busy background: detail in the frame's outer ring, relative to its brightness.
+        "background_clutter": -torch.log1p(f["background_clutter"] / (f["background_luma"] + 0.1) / CLUTTER_REF),
+        "background_spread": -_soft_hinge(f["background_spread"] - k["background_spread"], 0.01),
+        "subject_extent": torch.log(f["subject_extent"] + 0.05),              # the subject fills the frame
+        "subject_offset": -_soft_hinge(f["subject_offset"] - k["subject_offset"], 0.02),   # pushed off centre
+        "subject_dark": -_soft_hinge(k["subject_dark"] - f["subject_highlight"], 0.05),    # underexposed subject
+        "subject_washed": -_soft_hinge(f["subject_shadow"] - k["subject_washed"], 0.05),   # overexposed subject
+        "subject_clipped": -_soft_hinge(f["subject_clipped"] - k["subject_clipped"], 0.02),
+        # A plain light backdrop that came out grey: the shot is underexposed. A near-black backdrop
+        # (a night sky, black velvet) is a choice, not a dim white one, so the term fades out below 0.3.
+        "background_dim": -plain * _soft_hinge(k["background_dim"] - f["background_luma"], 0.05)
+                          * torch.sigmoid((f["background_luma"] - 0.3) / 0.05),
+    }
+
+
+def logit(t: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """``bias + sum(weight * term)``: the uncalibrated quality logit."""
+    out = torch.full_like(t["noise"], weights["bias"])
+    for name, value in t.items():
+        out = out + weights[name] * value
+    return out
+
+
+def calibrate(x: torch.Tensor, knots=None) -> torch.Tensor:
+    """Piecewise-linear monotone map through ``knots`` (default :data:`CALIBRATION`), linear past the ends."""
+    knots = CALIBRATION if knots is None else knots
+    (x0, y0), (x1, y1) = knots[0], knots[1]
+    out = y0 + (y1 - y0) / (x1 - x0) * torch.clamp(x - x0, max=0.0)
+    for (xa, ya), (xb, yb) in zip(knots[:-1], knots[1:]):
+        out = out + (yb - ya) / (xb - xa) * torch.clamp(x - xa, min=0.0, max=xb - xa)
+    (xa, ya), (xb, yb) = knots[-2], knots[-1]
+    return out + (yb - ya) / (xb - xa) * torch.clamp(x - xb, min=0.0)

@@ -83,7 +83,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> ScoreModel:
-    """Load the model that ``--model`` names: ``handcrafted`` or a training run directory.
+    """Load the model that ``--model`` names: ``handcrafted``, ``clip-iqa:BACKBONE`` or a training run directory.
 
     The device defaults to CUDA when it is available and the CPU otherwise. The
     model comes back in eval mode with gradients off.
@@ -92,6 +92,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
     if spec == "handcrafted":
         from scoring.handcrafted import HandcraftedScorer
         model: ScoreModel = HandcraftedScorer()
+    elif spec.startswith("clip-iqa:"):
+        from scoring.clip_iqa import load_clip_iqa
+        model = load_clip_iqa(spec, device)
     elif os.path.isdir(spec):
         from scoring.checkpoint import load_run
         model = load_run(spec, device=device)
@@ -100,8 +103,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
                          "score through transforms.inference.make_score_handler")
     else:
         raise ValueError(
-            f"--model {spec!r} is neither 'handcrafted' nor a training run directory; "
-            "pass --model handcrafted, --model RUN_DIR (from `imagescore train`) or --model triton://HOST:PORT/NAME")
+            f"--model {spec!r} is neither 'handcrafted' nor a training run directory (nor a clip-iqa: spec); "
+            "pass --model handcrafted, --model clip-iqa:BACKBONE (zero-shot CLIP-IQA), --model RUN_DIR "
+            "(from `imagescore train`) or --model triton://HOST:PORT/NAME")
     model.eval().requires_grad_(False)
     return model.to(device)
 

@@ -15,9 +15,10 @@ from imagescore import UsageError
 from es.guard import GUARD_SCRIPT_ID, canonical_version
 from es.mapping import score_properties
 from pipelines import backfill
-from pipelines.catalog import ImageServer, build_catalog, write_catalog
+from pipelines.catalog import LISTING_SHOTS, ImageServer, build_catalog, write_catalog
 from pipelines.report import counters
 from tests.fixtures.catalog_scores import expected_scores
+from scoring.photos import LISTING_OBJECTS
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -54,7 +55,7 @@ def _check_every_record_lands_once(entries, out, dead_dir, result):
     expected = expected_scores(entries)
     assert sorted(s["id"] for s in scores) == sorted(expected)
     assert {s["id"]: s["image_score"] for s in scores} == pytest.approx(expected, abs=1e-6)
-    assert {s["image_score_model"] for s in scores} == {"handcrafted-v1"}
+    assert {s["image_score_model"] for s in scores} == {"handcrafted-v2"}
     expected_dead = Counter(e.expect for e in entries if e.expect not in ("scored", "skipped"))
     assert Counter(d["reason"] for d in dead) == expected_dead
     # Each dead letter keeps the original payload, byte for byte.
@@ -103,6 +104,10 @@ def test_clean_photos_outscore_their_degraded_copies(catalog, tmp_path):
         clean = scores[f"photo-{name}-clean"]
         for kind in ("blur", "noise", "jpeg", "underexpose", "overexpose", "lowres"):
             assert scores[f"photo-{name}-{kind}-1.0"] < clean, (name, kind)
+    # Listing shots of real objects: the clean, large, centred studio shot outscores the seller's mistakes.
+    wrong = [(name, shot) for name in LISTING_OBJECTS for shot in LISTING_SHOTS if shot != "studio"
+             and not scores[f"listing-{name}-studio"] > scores[f"listing-{name}-{shot}"]]
+    assert len(wrong) <= 0.15 * len(LISTING_OBJECTS) * (len(LISTING_SHOTS) - 1), wrong
 
 
 def test_multi_processing_runner_pickles_every_stage(catalog, tmp_path):

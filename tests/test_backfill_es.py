@@ -70,7 +70,7 @@ def test_files_to_elasticsearch(catalog, es_url, es_config, es_client, es_index,
     for item_id in scored:
         source = es_client.get(index=es_index, id=item_id)["_source"]
         assert source["image_score"] == pytest.approx(expected[item_id], abs=1e-6)
-        assert source["image_score_model"] == "handcrafted-v1"
+        assert source["image_score_model"] == "handcrafted-v2"
         assert source["title"] == docs[item_id][0]["title"]  # a partial update keeps the rest
         assert source["image_score_version"] == canonical_version(docs[item_id][0]["created_at"])
     dead = _jsonl(f"{dead_dir}/deadletter*.jsonl")
@@ -109,7 +109,7 @@ def test_demo_against_elasticsearch(es_url, es_client, tmp_path, capsys):
         assert demo.run(["--output", str(tmp_path / "out"), "--products", "6", "--es-url", es_url,
                          "--es-index", index]) == 0
         es_client.indices.refresh(index=index)
-        scored = es_client.search(index=index, query={"exists": {"field": "image_score"}}, size=100)["hits"]["hits"]
+        scored = es_client.search(index=index, query={"exists": {"field": "image_score"}}, size=1000)["hits"]["hits"]
         files = _jsonl(str(tmp_path / "out" / "scores*.jsonl"))
         assert {h["_id"] for h in scored} == {s["id"] for s in files}  # the same items as the file run
         dead = _jsonl(str(tmp_path / "out" / "deadletter-es" / "deadletter*.jsonl"))

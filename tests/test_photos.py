@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scoring.photos import DEGRADATIONS, PRODUCT_KINDS, degrade, draw_product, sample_photos
+from scoring.photos import (DEGRADATIONS, HELDOUT_OBJECTS, HELDOUT_TEXTURES, LISTING_OBJECTS, LISTING_PAIR_KINDS,
+                            LISTING_TEXTURES, PRODUCT_KINDS, TUNE_OBJECTS, TUNE_TEXTURES, compose_listing, cutout,
+                            degrade, draw_product, heldout_photos, listing_pairs, sample_photos, studio_background,
+                            texture)
 
 
 def test_draw_product_is_deterministic_per_seed_and_differs_across_seeds():
@@ -70,3 +73,50 @@ def test_sample_photos_are_real_rgb_photos_bundled_offline():
     for name, img in photos:
         assert isinstance(img, Image.Image) and img.mode == "RGB", name
         assert min(img.size) >= 256, name
+
+
+# --------------------------------------------------------------------------- listing composites
+
+@pytest.mark.parametrize("name", LISTING_OBJECTS)
+def test_cutouts_are_real_objects_with_a_mask(name):
+    obj = cutout(name)
+    alpha = np.asarray(obj.getchannel("A"), dtype=np.float32) / 255
+    assert obj.mode == "RGBA" and min(obj.size) >= 40, obj.size
+    # Cropped to the mask: the object touches every side of its box, and it is not all box.
+    assert min(alpha[0].max(), alpha[-1].max(), alpha[:, 0].max(), alpha[:, -1].max()) > 0.4
+    assert 0.25 < alpha.mean() <= 1.0
+    assert np.array_equal(np.asarray(cutout(name)), np.asarray(obj))  # derived by fixed rules: reproducible
+
+
+@pytest.mark.parametrize("name", LISTING_TEXTURES)
+def test_textures_are_busy_and_the_studio_sweep_is_plain(name):
+    busy = np.asarray(texture(name, 128), dtype=np.float32)
+    plain = np.asarray(studio_background(128), dtype=np.float32)
+    detail = lambda a: np.abs(np.diff(a, axis=1)).mean()  # noqa: E731
+    assert busy.shape == (128, 128, 3) and detail(busy) > 5 * detail(plain) + 1
+
+
+def test_compose_listing_places_the_object_at_its_size_and_offset():
+    obj, plain = cutout("cup"), studio_background(200)
+    covered = lambda im: np.abs(np.asarray(im, np.float32) - np.asarray(plain, np.float32)).max(axis=2) > 40  # noqa: E731
+    big, small = covered(compose_listing(obj, plain, 0.8)), covered(compose_listing(obj, plain, 0.3))
+    assert big.mean() > 4 * small.mean()
+    cols = np.flatnonzero(covered(compose_listing(obj, plain, 0.3, (0.3, 0.0))).any(axis=0))
+    assert cols.mean() > 100 + 0.25 * 200
+
+
+@pytest.mark.parametrize("call", [lambda: cutout("lamp"), lambda: texture("carpet"),
+                                  lambda: compose_listing(cutout("cup"), studio_background(64), 1.5)])
+def test_listing_helpers_refuse_unknown_names_and_bad_fill(call):
+    with pytest.raises(ValueError, match="unknown listing object 'lamp'|unknown texture 'carpet'|fill must be"):
+        call()
+
+
+def test_listing_pairs_cover_every_kind_and_keep_splits_apart():
+    pairs = list(listing_pairs(("cup",), ("brick",), size=96))
+    assert {kind for kind, *_ in pairs} == set(LISTING_PAIR_KINDS)
+    assert all(better.size == worse.size == (96, 96) for _, better, worse, _ in pairs)
+    assert not set(TUNE_OBJECTS) & set(HELDOUT_OBJECTS) and not set(TUNE_TEXTURES) & set(HELDOUT_TEXTURES)
+    assert set(TUNE_OBJECTS) | set(HELDOUT_OBJECTS) == set(LISTING_OBJECTS)
+    names = [name for name, _ in heldout_photos()]
+    assert not {name for name, _ in sample_photos()} & set(names)
