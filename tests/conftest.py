@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.tiny_clip",
     "tests.fixtures.training",
     "tests.fixtures.triton",
+    "tests.fixtures.pubsub",
 ]
 
 # Tests never reach a model hub; loading code must work from local directories alone.

@@ -792,6 +792,7 @@ def _route(double: EsDouble, method: str, path: str, params: dict, body: bytes, 
             ("GET", ("*", "_mapping")): _get_mapping,
             ("PUT", ("*", "_doc", "*")): _index_doc, ("POST", ("*", "_doc", "*")): _index_doc,
             ("GET", ("*", "_doc", "*")): _get_doc,
+            ("POST", ("*", "_mget")): _mget, ("GET", ("*", "_mget")): _mget,
             ("PUT", ("*",)): _create_index, ("DELETE", ("*",)): _delete_index, ("HEAD", ("*",)): _index_exists,
         }
         handler = handlers.get(key)
@@ -925,6 +926,32 @@ def _get_doc(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[
         return 404, {"_index": name, "_id": doc_id, "found": False}
     return 200, {"_index": name, "_id": doc_id, "_version": doc.version, "_seq_no": doc.seq_no,
                  "_primary_term": 1, "found": True, "_source": copy.deepcopy(doc.source)}
+
+
+def _mget(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[int, Any]:
+    """``POST /idx/_mget`` with ``{"ids": [...]}``; ``_source_includes`` keeps top-level fields only."""
+    _check_params(params, {"realtime", "refresh", "routing", "_source", "_source_includes", "_source_excludes"},
+                  "/" + "/".join(parts))
+    name = parts[0]
+    if name not in double._indices:
+        raise _index_missing(name)
+    request = _json_body(body)
+    ids = request.get("ids") if isinstance(request, dict) else None
+    if not isinstance(ids, list) or not ids or set(request) - {"ids"}:
+        raise EsHttpError(400, "action_request_validation_exception", "Validation Failed: 1: no documents to get;")
+    includes = [f for f in params.get("_source_includes", "").split(",") if f]
+    docs = []
+    for doc_id in ids:
+        doc = double._indices[name].docs.get(str(doc_id))
+        if doc is None:
+            docs.append({"_index": name, "_id": str(doc_id), "found": False})
+            continue
+        source = copy.deepcopy(doc.source)
+        if includes:
+            source = {k: v for k, v in source.items() if any(fnmatch.fnmatchcase(k, p) for p in includes)}
+        docs.append({"_index": name, "_id": str(doc_id), "_version": doc.version, "_seq_no": doc.seq_no,
+                     "_primary_term": 1, "found": True, "_source": source})
+    return 200, {"docs": docs}
 
 
 def _refresh(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[int, Any]:

@@ -18,8 +18,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines import direct_metrics
-from transforms.aggregate import KeepNewest
+from pipelines import local_streaming
+from transforms.aggregator import KeepNewest
 from transforms.deadletter import DEAD_LETTER
 from transforms.updates import ParseUpdates
 
@@ -44,7 +44,7 @@ def item(item_id: str, updated_at: str | None, price: float = 1.0, **extra) -> d
 
 
 def streaming_pipeline() -> beam.Pipeline:
-    direct_metrics.install()
+    local_streaming.install()
     opts = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
     opts.view_as(StandardOptions).streaming = True
     return beam.Pipeline(options=opts)
