@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train the MLP head with pairwise focal or CE loss"),
     "evaluate": ("training.evaluate", "OPA and CA of Image Score against the paper's baselines"),
     "export-triton": ("scoring.export_triton", "export a score model as a Triton model repository"),
+    "stream": ("pipelines.streaming", "streaming indexing from Pub/Sub: aggregator -> analyzer -> feeder"),
+    "stream-demo": ("pipelines.stream_demo", "run the streaming job on a local Pub/Sub emulator and check the index"),
+    "replay": ("pipelines.replay", "republish dead letters (a Pub/Sub subscription or deadletter*.jsonl files)"),
+    "serve-triton": ("scoring.triton_server", "serve an export-triton repository with the local tritonserver"),
 }
 
 

@@ -26,8 +26,8 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from es.client import EsConfig, make_client
-from es.mapping import ensure_score_mapping
+from es.client import EsConfig, make_client, scrubbed_errors
+from es.mapping import ensure_score_mapping, score_properties
 from pipelines import local_streaming
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested
 from pipelines.report import counters, ship_packages
@@ -146,8 +146,15 @@ class _ParseDocumentFn(beam.DoFn):
 
 
 def _ensure_index(config: EsConfig, index: str) -> None:
+    """Map the score fields before any write; the streaming job owns its documents, so it creates a missing index."""
     client = make_client(config)
     try:
+        with scrubbed_errors(f"checking index {index!r} at {config.safe_url()}"):
+            exists = client.indices.exists(index=index)
+        if not exists:
+            with scrubbed_errors(f"creating index {index!r}"):
+                client.options(ignore_status=400).indices.create(
+                    index=index, mappings={"properties": score_properties()})
         ensure_score_mapping(client, index)
     finally:
         client.close()
@@ -255,44 +262,72 @@ def accounted(totals: dict[str, int]) -> int:
     return sum(totals.get(name, 0) for name in OUTCOMES)
 
 
+class LocalRun:
+    """A started local streaming run: wait on its counters, then cancel it.
+
+    The direct runner never finishes a streaming pipeline by itself; this is how the
+    CLI, the demo, tests and benchmarks stop it. A pipeline failure is raised from
+    :meth:`wait`.
+    """
+
+    def __init__(self, result):
+        self.result = result
+        self._failure: list[BaseException] = []
+        self._waiter = threading.Thread(target=self._wait_for_result, name="stream-wait", daemon=True)
+        self._waiter.start()
+
+    def _wait_for_result(self) -> None:
+        try:
+            self.result.wait_until_finish()
+        except BaseException as exc:  # noqa: BLE001 -- raised in the caller's thread by wait()
+            self._failure.append(exc)
+
+    def totals(self) -> dict[str, int]:
+        return counters(self.result)
+
+    def wait(self, *, stop: Callable[[dict], bool] | None = None, max_seconds: float | None = None,
+             progress: Callable[[dict], None] | None = None, every: float = 1.0) -> dict[str, int]:
+        """Until ``stop(totals)``, ``max_seconds``, Ctrl-C/SIGTERM (KeyboardInterrupt) or the end of the run."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            while self._waiter.is_alive():
+                self._waiter.join(every)
+                totals = self.totals()
+                if progress is not None:
+                    progress(totals)
+                if (stop is not None and stop(totals)) or (deadline is not None and time.monotonic() >= deadline):
+                    return totals
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self._failure:
+            raise self._failure[0]
+        return self.totals()
+
+    def cancel(self) -> dict[str, int]:
+        self.result.cancel()
+        self._waiter.join(5)
+        return self.totals()
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def run_until(result, *, max_seconds: float | None = None, stop: Callable[[dict], bool] | None = None,
               progress: Callable[[dict], None] | None = None, every: float = 1.0) -> dict[str, int]:
-    """Watch a local streaming run until ``max_seconds``, ``stop(totals)``, Ctrl-C or SIGTERM; then cancel it.
-
-    Returns the final counters. A pipeline that fails raises its error here.
-    """
-    failure: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            result.wait_until_finish()
-        except BaseException as exc:  # noqa: BLE001 -- reported in the main thread
-            failure.append(exc)
-
-    waiter = threading.Thread(target=wait, name="stream-wait", daemon=True)
-    waiter.start()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    """Watch a local run until ``max_seconds``, ``stop(totals)``, Ctrl-C or SIGTERM; cancel it; return the counters."""
+    watched = LocalRun(result)
     try:
-        while waiter.is_alive():
-            waiter.join(every)
-            totals = counters(result)
-            if progress is not None:
-                progress(totals)
-            if (stop is not None and stop(totals)) or (deadline is not None and time.monotonic() >= deadline):
-                break
+        watched.wait(stop=stop, max_seconds=max_seconds, progress=progress, every=every)
     except KeyboardInterrupt:
         print("\nstream: stopping (Ctrl-C / SIGTERM)", file=sys.stderr)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        result.cancel()
-        waiter.join(5)
-    if failure and not isinstance(failure[0], KeyboardInterrupt):
-        raise failure[0]
-    return counters(result)
+        totals = watched.cancel()
+    return totals
 
 
 def print_summary(totals: dict[str, int], result=None) -> None:

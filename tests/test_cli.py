@@ -5,7 +5,8 @@ import imagescore
 
 FLAGS = {"demo": "--output", "backfill": "--deadletter", "collect": "--logs", "label": "--judge",
          "analyze": "--labels", "simulate": "--quality-effect", "embed": "--backbone", "train": "--grid",
-         "evaluate": "--runs", "export-triton": "--repository"}
+         "evaluate": "--runs", "export-triton": "--repository", "stream": "--deadletter-topic",
+         "stream-demo": "--triton", "replay": "--subscription", "serve-triton": "--grpc-port"}
 
 
 def test_every_command_is_covered():
