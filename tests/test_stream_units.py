@@ -105,3 +105,78 @@ def test_parse_routes_bad_messages_to_dead_letters_with_exact_bytes():
     result = p.run()
     result.wait_until_finish()
     assert counter(result, "deadletter_aggregator_malformed_json") == 1
+
+
+def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_config, es_index):
+    from transforms.analyzer import FeedRecord
+    from transforms.feeder import Feed
+
+    def doc(n: int) -> FeedRecord:
+        fields = {"id": f"f{n}", "updated_at": "2026-01-02T00:00:00.000000Z", "image_score": 0.5,
+                  "image_score_model": "m", "image_scored_at": "2026-01-02T00:00:00.000000Z",
+                  "image_score_image_url": "http://x/1.jpg", "image_score_version": "2026-01-02T00:00:00.000000Z",
+                  "created_at": "2026-01-01T00:00:00Z"}
+        return FeedRecord(fields, json.dumps({"id": f"f{n}"}), str(n), datetime.fromtimestamp(0, timezone.utc))
+
+    es_double.seed(es_index, {f"f{n}": {"created_at": "2026-01-01T00:00:00Z"} for n in range(8)})
+    es_double.requests.clear()
+    stream = (TestStream()
+              .add_elements([doc(0), doc(1)])           # bundles on each side of a short wait ...
+              .advance_processing_time(0.5)
+              .add_elements([doc(2)])                   # ... within the 1 s buffer: one batch
+              .add_elements([doc(3), doc(4), doc(5)])   # full at 4 (--es-max-docs): 0-3 flushed; 4, 5 wait
+              .advance_processing_time(2)               # the buffer timer flushes 4 and 5
+              .add_elements([doc(6)])                   # a new batch, flushed by its own timer
+              .advance_processing_time(2)
+              .advance_watermark_to_infinity())
+    p = streaming_pipeline()
+    dead = p | stream | Feed(es_config, es_index, max_docs=4, buffer_seconds=1.0, clock=zero)
+    assert_that(dead, equal_to([]))
+    result = p.run()
+    result.wait_until_finish()
+    sizes = [sum(1 for line in r.ndjson if "update" in line or "index" in line) for r in es_double.bulk_requests()]
+    assert sorted(sizes) == [1, 2, 4]
+    assert counter(result, "written") == 7
+
+
+def test_dead_letters_route_per_stage_with_original_bytes_and_origin():
+    from transforms.analyzer import Analyze
+    from transforms.deadletter_topic import to_message
+    from transforms.fetch import FetchPolicy
+    from transforms.inference import make_score_handler
+
+    blocked = item("meta", "2026-01-02T00:00:00Z")
+    blocked["image_urls"] = ["http://169.254.169.254/latest/meta-data/"]
+    raw_blocked = json.dumps(blocked).encode()
+    stream = (TestStream()
+              .add_elements([message(raw_blocked, "41", 100), message(b"\xff\xfe not json", "42", 101),
+                             message({"id": "gone", "deleted": True, "updated_at": "2026-01-02T00:00:00Z"}, "43", 102)])
+              .advance_watermark_to_infinity())
+    p = streaming_pipeline()
+    parsed = p | stream | ParseUpdates("aggregator")
+    analyzed = parsed.updates | Analyze(make_score_handler("handcrafted"), "handcrafted-v1", 224, FetchPolicy(),
+                                        40_000_000, None, "items")
+    letters = (parsed[DEAD_LETTER], analyzed[DEAD_LETTER]) | beam.Flatten() | beam.Map(to_message)
+    assert_that(letters | "Msg" >> beam.Map(lambda m: (m.data, dict(m.attributes))), equal_to([
+        (raw_blocked, {"stage": "analyzer", "reason": "blocked_address", "item_id": "meta", "message_id": "41",
+                       "publish_time": "1970-01-01T00:01:40.000000Z",
+                       "error": Contains("169.254.169.254")}),
+        (b"\xff\xfe not json", {"stage": "aggregator", "reason": "bad_encoding", "message_id": "42",
+                                "publish_time": "1970-01-01T00:01:41.000000Z", "error": Contains("not UTF-8")}),
+    ]), label="letters")
+    assert_that(analyzed["documents"] | "Docs" >> beam.Map(lambda d: (d["id"], d["deleted"], d["updated_at"])),
+                equal_to([("gone", True, "2026-01-02T00:00:00.000000Z")]), label="tombstone")
+    result = p.run()
+    result.wait_until_finish()
+    assert counter(result, "deadletter_analyzer_blocked_address") == 1
+    assert counter(result, "deadletter_aggregator_bad_encoding") == 1
+
+
+class Contains(str):
+    """Equal to any string that contains it (for error texts)."""
+
+    def __eq__(self, other):
+        return isinstance(other, str) and str.__contains__(other, str(self))
+
+    def __hash__(self):
+        return 0
