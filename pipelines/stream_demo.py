@@ -194,10 +194,11 @@ def run(argv: list[str] | None = None) -> int:
                     print(f"\nstream-demo: round {number} not accounted for within {args.timeout:g}s",
                           file=sys.stderr)
                     break
+            # The job publishes dead letters as it goes: read them while it still runs.
+            letters = _pull_dead_letters(emulator, dead_subscription, job.totals().get("deadlettered", 0))
             totals = job.cancel()
             started.remove(job.cancel)
             streaming.print_summary(totals, result)
-            letters = _pull_dead_letters(emulator, dead_subscription, totals.get("deadlettered", 0))
             reasons = Counter(f"{m.attributes.get('stage')}/{m.attributes.get('reason')}" for m in letters)
             print("stream-demo: dead letters on the topic: "
                   + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())))

@@ -198,6 +198,10 @@ def triton_model_info(spec: str, *, timeout_s: float = 10.0, wait_s: float = 30.
         model.client.close()
 
 
+#: spec -> (model_id, input_size, max_batch_size) of every model this process has reached
+_CONTRACTS: dict[str, tuple[str, int, int]] = {}
+
+
 class TritonModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, TritonModel]):
     """Scores uint8 HWC images on a Triton server; results match :class:`ScoreModelHandler`'s.
 
@@ -233,7 +237,20 @@ class TritonModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Triton
             if value is not None}
 
     def create_client(self) -> TritonModel:
-        return connect(self._spec, timeout_s=self._timeout_s, wait_s=self._wait_s)
+        key = str(self._spec)
+        recovering = self._unavailable_s is not None and key in _CONTRACTS
+        try:
+            model = connect(self._spec, timeout_s=self._timeout_s,
+                            wait_s=min(self._wait_s, 5.0) if recovering else self._wait_s)
+        except ConnectionError:
+            if not recovering:
+                raise
+            known = _CONTRACTS[key]
+            # The server went away after this process had reached it: keep the job running, and let each
+            # request retry until --model-unavailable-seconds, then dead-letter it (model_unavailable).
+            return TritonModel(InferenceServerClient(self._spec.url), self._spec, *known)
+        _CONTRACTS[key] = (model.model_id, model.input_size, model.max_batch_size)
+        return model
 
     def request(self, batch: Sequence[np.ndarray], model: TritonModel,
                 inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
