@@ -1,22 +1,47 @@
-"""Writing image scores to Elasticsearch as idempotent partial updates, from Beam.
+"""Writing items and image scores to Elasticsearch through the stale-update guard, from Beam.
 
-Each score record ``{"id", "image_score", "image_score_model", "image_scored_at"}``
-becomes an ``update`` of document ``id`` with those fields as ``doc``, so writing the
-same record twice leaves the same document, and the rest of the item is untouched.
+Every record becomes a bulk ``update`` of document ``id`` that runs the stored guard script
+(:mod:`es.guard`, installed by ``ensure_guard_script``), so a write is idempotent and an
+older version never overwrites a newer one, in any order of arrival. Two modes:
+
+* ``mode="score"`` (the backfill; streaming with ``--write score``) writes only the score
+  fields to a document another indexer owns. A record is
+  ``{"id", "updated_at", "image_score", "image_score_model", "image_scored_at",
+  "image_score_image_url"}``, exactly those keys; ``updated_at`` is the item version the
+  score was computed from. It is compared with the stored ``image_score_version``; a
+  tombstone is never written onto; a missing document is not created.
+* ``mode="document"`` (streaming's default) upserts the whole processed item: ``id``,
+  ``updated_at``, the item's other fields and, when scored, ``image_score``,
+  ``image_score_model``, ``image_scored_at``, ``image_score_image_url`` and optionally
+  ``image_score_version`` (default: ``updated_at``; pass the stored one when a score is
+  reused). A delete is ``{"id", "updated_at", "deleted": true}``; it replaces the document
+  by a tombstone (other fields are dropped). Compared with the stored ``updated_at``.
+
+``updated_at`` is an ISO 8601 string (naive times are UTC); the writer stores it, and
+``image_score_version``, in the guard's canonical UTC form. It also writes
+``image_score_rank`` (a ``rank_feature``) from ``image_score``. ``id`` names the document
+and is not written into it.
 
 Where each record ends up (exactly one place):
 
-* ``written``: the id, once Elasticsearch accepted the update (``updated`` or ``noop``).
-* ``missing``: the id, when the document does not exist (404 ``document_missing_exception``).
-  A counted skip: the item was deleted, or is not indexed yet.
+* ``written``: the id, once Elasticsearch created or updated the document.
+* ``deleted``: the id of a tombstone Elasticsearch accepted (document mode).
+* ``stale``: the id, when the guard answered ``noop``: the stored version is newer or the
+  same (a replay), or, in score mode, the document is a tombstone. A counted skip.
+* ``missing``: the id, when the document does not exist (score mode: 404
+  ``document_missing_exception``). A counted skip: the item was deleted, or is not indexed yet.
 * ``failed``: ``(record, reason, error)`` for per-document errors (``es_mapping_error``,
-  ``es_rejected`` for 429s that outlived the retries, ``es_<status>``) and ``es_bad_record``
-  for records without an id. The pipeline turns these into dead letters.
+  ``es_rejected`` for 429s that outlived the retries, ``es_script_error`` when the guard
+  script failed on a stored value, ``es_script_missing`` when it is not installed,
+  ``es_<status>``) and ``es_bad_record`` for records the writer cannot send (no id, no or a
+  malformed ``updated_at``, a non-numeric score, wrong score-mode fields). The pipeline turns
+  these into dead letters.
 
 Per-document 429s are retried by ``elasticsearch.helpers.streaming_bulk``. 5xx answers
 (per document or for the whole request) and connection failures are retried here, with
 exponential backoff, bounded in attempts and in time. When the connection still fails the
-bundle raises, so the runner retries it; the writes are idempotent, so that is safe.
+bundle raises, so the runner retries it; the writes are idempotent, so that is safe (a
+write that had landed before its answer was lost comes back ``stale``).
 Request-level refusals that no retry fixes (401, 403, a 400 for the whole request) raise too.
 """
 from __future__ import annotations
@@ -33,6 +58,7 @@ from apache_beam.transforms.window import BoundedWindow
 from apache_beam.utils.windowed_value import WindowedValue
 from elastic_transport import TransportError, Urllib3HttpNode
 from elasticsearch import helpers
+from elasticsearch.helpers import expand_action
 
 from es.client import (
     RETRYABLE_STATUSES,
@@ -43,10 +69,14 @@ from es.client import (
     make_client,
     scrub,
 )
+from es.guard import SCORE, WRITE_MODES, BadRecord, guard_params, guard_script, is_tombstone
 
 WRITTEN = "written"
+DELETED = "deleted"
+STALE = "stale"
 MISSING = "missing"
 FAILED = "failed"
+OUTPUT_TAGS = (WRITTEN, DELETED, STALE, MISSING, FAILED)
 
 MAPPING_ERROR_TYPES = frozenset({
     "mapper_parsing_exception", "document_parsing_exception", "strict_dynamic_mapping_exception",
@@ -121,6 +151,7 @@ class _Pending:
     record: dict
     id: str
     action: dict
+    tombstone: bool
     size: int
     timestamp: Any
     window: BoundedWindow
@@ -147,8 +178,11 @@ def _error_text(info: dict) -> str:
     if isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('reason')}"
         caused_by = error.get("caused_by")
-        if isinstance(caused_by, dict):
+        for _ in range(3):  # a script failure nests the cause that says what is wrong two levels down
+            if not isinstance(caused_by, dict):
+                break
             text += f" (caused by {caused_by.get('type')}: {caused_by.get('reason')})"
+            caused_by = caused_by.get("caused_by")
         return scrub(text)
     return scrub(str(error))
 
@@ -158,7 +192,7 @@ def _error_type(info: dict) -> str | None:
     return error.get("type") if isinstance(error, dict) else None
 
 
-def failure_reason(status: int, error_type: str | None) -> str:
+def failure_reason(status: int, error_type: str | None, caused_by: str | None = None) -> str:
     """The dead-letter reason for a per-document failure."""
     if status == 429:
         return "es_rejected"
@@ -166,34 +200,52 @@ def failure_reason(status: int, error_type: str | None) -> str:
         return "es_mapping_error"
     if error_type == "index_not_found_exception":
         return "es_index_not_found"
+    if error_type == "resource_not_found_exception":  # the only resource an update names is its stored script
+        return "es_script_missing"
+    if caused_by == "script_exception":
+        return "es_script_error"
     return f"es_{status}"
 
 
-def _compact_size(obj: Any) -> int:
-    return len(json.dumps(obj, separators=(",", ":"), default=str).encode("utf-8")) + 1
+def _caused_by_type(info: dict) -> str | None:
+    error = info.get("error")
+    caused_by = error.get("caused_by") if isinstance(error, dict) else None
+    return caused_by.get("type") if isinstance(caused_by, dict) else None
 
 
-def update_action(record: dict, index: str, retry_on_conflict: int = 3) -> dict:
-    """The bulk-helper action for one score record: a partial ``update`` of document ``record["id"]``.
+def update_action(record: dict, index: str, mode: str, retry_on_conflict: int = 3) -> dict:
+    """The bulk-helper action for one record: a guarded scripted ``update`` of document ``record["id"]``.
 
-    Every field but ``id`` goes into ``doc``. Also used to write the same updates as NDJSON files.
+    Raises :class:`~es.guard.BadRecord`. Also used to write the same updates as NDJSON files.
     """
-    return {"_op_type": "update", "_index": index, "_id": record["id"], "retry_on_conflict": retry_on_conflict,
-            "doc": {k: v for k, v in record.items() if k != "id"}}
+    doc_id, params = guard_params(record, mode)
+    action = {"_op_type": "update", "_index": index, "_id": doc_id, "retry_on_conflict": retry_on_conflict,
+              "script": guard_script(params)}
+    if mode != SCORE:
+        action.update(scripted_upsert=True, upsert={})
+    return action
+
+
+def bulk_lines(action: dict) -> str:
+    """The two ``_bulk`` NDJSON lines of a helper action, as the bulk helper sends them."""
+    header, body = expand_action(action)
+    return "\n".join(json.dumps(line, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                     for line in (header, body))
 
 
 class _BulkWriteFn(beam.DoFn):
     """Buffers records per bundle, up to the caps, and writes them with the bulk helper."""
 
-    def __init__(self, config: EsConfig, index: str, settings: WriteSettings):
+    def __init__(self, config: EsConfig, index: str, settings: WriteSettings, mode: str):
         self._config = config
         self._index = index
         self._settings = settings
+        self._mode = mode
         self._client = None
         self._helper_retries = helper_retries_within(
             settings.max_retries, settings.initial_backoff, settings.max_backoff, settings.max_retry_time)
         self._counters = {name: beam.metrics.Metrics.counter(_NAMESPACE, f"es_{name}") for name in (
-            "written", "missing", "failed", "retried", "bulk_requests", "bulk_bytes")}
+            *OUTPUT_TAGS, "retried", "bulk_requests", "bulk_bytes")}
 
     def setup(self) -> None:
         self._client = make_client(self._config, node_class=_MeteredNode)
@@ -210,21 +262,26 @@ class _BulkWriteFn(beam.DoFn):
 
     def process(self, record: dict, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam) -> Iterator[Any]:
-        doc_id = record.get("id") if isinstance(record, dict) else None
-        if not isinstance(doc_id, str) or not doc_id:
-            self._counters["failed"].inc()
-            yield beam.pvalue.TaggedOutput(FAILED, (record, "es_bad_record", scrub(
-                f"score record has no string 'id' (got {type(doc_id).__name__}); it cannot name a document")))
+        try:
+            action = update_action(record, self._index, self._mode, self._settings.retry_on_conflict)
+            size = len(bulk_lines(action).encode("utf-8")) + 2  # and the two newlines
+        except BadRecord as exc:
+            self._counters[FAILED].inc()
+            yield beam.pvalue.TaggedOutput(FAILED, (record, "es_bad_record", scrub(str(exc))))
             return
-        action = update_action(record, self._index, self._settings.retry_on_conflict)
-        header = {"update": {k: action[k] for k in ("_id", "_index", "retry_on_conflict")}}
-        size = _compact_size(header) + _compact_size({"doc": action["doc"]})
+        except (TypeError, ValueError) as exc:  # not JSON: NaN, a datetime, a set...
+            self._counters[FAILED].inc()
+            yield beam.pvalue.TaggedOutput(FAILED, (record, "es_bad_record", scrub(
+                f"record {action['_id']!r} cannot be sent as JSON ({exc}); send JSON values only")))
+            return
+        doc_id = action["_id"]
         # A second update of the same id waits for the next request, so updates keep their order.
         if self._buffer and (doc_id in self._buffer_ids
                              or len(self._buffer) >= self._settings.max_docs
                              or self._buffer_bytes + size > self._settings.max_bytes):
             yield from self._flush()
-        self._buffer.append(_Pending(record, doc_id, action, size, timestamp, window))
+        self._buffer.append(_Pending(record, doc_id, action, is_tombstone(action["script"]["params"]), size,
+                                     timestamp, window))
         self._buffer_ids.add(doc_id)
         self._buffer_bytes += size
 
@@ -296,7 +353,8 @@ class _BulkWriteFn(beam.DoFn):
 
     def _classify(self, ok: bool, info: dict, entry: _Pending, result: _Attempt) -> None:
         if ok:
-            result.outcomes.append(_Outcome(WRITTEN, entry.id, entry))
+            tag = STALE if info.get("result") == "noop" else DELETED if entry.tombstone else WRITTEN
+            result.outcomes.append(_Outcome(tag, entry.id, entry))
             return
         status = int(info.get("status", 500))
         error_type = _error_type(info)
@@ -313,43 +371,53 @@ class _BulkWriteFn(beam.DoFn):
         elif status == 404 and error_type == "document_missing_exception":
             result.outcomes.append(_Outcome(MISSING, entry.id, entry))
         else:
-            reason = failure_reason(status, error_type)
+            reason = failure_reason(status, error_type, _caused_by_type(info))
             result.outcomes.append(_Outcome(FAILED, (entry.record, reason, error), entry))
 
 
 class WriteToElasticsearch(beam.PTransform):
-    """Partial-update score records into ``index``; outputs tagged ``written``, ``missing``, ``failed``.
+    """Write records through the stale-update guard into ``index``; outputs tagged
+    ``written``, ``deleted``, ``stale``, ``missing``, ``failed`` (see the module docstring).
 
+    ``mode`` (required, keyword) is ``"score"`` (score fields onto documents another indexer
+    owns) or ``"document"`` (upsert whole processed items and tombstones). The guard script must be
+    stored first (:func:`es.guard.ensure_guard_script`, at start-up like the mapping).
     Batches are capped by ``max_docs`` and ``max_bytes`` (request body bytes). ``max_retries``,
     ``initial_backoff``, ``max_backoff`` and ``max_retry_time`` bound the retries of one batch.
-    Metrics (namespace ``imagescore``): es_written, es_missing, es_failed, es_retried
-    (documents sent again), es_bulk_requests, es_bulk_bytes.
+    Metrics (namespace ``imagescore``): es_written, es_deleted, es_stale, es_missing,
+    es_failed, es_retried (documents sent again), es_bulk_requests, es_bulk_bytes.
     """
 
     def __init__(self, config: EsConfig, index: str, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
                  max_retries: int = 5, initial_backoff: float = 0.5, max_backoff: float = 30.0,
-                 max_retry_time: float = 120.0, label: str | None = None):
+                 max_retry_time: float = 120.0, label: str | None = None, *, mode: str):
         super().__init__(label)
         if not index or any(c in index for c in ' "*\\/,|<>?#'):
             raise ValueError(f"{index!r} is not a concrete index name; the writer needs one index or alias")
+        if mode not in WRITE_MODES:
+            raise ValueError(f"write mode must be one of {WRITE_MODES}, got {mode!r}")
         self._config = config
         self._index = index
+        self._mode = mode
         self._settings = WriteSettings(max_docs, max_bytes, max_retries, initial_backoff, max_backoff,
                                        max_retry_time)
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return records | "BulkUpdate" >> beam.ParDo(
-            _BulkWriteFn(self._config, self._index, self._settings)).with_outputs(WRITTEN, MISSING, FAILED)
+            _BulkWriteFn(self._config, self._index, self._settings, self._mode)).with_outputs(*OUTPUT_TAGS)
 
 
-def write_batch(config: EsConfig, index: str, records: Iterable[dict], **settings: Any) -> dict[str, list]:
-    """Write ``records`` outside Beam (one bundle); returns ``{"written": [...], "missing": [...], "failed": [...]}``.
+def write_batch(config: EsConfig, index: str, records: Iterable[dict], *, mode: str,
+                **settings: Any) -> dict[str, list]:
+    """Write ``records`` outside Beam (one bundle); returns a list per output tag (``written``, ``deleted``, ...).
 
     For scripts and tests; the same code path as the transform.
     """
-    fn = _BulkWriteFn(config, index, WriteSettings(**settings))
+    if mode not in WRITE_MODES:
+        raise ValueError(f"write mode must be one of {WRITE_MODES}, got {mode!r}")
+    fn = _BulkWriteFn(config, index, WriteSettings(**settings), mode)
     fn.setup()
-    out: dict[str, list] = {WRITTEN: [], MISSING: [], FAILED: []}
+    out: dict[str, list] = {tag: [] for tag in OUTPUT_TAGS}
     try:
         fn.start_bundle()
         window = beam.transforms.window.GlobalWindow()

@@ -20,18 +20,44 @@ from es.client import scrubbed_errors
 SCORE_FIELD = "image_score"
 MODEL_FIELD = "image_score_model"
 SCORED_AT_FIELD = "image_scored_at"
+SCORED_URL_FIELD = "image_score_image_url"  # the URL that was scored: streaming reuses a score while it is unchanged
+SCORE_VERSION_FIELD = "image_score_version"  # the item version (updated_at) the score was computed from
+RANK_FIELD = "image_score_rank"  # rank_feature copy of image_score, for the rank_feature query
+DELETED_FIELD = "deleted"  # true on a tombstone
+VERSION_FIELD = "updated_at"  # the item version; the stale-update guard compares it (es/guard.py)
 CREATED_AT_FIELD = "created_at"  # owned by the item indexer; the backfill source filters on it
+
+# rank_feature values must be positive normal floats, and Elasticsearch keeps only 9 significant bits.
+RANK_FEATURE_FLOOR = 1e-4
 
 DEFAULT_TEMPLATE_PRIORITY = 200
 
 
 def score_properties() -> dict[str, dict[str, Any]]:
-    """Mapping properties of the three fields the score writers set."""
+    """Mapping properties of the fields both score writers set, and of the tombstone flag they read."""
     return {
         SCORE_FIELD: {"type": "float"},
         MODEL_FIELD: {"type": "keyword"},
         SCORED_AT_FIELD: {"type": "date"},
+        SCORED_URL_FIELD: {"type": "keyword"},
+        SCORE_VERSION_FIELD: {"type": "date"},
+        RANK_FIELD: {"type": "rank_feature"},
+        DELETED_FIELD: {"type": "boolean"},
     }
+
+
+def document_properties() -> dict[str, dict[str, Any]]:
+    """:func:`score_properties` plus ``updated_at``: the fields a job that owns whole documents maps.
+
+    Kept apart because in score mode ``updated_at`` belongs to another indexer, which may
+    map it with its own date format; putting ours could conflict.
+    """
+    return {**score_properties(), VERSION_FIELD: {"type": "date"}}
+
+
+def rank_feature_value(score: float) -> float:
+    """The ``image_score_rank`` value for ``score``: a score of 0 becomes the smallest value a rank_feature takes."""
+    return max(float(score), RANK_FEATURE_FLOOR)
 
 
 def template_name_for(index_pattern: str) -> str:
@@ -69,12 +95,14 @@ def ensure_index_template(client: Elasticsearch, index: str, *, name: str | None
     return name
 
 
-def ensure_score_mapping(client: Elasticsearch, index: str) -> None:
+def ensure_score_mapping(client: Elasticsearch, index: str, *, owns_documents: bool = False) -> None:
     """Add the score fields to an existing index (or every index a pattern matches).
 
-    Fails with a clear message when a field already exists with another type, which no
-    put-mapping can change; that needs a reindex.
+    ``owns_documents``: the caller writes whole documents (document mode), so ``updated_at``
+    is mapped too. Fails with a clear message when a field already exists with another
+    type, which no put-mapping can change; that needs a reindex.
     """
+    properties = document_properties() if owns_documents else score_properties()
     with scrubbed_errors(f"putting the image score mapping on index {index!r} "
                          "(an existing field of another type needs a reindex)"):
-        client.indices.put_mapping(index=index, properties=score_properties())
+        client.indices.put_mapping(index=index, properties=properties)

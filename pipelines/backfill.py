@@ -3,7 +3,7 @@
     items (Elasticsearch PIT slices | JSONL files)
       -> ParseItems -> window filter -> FetchImages -> DecodeImages
       -> RunInference(ScoreModelHandler) -> score records
-      -> WriteToElasticsearch | scores*.jsonl + bulk*.ndjson
+      -> WriteToElasticsearch (score mode, through the stale-update guard) | scores*.jsonl + bulk*.ndjson
     every reject -> deadletter*.jsonl
 
 Every input record ends in exactly one place: a score, a counted skip, or a
@@ -22,8 +22,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from es.bulk_writer import WriteToElasticsearch, update_action
+from es.bulk_writer import WriteToElasticsearch, bulk_lines, update_action
 from es.client import EsConfig, make_client
+from es.guard import SCORE, ensure_guard_script
 from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
 from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, help_requested
@@ -60,9 +61,14 @@ def _scored_at() -> str:
 
 
 def score_record(item: Item, score: float, model_id: str) -> dict:
-    """The record written to ``scores*.jsonl`` and, as a partial update, to Elasticsearch."""
-    return {"id": item.id, "image_score": float(score), "image_score_model": model_id,
-            "image_scored_at": _scored_at()}
+    """The record written to ``scores*.jsonl`` and, through the stale-update guard, to Elasticsearch.
+
+    ``updated_at`` is the item version the score was computed from (``created_at`` for an
+    item that was never updated), so the guard keeps a score streaming wrote from a newer one.
+    """
+    return {"id": item.id, "updated_at": (item.updated_at or item.created_at).isoformat(),
+            "image_score": float(score), "image_score_model": model_id, "image_scored_at": _scored_at(),
+            "image_score_image_url": item.thumbnail}
 
 
 class _KeepRecent(beam.DoFn):
@@ -90,9 +96,7 @@ class _ToScoreRecord(beam.DoFn):
 
 
 def _bulk_lines(record: dict, index: str) -> str:
-    action = update_action(record, index)
-    header = {"update": {"_index": action["_index"], "_id": action["_id"]}}
-    return json.dumps(header) + "\n" + json.dumps({"doc": action["doc"]})
+    return bulk_lines(update_action(record, index, SCORE))
 
 
 def _dead_letter_from_write(failure) -> dict:
@@ -102,10 +106,15 @@ def _dead_letter_from_write(failure) -> dict:
 
 
 def _ensure_mapping(config: EsConfig, index: str) -> None:
-    """Map the score fields before any write, so ``image_score_model`` is a keyword the source can filter on."""
+    """Map the score fields and store the guard script before any write.
+
+    The mapping makes ``image_score_model`` a keyword the source can filter on; every write
+    runs the stored guard script (``es/guard.py``).
+    """
     client = make_client(config)
     try:
         ensure_score_mapping(client, index)
+        ensure_guard_script(client)
     finally:
         client.close()
 
@@ -173,7 +182,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
     else:
         _ensure_mapping(es_config, eo.es_index)
         written = records | "WriteIndex" >> WriteToElasticsearch(
-            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes)
+            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes, mode=SCORE)
         dead.append(written.failed | "WriteFailures" >> beam.Map(_dead_letter_from_write))
         deadletter_dir = bo.deadletter.rstrip("/")
     _ = (dead | "AllDeadLetters" >> beam.Flatten()
@@ -197,7 +206,8 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     written = totals.get("scored", 0) if to_files else totals.get("es_written", 0)
     skipped = sum(v for k, v in totals.items() if k.startswith("skipped_")) + totals.get("es_missing", 0)
     print(f"backfill: read {totals.get('items_read', 0):,}, scored {totals.get('scored', 0):,}, "
-          f"written {written:,}, skipped {skipped:,}, dead-lettered {totals.get('deadlettered', 0):,}")
+          f"written {written:,}, stale {totals.get('es_stale', 0):,} (a newer score was already there), "
+          f"skipped {skipped:,}, dead-lettered {totals.get('deadlettered', 0):,}")
     return result
 
 

@@ -11,7 +11,8 @@ type checking; ``PUT|GET /idx/_doc/id``; ``_refresh`` (search sees only refreshe
 documents, as in Elasticsearch); ``_count``; ``_bulk`` with ``update`` (``doc``) and
 ``index`` actions; ``_pit`` open and close; ``_search`` with ``pit``, ``slice``, ``sort``,
 ``search_after``, ``size`` and the ``bool``/``range``/``term``/``exists``/``match_all``
-queries. Faults can be injected (whole-request errors, per-item bulk errors such as
+queries; stored scripts and scripted bulk updates, for the one stored script the project
+uses (``tests/es_double_script.py``); ``rank_feature`` fields. Faults can be injected (whole-request errors, per-item bulk errors such as
 429 storms) and authentication can be required.
 
 Run it by hand with ``python -m tests.es_double --port 9200``.
@@ -36,10 +37,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests import es_double_script
+
 SUPPORTED_COMPAT = (8, 9)
 NUMERIC_TYPES = {"float": float, "half_float": float, "double": float, "long": int, "integer": int,
                  "short": int, "byte": int}
-FIELD_TYPES = set(NUMERIC_TYPES) | {"keyword", "text", "date", "boolean", "object"}
+FIELD_TYPES = set(NUMERIC_TYPES) | {"keyword", "text", "date", "boolean", "object", "rank_feature"}
 COMMON_PARAMS = {"error_trace", "filter_path", "human", "pretty"}
 DATE_FORMAT = "strict_date_optional_time||epoch_millis"
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
@@ -134,7 +137,7 @@ def _validate_properties(properties: Any, where: str) -> dict:
             raise EsHttpError(400, "mapper_parsing_exception",
                               f"No handler for type [{type_}] declared on field [{name}]")
         unknown = set(spec) - {"type", "format", "fields", "index", "doc_values", "ignore_above", "null_value",
-                               "properties", "coerce"}
+                               "properties", "coerce", "positive_score_impact"}
         if unknown:
             raise EsHttpError(400, "mapper_parsing_exception",
                               f"unknown parameter [{min(unknown)}] on mapper [{name}] of type [{type_}]")
@@ -191,6 +194,9 @@ def _check_value(name: str, type_: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, list):
+        if type_ == "rank_feature":
+            raise ValueError("illegal_argument_exception", f"[rank_feature] fields do not support indexing multiple "
+                             f"values for the same field [{name}] in the same document")
         for item in value:
             _check_value(name, type_, item)
         return
@@ -207,6 +213,10 @@ def _check_value(name: str, type_: str, value: Any) -> None:
             parse_date(value)
         except ValueError as exc:
             raise ValueError("illegal_argument_exception", str(exc)) from None
+    elif type_ == "rank_feature":  # Lucene's FeatureField: one positive normal float per document
+        if isinstance(value, (bool, dict)) or not isinstance(value, (int, float)) or not value >= 1.1754944e-38:
+            raise ValueError("illegal_argument_exception", f"featureValue must be a positive normal float, got: "
+                             f"{value} for feature {name} which is less than the minimum positive normal float")
     elif type_ == "boolean":
         if not (isinstance(value, bool) or value in ("true", "false", "")):
             raise ValueError("illegal_argument_exception",
@@ -453,6 +463,7 @@ class EsDouble:
         self._indices: dict[str, _Index] = {}
         self._templates: dict[str, dict] = {}
         self._pits: dict[str, dict] = {}
+        self._scripts: dict[str, dict] = {}  # stored scripts, see tests/es_double_script.py
         self._faults: list[_Fault] = []
         self._item_faults: list[_Fault] = []
         self._auth: set[str] | None = None
@@ -502,6 +513,7 @@ class EsDouble:
             self._indices.clear()
             self._templates.clear()
             self._pits.clear()
+            self._scripts.clear()
             self._faults.clear()
             self._item_faults.clear()
             self._auth = None
@@ -788,6 +800,10 @@ def _route(double: EsDouble, method: str, path: str, params: dict, body: bytes, 
             ("POST", ("_search",)): _search, ("GET", ("_search",)): _search,
             ("POST", ("*", "_search")): _search, ("GET", ("*", "_search")): _search,
             ("POST", ("*", "_count")): _count, ("GET", ("*", "_count")): _count,
+            ("PUT", ("_scripts", "*")): _stored_script(es_double_script.put_script),
+            ("POST", ("_scripts", "*")): _stored_script(es_double_script.put_script),
+            ("GET", ("_scripts", "*")): _stored_script(es_double_script.get_script),
+            ("DELETE", ("_scripts", "*")): _stored_script(es_double_script.delete_script),
             ("PUT", ("*", "_mapping")): _put_mapping, ("POST", ("*", "_mapping")): _put_mapping,
             ("GET", ("*", "_mapping")): _get_mapping,
             ("PUT", ("*", "_doc", "*")): _index_doc, ("POST", ("*", "_doc", "*")): _index_doc,
@@ -799,6 +815,18 @@ def _route(double: EsDouble, method: str, path: str, params: dict, body: bytes, 
         if handler is None:
             raise _bad(f"no handler found for uri [{path}] and method [{method}]")
         return handler(double, parts, params, body)
+
+
+def _script_call(function: Any, *args: Any) -> Any:
+    """Run a hook of tests/es_double_script.py, turning its errors into the double's."""
+    try:
+        return function(*args)
+    except es_double_script.ScriptError as exc:
+        raise EsHttpError(exc.status, exc.type, exc.reason, **exc.extra) from None
+
+
+def _stored_script(function: Any) -> Any:
+    return lambda double, parts, params, body: _script_call(function, double._scripts, parts[1], params, body)
 
 
 def _info(double: EsDouble) -> dict:
@@ -1004,7 +1032,9 @@ def _bulk(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[int
             raise EsHttpError(400, "x_content_parse_exception", f"[{position + 2}:1] Unexpected character") from None
         if not isinstance(source, dict):
             raise EsHttpError(400, "x_content_parse_exception", f"[{position + 2}:1] expected a JSON object")
-        if op == "update":
+        if op == "update" and set(source) & es_double_script.UPDATE_FIELDS:
+            _script_call(es_double_script.check_update_body, source, position + 2)
+        elif op == "update":
             unknown = set(source) - {"doc", "detect_noop", "doc_as_upsert"}
             if unknown:
                 raise EsHttpError(400, "x_content_parse_exception",
@@ -1053,6 +1083,16 @@ def _bulk_item(double: EsDouble, op: str, index_name: str, doc_id: str, source: 
                          "_shards": _shards(), "_seq_no": doc.seq_no, "_primary_term": 1,
                          "status": 201 if created else 200}}
         old = index.docs.get(doc_id)
+        if "script" in source:  # a scripted update, see tests/es_double_script.py
+            result, new_source = _script_call(es_double_script.apply_update, double._scripts, doc_id,
+                                              old.source if old else None, source)
+            if result == "noop":
+                return {op: {**base, "_version": old.version if old else -1, "result": "noop",
+                             "_shards": {**_shards(), "total": 0, "successful": 0},
+                             "_seq_no": old.seq_no if old else -2, "_primary_term": 1 if old else 0, "status": 200}}
+            doc, created = double._put_doc(index, doc_id, new_source)
+            return {op: {**base, "_version": doc.version, "result": result, "_shards": _shards(),
+                         "_seq_no": doc.seq_no, "_primary_term": 1, "status": 201 if created else 200}}
         if old is None:
             if source.get("doc_as_upsert"):
                 doc, _ = double._put_doc(index, doc_id, dict(source["doc"]))

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from es.guard import GUARD_SCRIPT_ID, canonical_version
+from es.mapping import score_properties
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
 from pipelines.report import counters
@@ -75,7 +77,15 @@ def test_files_to_output_every_record_lands_once(catalog, tmp_path):
     headers, docs = lines[0::2], lines[1::2]
     assert {h["update"]["_id"] for h in headers} == {s["id"] for s in scores}
     assert all(h["update"]["_index"] == "catalog" for h in headers)
-    assert all(set(d["doc"]) == {"image_score", "image_score_model", "image_scored_at"} for d in docs)
+    # Guarded score-mode updates: the same stored script as the writer, no upsert.
+    assert all(d["script"]["id"] == GUARD_SCRIPT_ID and "upsert" not in d for d in docs)
+    by_id = {s["id"]: s for s in scores}
+    for header, doc in zip(headers, docs):
+        params, record = doc["script"]["params"], by_id[header["update"]["_id"]]
+        assert params["score"] is True and params["version"] == canonical_version(record["updated_at"])
+        assert set(params["fields"]) == set(score_properties()) - {"deleted"}
+    assert all(set(s) == {"id", "updated_at", "image_score", "image_score_model", "image_scored_at",
+                          "image_score_image_url"} for s in scores)
     c = counters(result)
     assert c["items_read"] == len(entries)
 

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from es.bulk_writer import write_batch
+from es.guard import SCORE, canonical_version
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.report import counters
@@ -44,11 +46,16 @@ def _seedable(entries):
     return docs
 
 
-def test_files_to_elasticsearch(catalog, es_url, es_client, es_index, tmp_path):
+def test_files_to_elasticsearch(catalog, es_url, es_config, es_client, es_index, tmp_path):
     server, entries = catalog
     docs = _seedable(entries)
     unindexed = "prod-000"  # scored, but its document is not in the index: a counted skip
     seed_items(es_client, es_index, {i: r for i, (r, _) in docs.items() if i != unindexed})
+    # Streaming already scored one item from a newer version of it: the backfill's older score must not land.
+    streamed = sorted(i for i, (_, expect) in docs.items() if expect == "scored" and i != unindexed)[0]
+    newer = {"id": streamed, "updated_at": NOW.isoformat(), "image_score": 0.123, "image_score_model": "stream-v9",
+             "image_scored_at": NOW.isoformat(), "image_score_image_url": docs[streamed][0]["image_urls"][0]}
+    assert write_batch(es_config, es_index, [newer], mode=SCORE)["written"] == [streamed]
     items = tmp_path / "items.jsonl"
     items.write_text("".join(e.record + "\n" for e in entries))
     dead_dir = tmp_path / "dead"
@@ -56,17 +63,20 @@ def test_files_to_elasticsearch(catalog, es_url, es_client, es_index, tmp_path):
                            "--deadletter", str(dead_dir), "--allow-image-hosts", server.host_port,
                            "--now", NOW.isoformat()])
     es_client.indices.refresh(index=es_index)
-    scored = {i for i, (_, expect) in docs.items() if expect == "scored"} - {unindexed}
+    scored = {i for i, (_, expect) in docs.items() if expect == "scored"} - {unindexed, streamed}
+    assert es_client.get(index=es_index, id=streamed)["_source"]["image_score_model"] == "stream-v9"
     for item_id in scored:
         source = es_client.get(index=es_index, id=item_id)["_source"]
         assert 0 <= source["image_score"] <= 1 and source["image_score_model"] == "handcrafted-v1"
         assert source["title"] == docs[item_id][0]["title"]  # a partial update keeps the rest
+        assert source["image_score_version"] == canonical_version(docs[item_id][0]["created_at"])
     dead = _jsonl(f"{dead_dir}/deadletter*.jsonl")
     assert sorted(d["reason"] for d in dead) == sorted(e.expect for e in entries if e.expect not in ("scored", "skipped"))
     assert "bad_date" in {d["reason"] for d in dead}
     c = counters(result)
-    assert c["es_written"] == len(scored) and c["es_missing"] == 1
-    assert c["es_written"] + c["es_missing"] + len(dead) + c["skipped_outside_window"] == len(entries)
+    assert c["es_written"] == len(scored) and c["es_missing"] == 1 and c["es_stale"] == 1
+    assert (c["es_written"] + c["es_stale"] + c["es_missing"] + len(dead) + c["skipped_outside_window"]
+            == len(entries))
 
 
 def test_index_source_scores_then_rerun_skips_scored_items(catalog, es_url, es_client, es_index, tmp_path):

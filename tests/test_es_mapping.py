@@ -8,8 +8,10 @@ import pytest
 from es.client import EsError
 from es.mapping import (
     ensure_index_template,
+    document_properties,
     ensure_score_mapping,
     index_template_body,
+    rank_feature_value,
     score_properties,
     template_name_for,
 )
@@ -22,7 +24,10 @@ def _types(client, index: str) -> dict[str, str]:
 
 def test_score_fields_have_the_documented_types():
     assert score_properties() == {"image_score": {"type": "float"}, "image_score_model": {"type": "keyword"},
-                                  "image_scored_at": {"type": "date"}}
+                                  "image_scored_at": {"type": "date"}, "image_score_image_url": {"type": "keyword"},
+                                  "image_score_version": {"type": "date"},
+                                  "image_score_rank": {"type": "rank_feature"}, "deleted": {"type": "boolean"}}
+    assert document_properties() == {**score_properties(), "updated_at": {"type": "date"}}
     body = index_template_body("items-*", {"created_at": {"type": "date"}})
     assert body["index_patterns"] == ["items-*"]
     assert body["template"]["mappings"]["properties"]["created_at"] == {"type": "date"}
@@ -51,9 +56,13 @@ def test_put_mapping_twice_is_harmless(es_client):
         ensure_score_mapping(es_client, index)
         ensure_score_mapping(es_client, index)
         types = _types(es_client, index)
-        assert {k: types[k] for k in score_properties()} == {"image_score": "float", "image_score_model": "keyword",
-                                                             "image_scored_at": "date"}
-        assert types["title"] == "text"
+        assert {k: types[k] for k in score_properties()} == {
+            "image_score": "float", "image_score_model": "keyword", "image_scored_at": "date",
+            "image_score_image_url": "keyword", "image_score_version": "date", "image_score_rank": "rank_feature",
+            "deleted": "boolean"}
+        assert types["title"] == "text" and "updated_at" not in types  # score mode: the item indexer owns it
+        ensure_score_mapping(es_client, index, owns_documents=True)
+        assert _types(es_client, index)["updated_at"] == "date"
     finally:
         es_client.options(ignore_status=404).indices.delete(index=index)
 
@@ -78,3 +87,19 @@ def test_mapping_on_a_missing_index_names_it(es_client):
 def test_template_names_are_stable_and_safe():
     assert template_name_for("items-*") == template_name_for("items-*") == "imagescore-items"
     assert template_name_for("*") == "imagescore-all"
+
+
+def test_rank_feature_value_is_positive_and_keeps_the_order():
+    assert rank_feature_value(0.0) == rank_feature_value(-0.5) == 1e-4 > 0
+    assert rank_feature_value(0.25) == 0.25 and rank_feature_value(1) == 1.0
+
+
+def test_rank_feature_refuses_zero_so_the_writer_never_sends_it(es_client):
+    index = f"imagescore-test-{uuid.uuid4().hex[:8]}"
+    es_client.indices.create(index=index, mappings={"properties": score_properties()})
+    try:
+        with pytest.raises(Exception, match="image_score_rank"):
+            es_client.index(index=index, id="zero", document={"image_score_rank": 0.0})
+        es_client.index(index=index, id="floor", document={"image_score_rank": rank_feature_value(0.0)})
+    finally:
+        es_client.options(ignore_status=404).indices.delete(index=index)

@@ -26,9 +26,9 @@ SECRETS = (API_KEY, USERNAME, PASSWORD)
 FAST = {"max_retries": 1, "initial_backoff": 0.01, "max_backoff": 0.02, "max_retry_time": 5.0}
 
 
-def _score(doc_id: str, value=0.5) -> dict:
-    return {"id": doc_id, "image_score": value, "image_score_model": "m-v1",
-            "image_scored_at": "2025-06-01T00:00:00Z"}
+def _score(doc_id: str, scored_at="2025-06-01T00:00:00Z") -> dict:
+    return {"id": doc_id, "updated_at": "2025-05-01T00:00:00Z", "image_score": 0.5, "image_score_model": "m-v1",
+            "image_scored_at": scored_at, "image_score_image_url": f"http://img.test/{doc_id}.jpg"}
 
 
 def _assert_clean(*texts: str) -> None:
@@ -64,7 +64,7 @@ def logs(caplog):
 def test_bad_api_key_401(es_double, es_config, api_key_env, logs, capsys):
     es_double.require_auth(api_key="the-real-key", echo_credentials=True)
     with pytest.raises(EsError) as caught:
-        write_batch(es_config, "items", [_score("a")], **FAST)
+        write_batch(es_config, "items", [_score("a")], mode="score", **FAST)
     assert caught.value.status == 401
     assert "ES_API_KEY" in str(caught.value)  # says what to check, without the value
     assert [r.auth_scheme for r in es_double.bulk_requests()] == ["ApiKey"]
@@ -75,7 +75,7 @@ def test_bad_api_key_401(es_double, es_config, api_key_env, logs, capsys):
 def test_bad_password_401(es_double, es_config, basic_env, logs, capsys):
     es_double.require_auth(basic=(USERNAME, "another-password"), echo_credentials=True)
     with pytest.raises(EsError) as caught:
-        write_batch(es_config, "items", [_score("a")], **FAST)
+        write_batch(es_config, "items", [_score("a")], mode="score", **FAST)
     assert [r.auth_scheme for r in es_double.bulk_requests()] == ["Basic"]
     out = capsys.readouterr()
     _assert_clean(_exception_text(caught.value), logs.text, out.out, out.err)
@@ -84,7 +84,7 @@ def test_bad_password_401(es_double, es_config, basic_env, logs, capsys):
 def test_401_through_beam(es_double, es_config, api_key_env, logs, capsys):
     es_double.require_auth(api_key="the-real-key", echo_credentials=True)
     pipeline = BeamTestPipeline(runner="DirectRunner")
-    _ = pipeline | beam.Create([_score("a")]) | WriteToElasticsearch(es_config, "items", **FAST)
+    _ = pipeline | beam.Create([_score("a")]) | WriteToElasticsearch(es_config, "items", mode="score", **FAST)
     with pytest.raises(Exception) as caught:
         pipeline.run().wait_until_finish()
     assert "401" in str(caught.value)
@@ -109,7 +109,8 @@ def test_per_document_errors_are_scrubbed(api_key_env, es_double, es_config, es_
     es_client.index(index=es_index, id="b", document={"title": "t"})
     es_double.fail_bulk_items(400, ids=["a"], error_type="illegal_argument_exception",
                               reason=f"request carried [ApiKey {API_KEY}]")
-    out = write_batch(es_config, es_index, [_score("a"), _score("b", "not-a-number"), _score("gone")], **FAST)
+    out = write_batch(es_config, es_index, [_score("a"), _score("b", "not-a-date"), _score("gone")], mode="score",
+                      **FAST)
     assert [(f[0]["id"], f[1]) for f in out["failed"]] == [("a", "es_400"), ("b", "es_mapping_error")]
     assert "<ES_API_KEY redacted>" in out["failed"][0][2]
     assert out["missing"] == ["gone"]
@@ -122,7 +123,8 @@ def test_connection_refused(es_config, basic_env, logs, capsys):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(EsError) as caught:
-        write_batch(EsConfig(f"http://127.0.0.1:{port}", request_timeout=1), "items", [_score("a")], **FAST)
+        write_batch(EsConfig(f"http://127.0.0.1:{port}", request_timeout=1), "items", [_score("a")], mode="score",
+                    **FAST)
     out = capsys.readouterr()
     _assert_clean(_exception_text(caught.value), logs.text, out.out, out.err)
 

@@ -102,8 +102,9 @@ def test_elements_are_source_json_with_the_id(es_config, es_client, es_index):
 def test_a_rerun_after_scoring_reads_nothing(es_config, es_client, es_index):
     expected = seed_backfill_index(es_client, es_index, n=20)
     out = write_batch(es_config, es_index, [
-        {"id": doc_id, "image_score": 0.5, "image_score_model": MODEL, "image_scored_at": _ago(0)}
-        for doc_id in expected])
+        {"id": doc_id, "updated_at": _ago(1), "image_score": 0.5, "image_score_model": MODEL,
+         "image_scored_at": _ago(0), "image_score_image_url": f"https://img.example/{doc_id}.jpg"}
+        for doc_id in expected], mode="score")
     assert sorted(out["written"]) == sorted(expected)
     es_client.indices.refresh(index=es_index)
     read_and_check(es_config, es_index, set(), slices=2)

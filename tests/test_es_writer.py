@@ -17,14 +17,23 @@ from es.bulk_writer import (
     write_batch,
 )
 from es.client import EsConfig, EsError
+from es.guard import GUARD_SCRIPT_ID, canonical_version
 from tests.fixtures.es import seed_items
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
 
 
-def score(doc_id: str, value: float | str = 0.5, model: str = "handcrafted-v1") -> dict:
-    return {"id": doc_id, "image_score": value, "image_score_model": model,
-            "image_scored_at": "2025-06-01T12:00:00+00:00"}
+def score(doc_id: str, value: float | str = 0.5, model: str = "handcrafted-v1",
+          version: str = "2025-05-02T00:00:00Z", scored_at: str = "2025-06-01T12:00:00+00:00") -> dict:
+    return {"id": doc_id, "updated_at": version, "image_score": value, "image_score_model": model,
+            "image_scored_at": scored_at, "image_score_image_url": f"http://img.test/{doc_id}.jpg"}
+
+
+def stored(record: dict) -> dict:
+    """The score fields a score record leaves in the document."""
+    return {**{k: v for k, v in record.items() if k not in ("id", "updated_at")},
+            "image_score_rank": max(record["image_score"], 1e-4),
+            "image_score_version": canonical_version(record["updated_at"])}
 
 
 def items(n: int, prefix: str = "item") -> dict[str, dict]:
@@ -34,7 +43,7 @@ def items(n: int, prefix: str = "item") -> dict[str, dict]:
 def run_pipeline(config: EsConfig, index: str, records: list, **settings):
     """Run the transform on DirectRunner; returns the imagescore counters."""
     pipeline = BeamTestPipeline(runner="DirectRunner")
-    _ = pipeline | beam.Create(records) | WriteToElasticsearch(config, index, **settings)
+    _ = pipeline | beam.Create(records) | WriteToElasticsearch(config, index, mode="score", **settings)
     result = pipeline.run()
     result.wait_until_finish()
     counters = {r.key.metric.name: r.committed
@@ -44,32 +53,31 @@ def run_pipeline(config: EsConfig, index: str, records: list, **settings):
 
 def test_pipeline_routes_every_record_to_exactly_one_output(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(4))
-    records = [score("item-0", 0.1), score("item-1", 0.2), score("item-2", "not-a-number"),
-               score("gone", 0.9), score("item-3", 0.4)]
+    records = [score("item-0", 0.1), score("item-1", 0.2), score("item-2", scored_at="yesterday"),
+               score("gone", 0.9), score("item-3", 0.4), score("item-4", "not-a-number")]
     pipeline = BeamTestPipeline(runner="DirectRunner")
     outputs = (pipeline | beam.Create(records)
-               | WriteToElasticsearch(es_config, es_index, **FAST))
+               | WriteToElasticsearch(es_config, es_index, mode="score", **FAST))
     assert_that(outputs.written, equal_to(["item-0", "item-1", "item-3"]), label="written")
     assert_that(outputs.missing, equal_to(["gone"]), label="missing")
-    assert_that(outputs.failed | beam.Map(lambda f: (f[0]["id"], f[1], f[0] == score("item-2", "not-a-number"),
-                                                    "image_score" in f[2])),
-                equal_to([("item-2", "es_mapping_error", True, True)]), label="failed")
+    assert_that(outputs.failed | beam.Map(lambda f: (f[0]["id"], f[1], f[0] in records, f[2].split(":")[0])),
+                equal_to([("item-2", "es_mapping_error", True, "document_parsing_exception"),
+                          ("item-4", "es_bad_record", True, "record 'item-4'")]), label="failed")
     result = pipeline.run()
     result.wait_until_finish()
     counters = {r.key.metric.name: r.committed
                 for r in result.metrics().query(MetricsFilter().with_namespace("imagescore"))["counters"]}
-    assert counters["es_written"] == 3 and counters["es_missing"] == 1 and counters["es_failed"] == 1
+    assert counters["es_written"] == 3 and counters["es_missing"] == 1 and counters["es_failed"] == 2
     assert counters["es_bulk_requests"] >= 1 and counters["es_bulk_bytes"] > 0
 
     doc = es_client.get(index=es_index, id="item-1")["_source"]
-    assert doc == {"title": "listing 1", "created_at": "2025-05-01T00:00:00Z", **{
-        k: v for k, v in score("item-1", 0.2).items() if k != "id"}}
+    assert doc == {"title": "listing 1", "created_at": "2025-05-01T00:00:00Z", **stored(score("item-1", 0.2))}
     assert "image_score" not in es_client.get(index=es_index, id="item-2")["_source"]
 
 
 def test_batches_are_capped_by_count(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(10))
-    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(10)], max_docs=4, **FAST)
+    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(10)], max_docs=4, mode="score", **FAST)
     assert sorted(out["written"]) == sorted(f"item-{i}" for i in range(10))
     sizes = [len(r.ndjson) // 2 for r in es_double.bulk_requests()]
     assert sizes == [4, 4, 2]
@@ -78,7 +86,8 @@ def test_batches_are_capped_by_count(es_double, es_config, es_client, es_index):
 def test_batches_are_capped_by_bytes(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(12))
     max_bytes = 700
-    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(12)], max_bytes=max_bytes, **FAST)
+    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(12)], max_bytes=max_bytes, mode="score",
+                      **FAST)
     assert len(out["written"]) == 12 and not out["failed"] and not out["missing"]
     requests = es_double.bulk_requests()
     assert len(requests) > 2
@@ -99,7 +108,7 @@ def test_per_item_429_storm_is_retried_to_success(es_double, es_config, es_clien
 def test_whole_request_429_is_retried_by_the_helper(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(3))
     es_double.fail_requests(429, times=2, path=r"/_bulk$")
-    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(3)], max_retries=3, **FAST)
+    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(3)], max_retries=3, mode="score", **FAST)
     assert sorted(out["written"]) == ["item-0", "item-1", "item-2"]
     assert [r.status for r in es_double.bulk_requests()] == [429, 429, 200]
 
@@ -108,7 +117,7 @@ def test_persistent_429_fails_after_bounded_attempts(es_double, es_config, es_cl
     seed_items(es_client, es_index, items(3))
     es_double.fail_bulk_items(429, times=None, ids=["item-1"])
     records = [score(f"item-{i}") for i in range(3)]
-    out = write_batch(es_config, es_index, records, max_retries=3, **FAST)
+    out = write_batch(es_config, es_index, records, max_retries=3, mode="score", **FAST)
     assert sorted(out["written"]) == ["item-0", "item-2"]
     assert [(f[0], f[1]) for f in out["failed"]] == [(records[1], "es_rejected")]
     assert "es_rejected_execution_exception" in out["failed"][0][2]
@@ -120,7 +129,7 @@ def test_persistent_429_stops_at_max_retry_time(es_double, es_config, es_client,
     es_double.fail_bulk_items(429, times=None)
     started = time.monotonic()
     out = write_batch(es_config, es_index, [score("item-0")], max_retries=50, initial_backoff=0.05,
-                      max_backoff=0.1, max_retry_time=0.5)
+                      max_backoff=0.1, max_retry_time=0.5, mode="score")
     assert time.monotonic() - started < 3
     assert [f[1] for f in out["failed"]] == ["es_rejected"]
     assert len(es_double.bulk_requests()) == 1 + helper_retries_within(50, 0.05, 0.1, 0.5) < 10
@@ -136,7 +145,7 @@ def test_helper_retries_fit_the_time_budget():
 def test_per_item_5xx_is_retried(es_double, es_config, es_client, es_index, status):
     seed_items(es_client, es_index, items(3))
     es_double.fail_bulk_items(status, times=2, ids=["item-2"])
-    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(3)], max_retries=3, **FAST)
+    out = write_batch(es_config, es_index, [score(f"item-{i}") for i in range(3)], max_retries=3, mode="score", **FAST)
     assert sorted(out["written"]) == ["item-0", "item-1", "item-2"] and not out["failed"]
     sent = [sorted(line["update"]["_id"] for line in r.ndjson if "update" in line) for r in es_double.bulk_requests()]
     assert sent == [["item-0", "item-1", "item-2"], ["item-2"], ["item-2"]]  # only the failed one goes again
@@ -145,7 +154,7 @@ def test_per_item_5xx_is_retried(es_double, es_config, es_client, es_index, stat
 def test_whole_request_502_is_retried(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(2))
     es_double.fail_requests(502, times=2, path=r"/_bulk$")
-    out = write_batch(es_config, es_index, [score("item-0"), score("item-1")], max_retries=3, **FAST)
+    out = write_batch(es_config, es_index, [score("item-0"), score("item-1")], max_retries=3, mode="score", **FAST)
     assert sorted(out["written"]) == ["item-0", "item-1"]
     assert [r.status for r in es_double.bulk_requests()] == [502, 502, 200]
 
@@ -154,7 +163,7 @@ def test_persistent_5xx_goes_to_failed_after_retries(es_double, es_config, es_cl
     seed_items(es_client, es_index, items(2))
     es_double.fail_bulk_items(503, times=None, ids=["item-0"])
     records = [score("item-0"), score("item-1")]
-    out = write_batch(es_config, es_index, records, max_retries=2, **FAST)
+    out = write_batch(es_config, es_index, records, max_retries=2, mode="score", **FAST)
     assert out["written"] == ["item-1"]
     assert [(f[0], f[1]) for f in out["failed"]] == [(records[0], "es_503")]
     assert "gave up after 3 attempts" in out["failed"][0][2]
@@ -170,24 +179,25 @@ def test_missing_document_is_a_counted_skip(es_config, es_client, es_index):
 
 def test_mapping_error_keeps_the_record_and_the_error(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(3))
-    bad = score("item-1", "very good")
-    out = write_batch(es_config, es_index, [score("item-0"), bad, score("item-2")], **FAST)
+    bad = score("item-1", scored_at="the day before yesterday")
+    out = write_batch(es_config, es_index, [score("item-0"), bad, score("item-2")], mode="score", **FAST)
     assert sorted(out["written"]) == ["item-0", "item-2"] and not out["missing"]
     ((record, reason, error),) = out["failed"]
     assert record == bad and reason == "es_mapping_error"
-    assert "image_score" in error and "parsing_exception" in error
+    assert "image_scored_at" in error and "parsing_exception" in error
 
 
 def test_record_without_id_fails_without_losing_the_rest(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(1))
-    no_id = {"image_score": 0.5, "image_score_model": "m", "image_scored_at": "2025-06-01T00:00:00Z"}
-    out = write_batch(es_config, es_index, [no_id, score("item-0")], **FAST)
+    no_id = {k: v for k, v in score("x").items() if k != "id"}
+    out = write_batch(es_config, es_index, [no_id, score("item-0")], mode="score", **FAST)
     assert out["written"] == ["item-0"]
     assert [(f[0], f[1]) for f in out["failed"]] == [(no_id, "es_bad_record")]
+    assert "no string 'id'" in out["failed"][0][2]
 
 
 def test_index_missing_goes_to_failed(es_double, es_config):
-    out = write_batch(es_config, "no-such-index", [score("a")], **FAST)
+    out = write_batch(es_config, "no-such-index", [score("a")], mode="score", **FAST)
     assert [(f[0]["id"], f[1]) for f in out["failed"]] == [("a", "es_index_not_found")]
 
 
@@ -201,14 +211,15 @@ def test_connection_refused_is_raised_after_bounded_retries():
     config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=2)
     started = time.monotonic()
     with pytest.raises(EsError, match=r"failed after 3 attempt\(s\).*ConnectionError.*reachable"):
-        write_batch(config, "items", [score("a")], max_retries=2, **FAST)
+        write_batch(config, "items", [score("a")], max_retries=2, mode="score", **FAST)
     assert time.monotonic() - started < 5
 
 
 def test_connection_refused_fails_the_beam_bundle():
     config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=2)
     pipeline = BeamTestPipeline(runner="DirectRunner")
-    _ = pipeline | beam.Create([score("a")]) | WriteToElasticsearch(config, "items", max_retries=1, **FAST)
+    _ = pipeline | beam.Create([score("a")]) | WriteToElasticsearch(config, "items", max_retries=1, mode="score",
+                                                                     **FAST)
     with pytest.raises(Exception, match="ConnectionError"):
         pipeline.run().wait_until_finish()
 
@@ -216,32 +227,35 @@ def test_connection_refused_fails_the_beam_bundle():
 def test_writing_twice_gives_the_same_documents(es_config, es_client, es_index):
     seed_items(es_client, es_index, items(3))
     records = [score(f"item-{i}", i / 10) for i in range(3)]
-    first = write_batch(es_config, es_index, records, **FAST)
+    first = write_batch(es_config, es_index, records, mode="score", **FAST)
     after_first = {i: es_client.get(index=es_index, id=f"item-{i}") for i in range(3)}
-    second = write_batch(es_config, es_index, records, **FAST)
+    second = write_batch(es_config, es_index, records, mode="score", **FAST)
     after_second = {i: es_client.get(index=es_index, id=f"item-{i}") for i in range(3)}
-    assert sorted(first["written"]) == sorted(second["written"]) == ["item-0", "item-1", "item-2"]
+    assert sorted(first["written"]) == sorted(second["stale"]) == ["item-0", "item-1", "item-2"]
+    assert not second["written"]
     assert {i: d["_source"] for i, d in after_first.items()} == {i: d["_source"] for i, d in after_second.items()}
     assert {i: d["_version"] for i, d in after_first.items()} == {i: d["_version"] for i, d in after_second.items()}
 
 
-def test_repeated_id_in_a_bundle_keeps_the_last_score(es_double, es_config, es_client, es_index):
+def test_repeated_id_in_a_bundle_keeps_the_newest_score(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(1))
-    out = write_batch(es_config, es_index, [score("item-0", 0.1), score("item-0", 0.7)], **FAST)
-    assert out["written"] == ["item-0", "item-0"]
+    out = write_batch(es_config, es_index, [score("item-0", 0.1), score("item-0", 0.7, version="2025-05-03T00:00:00Z"),
+                                            score("item-0", 0.3)], mode="score", **FAST)
+    assert out["written"] == ["item-0", "item-0"] and out["stale"] == ["item-0"]
     assert es_client.get(index=es_index, id="item-0")["_source"]["image_score"] == 0.7
-    assert len(es_double.bulk_requests()) == 2  # never two updates of one id in one request
+    assert len(es_double.bulk_requests()) == 3  # never two updates of one id in one request
 
 
-def test_update_action_is_a_partial_doc_update():
-    assert update_action(score("item-7", 0.25), "items") == {
+def test_update_action_is_a_guarded_score_update():
+    record = score("item-7", 0.25)
+    assert update_action(record, "items", "score") == {
         "_op_type": "update", "_index": "items", "_id": "item-7", "retry_on_conflict": 3,
-        "doc": {"image_score": 0.25, "image_score_model": "handcrafted-v1",
-                "image_scored_at": "2025-06-01T12:00:00+00:00"}}
+        "script": {"id": GUARD_SCRIPT_ID, "params": {"score": True, "version": "2025-05-02T00:00:00.000000Z",
+                                                     "fields": stored(record)}}}
 
 
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_docs"):
-        WriteToElasticsearch(EsConfig(), "items", max_docs=0)
+        WriteToElasticsearch(EsConfig(), "items", max_docs=0, mode="score")
     with pytest.raises(ValueError, match="concrete index"):
-        WriteToElasticsearch(EsConfig(), "items-*")
+        WriteToElasticsearch(EsConfig(), "items-*", mode="score")
