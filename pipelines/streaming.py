@@ -26,8 +26,9 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from es.client import EsConfig, make_client, scrubbed_errors
-from es.mapping import ensure_score_mapping, score_properties
+from es.client import EsConfig, EsError, make_client, scrubbed_errors
+from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
+from es.mapping import document_properties, ensure_score_mapping
 from pipelines import local_streaming
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested
 from pipelines.report import counters, ship_packages
@@ -65,6 +66,9 @@ class StreamingOptions(PipelineOptions):
                             help="projects/P/topics/T for every stage's dead letters (required)")
         parser.add_argument("--stage", dest="stage", choices=STAGES, default="all",
                             help="run every stage in one job (default) or one stage alone, between topics")
+        parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=DOCUMENT,
+                            help="document (default): upsert the whole processed item, deletes leave tombstones; "
+                                 "score: write only the score fields to documents another indexer owns")
         parser.add_argument("--aggregate-seconds", dest="aggregate_seconds", type=float, default=5.0,
                             help="keep only the newest update per item over this many seconds")
         parser.add_argument("--es-max-buffer-seconds", dest="es_max_buffer_seconds", type=float, default=1.0,
@@ -145,17 +149,20 @@ class _ParseDocumentFn(beam.DoFn):
         yield FeedRecord(document, payload, message_id, published)
 
 
-def _ensure_index(config: EsConfig, index: str) -> None:
-    """Map the score fields before any write; the streaming job owns its documents, so it creates a missing index."""
+def _ensure_index(config: EsConfig, index: str, mode: str) -> None:
+    """Map the fields and store the guard script before any write. In document mode the job owns
+    its documents, so it also creates a missing index."""
     client = make_client(config)
     try:
-        with scrubbed_errors(f"checking index {index!r} at {config.safe_url()}"):
-            exists = client.indices.exists(index=index)
-        if not exists:
-            with scrubbed_errors(f"creating index {index!r}"):
-                client.options(ignore_status=400).indices.create(
-                    index=index, mappings={"properties": score_properties()})
-        ensure_score_mapping(client, index)
+        if mode == DOCUMENT:
+            with scrubbed_errors(f"checking index {index!r} at {config.safe_url()}"):
+                exists = client.indices.exists(index=index)
+            if not exists:
+                with scrubbed_errors(f"creating index {index!r}"):
+                    client.options(ignore_status=400).indices.create(
+                        index=index, mappings={"properties": document_properties()})
+        ensure_score_mapping(client, index, owns_documents=mode == DOCUMENT)
+        ensure_guard_script(client)
     finally:
         client.close()
 
@@ -209,10 +216,13 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
         dead.append(parsed[DEAD_LETTER])
         documents = parsed.documents
     if so.stage in ("all", "feeder"):
-        _ensure_index(es_config, eo.es_index)
+        try:
+            _ensure_index(es_config, eo.es_index, so.write)
+        except EsError as exc:
+            raise _fail(str(exc)) from None
         dead.append(documents | "Feed" >> Feed(es_config, eo.es_index, max_docs=eo.es_max_docs,
                                                max_bytes=eo.es_max_bytes, buffer_seconds=so.es_max_buffer_seconds,
-                                               clock=clock))
+                                               clock=clock, mode=so.write))
     _ = dead | "AllDeadLetters" >> beam.Flatten() | "PublishDeadLetters" >> PublishDeadLetters(so.deadletter_topic)
 
 

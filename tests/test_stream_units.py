@@ -107,10 +107,12 @@ def test_parse_routes_bad_messages_to_dead_letters_with_exact_bytes():
     assert counter(result, "deadletter_aggregator_malformed_json") == 1
 
 
-def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_config, es_index):
+def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_config, es_index, es_client):
+    from es.guard import ensure_guard_script
     from transforms.analyzer import FeedRecord
     from transforms.feeder import Feed
 
+    ensure_guard_script(es_client)
     def doc(n: int) -> FeedRecord:
         fields = {"id": f"f{n}", "updated_at": "2026-01-02T00:00:00.000000Z", "image_score": 0.5,
                   "image_score_model": "m", "image_scored_at": "2026-01-02T00:00:00.000000Z",

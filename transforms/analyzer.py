@@ -25,6 +25,15 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from es.client import EsConfig, EsError, call_with_retries, make_client
+from es.mapping import (
+    DELETED_FIELD,
+    MODEL_FIELD,
+    RANK_FIELD,
+    SCORE_FIELD,
+    SCORE_VERSION_FIELD,
+    SCORED_AT_FIELD,
+    SCORED_URL_FIELD,
+)
 from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
@@ -33,13 +42,12 @@ from transforms.updates import Update, iso
 
 STAGE = "analyzer"
 REUSED = "reused"
-SCORE = "image_score"
-MODEL = "image_score_model"
-SCORED_AT = "image_scored_at"
-IMAGE_URL = "image_score_image_url"
-SCORE_VERSION = "image_score_version"
+SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION = (
+    SCORE_FIELD, MODEL_FIELD, SCORED_AT_FIELD, SCORED_URL_FIELD, SCORE_VERSION_FIELD)
 #: what the reuse check reads of a stored document
 STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION)
+#: fields only the analyzer and the writer set; an incoming message's values for them are dropped
+DERIVED_FIELDS = frozenset({*STORED_FIELDS, RANK_FIELD, DELETED_FIELD})
 
 
 class FeedRecord(dict):
@@ -61,7 +69,7 @@ def feed_record(update: Update, score_fields: dict | None) -> FeedRecord:
     if update.deleted:
         fields: dict[str, Any] = {"id": update.id, "updated_at": iso(update.version), "deleted": True}
     else:
-        fields = {k: v for k, v in update.fields.items() if k not in ("deleted",) and k not in STORED_FIELDS}
+        fields = {k: v for k, v in update.fields.items() if k not in DERIVED_FIELDS}
         fields.update(id=update.id, updated_at=iso(update.version), **(score_fields or {}))
     return FeedRecord(fields, update.payload, update.message_id, update.publish_time)
 

@@ -9,6 +9,11 @@ whichever comes first; shards let a runner spread the batching over workers. Eac
 batch then goes through the backfill's writer (:class:`es.bulk_writer.WriteToElasticsearch`),
 with its byte cap, retries, 429 handling and per-document failures.
 
+Every write goes through the stale-update guard (docs/stale-guard.md). In ``document``
+mode (the default) the whole processed item is upserted and a delete leaves a
+tombstone; in ``score`` mode only the score fields are written to documents another
+indexer owns, and a delete is left to that indexer (counted ``deleted``, nothing written).
+
 Every document leaves counted as ``written``, ``stale``, ``deleted`` or ``missing``,
 or as a dead letter of stage ``feeder``. ``publish_to_write_ms`` is the distribution
 of the time from the original message's publish time to the end of its write.
@@ -25,8 +30,9 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.histogram import LinearBucket
 from apache_beam.utils.timestamp import Timestamp
 
-from es.bulk_writer import FAILED, MISSING, WRITTEN, WriteToElasticsearch
+from es.bulk_writer import DELETED, FAILED, MISSING, STALE, WRITTEN, WriteToElasticsearch
 from es.client import EsConfig
+from es.guard import DOCUMENT, SCORE, SCORE_RECORD_FIELDS, WRITE_MODES
 from transforms.analyzer import FeedRecord
 from transforms.deadletter import count_dead_letter, dead_letter
 from transforms.updates import iso
@@ -64,6 +70,23 @@ class _CountOutcomeFn(beam.DoFn):
         yield doc_id
 
 
+class _ToScoreRecordFn(beam.DoFn):
+    """Score mode: a document becomes a score record (exactly the fields the guard's score mode takes);
+    a delete is the owning indexer's business and is counted ``deleted`` here."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._deleted = _CountOutcomeFn("deleted", clock)
+
+    def process(self, record, timestamp=beam.DoFn.TimestampParam):
+        if record.get("deleted") is True:
+            yield from self._deleted.process(record.get("id"), timestamp)
+            return
+        fields = {"id": record["id"], "updated_at": record["updated_at"],
+                  **{name: record.get(name) for name in SCORE_RECORD_FIELDS}}
+        yield FeedRecord(fields, record.payload, record.message_id, record.publish_time) \
+            if isinstance(record, FeedRecord) else fields
+
+
 def _write_dead_letter(failure, timestamp=beam.DoFn.TimestampParam):
     record, reason, error = failure
     count_dead_letter(STAGE, reason)
@@ -82,10 +105,13 @@ class Feed(beam.PTransform):
     """Documents -> Elasticsearch; returns the dead letters (stage ``feeder``)."""
 
     def __init__(self, config: EsConfig, index: str, *, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
-                 buffer_seconds: float = 1.0, clock: Callable[[], float] = time.time):
+                 buffer_seconds: float = 1.0, clock: Callable[[], float] = time.time, mode: str = DOCUMENT):
         super().__init__()
         if buffer_seconds <= 0:
             raise ValueError(f"--es-max-buffer-seconds must be positive, got {buffer_seconds}")
+        if mode not in WRITE_MODES:
+            raise ValueError(f"--write must be one of {WRITE_MODES}, got {mode!r}")
+        self._mode = mode
         self._config = config
         self._index = index
         self._max_docs = max_docs
@@ -94,13 +120,15 @@ class Feed(beam.PTransform):
         self._clock = clock
 
     def expand(self, documents):
+        if self._mode == SCORE:
+            documents = documents | "ToScoreRecord" >> beam.ParDo(_ToScoreRecordFn(self._clock))
         written = (documents
                    | "KeyForBatching" >> beam.WithKeys(self._index)
                    | "BatchAcrossBundles" >> beam.GroupIntoBatches.WithShardedKey(
                        self._max_docs, max_buffering_duration_secs=self._buffer_seconds, clock=self._clock)
                    | "Unbatch" >> beam.FlatMap(_unbatch)
                    | "Write" >> WriteToElasticsearch(self._config, self._index, max_docs=self._max_docs,
-                                                     max_bytes=self._max_bytes))
-        for outcome, name in ((WRITTEN, "written"), (MISSING, "missing")):
+                                                     max_bytes=self._max_bytes, mode=self._mode))
+        for outcome, name in ((WRITTEN, "written"), (DELETED, "deleted"), (STALE, "stale"), (MISSING, "missing")):
             _ = written[outcome] | f"Count[{name}]" >> beam.ParDo(_CountOutcomeFn(name, self._clock))
         return written[FAILED] | "WriteFailures" >> beam.Map(_write_dead_letter)

@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.utils.timestamp import Timestamp
 
+from es.guard import canonical_version
 from transforms.deadletter import DEAD_LETTER, MessagePayload, Rejected, count_dead_letter, dead_letter
 from transforms.items import json_object, parse_item, parse_time
 
@@ -31,8 +32,9 @@ PUBLISH_TIME = "imagescore_publish_time"
 
 
 def iso(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds, the one spelling of times this job writes."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """A time in the one spelling this job writes: the stale-update guard's canonical form
+    (UTC, microseconds, ``Z``), which sorts in time order as a string."""
+    return canonical_version(moment)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
