@@ -167,3 +167,44 @@ def test_stream_end_to_end_then_replay(pubsub, streaming_env, es_client, es_url,
     left = pull_all(pubsub, env["replay_sub"], 4, timeout_s=20)
     assert sorted(m.attributes["reason"] for m in left) == ["bad_encoding", "blocked_address", "http_404",
                                                             "malformed_json"]
+
+
+def test_stages_run_apart_between_topics(pubsub, es_client, es_url, es_index, image_server):
+    """--stage aggregator | analyzer | feeder as three jobs, with topics between them, as in the paper's system."""
+    topics = {}
+    for name in ("raw", "newest", "documents"):
+        topics[name], (topics[f"{name}_sub"],) = pubsub.create(unique(name), unique(f"{name}-sub"))
+    topics["dead"], (check_sub,) = pubsub.create(unique("dead"), unique("check"))
+    url = image_server.route("/s.jpg", body=jpeg((10, 120, 220), 30), content_type="image/jpeg")
+    common = ["--deadletter-topic", topics["dead"], "--es-url", es_url, "--es-index", es_index,
+              "--allow-image-hosts", image_server.host_port, "--aggregate-seconds", "0.5",
+              "--es-max-buffer-seconds", "0.5", "--min-batch-size", "1"]
+    jobs = []
+    try:
+        for stage, source, target in (("aggregator", "raw", "newest"), ("analyzer", "newest", "documents"),
+                                      ("feeder", "documents", None)):
+            argv = ["--stage", stage, "--input-subscription", topics[f"{source}_sub"], *common]
+            if target:
+                argv += ["--output-topic", topics[target]]
+            jobs.append(streaming.LocalRun(streaming.launch(argv)[0]))
+        publish(pubsub, topics["raw"], [record("s1", V[1], url, price=1), record("s1", V[2], url, price=2),
+                                        b"not json", record("s2", V[1], "http://10.1.2.3/x.jpg")])
+        publish(pubsub, topics["documents"], [b'{"document": "not an object"}'])
+        totals = jobs[2].wait(stop=lambda t: streaming.accounted(t) >= 2, max_seconds=120, every=0.5)
+        letters = pull_all(pubsub, check_sub, 3)
+        upstream = [job.totals() for job in jobs[:2]]
+    finally:
+        for job in jobs:
+            job.cancel()
+    assert totals["written"] == 1 and totals["deadletter_feeder_malformed_document"] == 1
+    assert upstream[0]["messages_read"] == 4 and upstream[0]["superseded"] == 1
+    assert upstream[1]["messages_read"] == 2 and upstream[1]["scored"] == 1
+    es_client.indices.refresh(index=es_index)
+    doc = es_client.get(index=es_index, id="s1")["_source"]
+    assert doc["updated_at"] == V[2] and doc["price"] == 2 and doc["image_score_image_url"] == url
+    assert sorted((m.attributes["stage"], m.attributes["reason"]) for m in letters) == [
+        ("aggregator", "malformed_json"), ("analyzer", "blocked_address"), ("feeder", "malformed_document")]
+    by_stage = {m.attributes["stage"]: m for m in letters}
+    assert by_stage["analyzer"].data == record("s2", V[1], "http://10.1.2.3/x.jpg")   # the original bytes
+    assert by_stage["feeder"].data == b'{"document": "not an object"}'
+
