@@ -136,13 +136,18 @@ def _pull_dead_letters(emulator: PubSubEmulator, subscription: str, expected: in
     return received
 
 
+_last_line = [""]
+
+
 def _progress(totals: dict, run: streaming.LocalRun) -> None:
+    """One line rewritten in place on a terminal; elsewhere a new line only when something changed."""
     p50, p99 = streaming.latency_ms(run.result)
     line = streaming.progress_line(totals, p50, p99)
     if sys.stdout.isatty():
         print("\r" + line.ljust(150), end="", flush=True)
-    else:
+    elif line != _last_line[0]:
         print(line, flush=True)
+    _last_line[0] = line
 
 
 def run(argv: list[str] | None = None) -> int:
