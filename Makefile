@@ -3,7 +3,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: demo stream-demo test test-es8 install install-dev bench clean system-deps
+
+.PHONY: demo stream-demo test test-es test-es8 install install-dev bench clean system-deps
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -36,11 +37,19 @@ system-deps:
 test: $(VENV)/.installed-dev system-deps
 	$(PY) -m pytest
 
+# Every Elasticsearch suite: tests/test_es_*.py and tests/test_*_es.py (name new ones that way).
+ES_SUITES := $(sort $(wildcard tests/test_es_*.py tests/test_*_es.py))
+
+# The Elasticsearch suites against a real cluster: ES_URL=https://host:9200 [ES_API_KEY=...] make test-es
+# Tests that need the double (fault injection, its request log) skip there and say why.
+test-es: $(VENV)/.installed-dev
+	@test -n "$$ES_URL" || { echo "make test-es needs ES_URL=https://host:9200 (and ES_API_KEY or ES_USERNAME/ES_PASSWORD); without it the suites run against the test double: make test"; exit 2; }
+	$(PY) -m pytest $(ES_SUITES)
+
 # The Elasticsearch suites again with the 8.x client (the code supports both majors).
 test-es8: $(VENV)/.installed-dev
 	$(PIP) install -q --no-deps --target .es8 'elasticsearch>=8.13,<9' 'elastic-transport>=8.13,<9'
-	PYTHONPATH=.es8 $(PY) -m pytest tests/test_es_client.py tests/test_es_double.py tests/test_es_mapping.py \
-	  tests/test_es_secrets.py tests/test_es_source.py tests/test_es_writer.py tests/test_backfill_es.py
+	PYTHONPATH=.es8 $(PY) -m pytest $(ES_SUITES)
 
 bench: $(VENV)/.installed-dev
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

@@ -58,7 +58,6 @@ from apache_beam.transforms.window import BoundedWindow
 from apache_beam.utils.windowed_value import WindowedValue
 from elastic_transport import TransportError, Urllib3HttpNode
 from elasticsearch import helpers
-from elasticsearch.helpers import expand_action
 
 from es.client import (
     RETRYABLE_STATUSES,
@@ -228,7 +227,7 @@ def update_action(record: dict, index: str, mode: str, retry_on_conflict: int = 
 
 def bulk_lines(action: dict) -> str:
     """The two ``_bulk`` NDJSON lines of a helper action, as the bulk helper sends them."""
-    header, body = expand_action(action)
+    header, body = helpers.expand_action(action)
     return "\n".join(json.dumps(line, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
                      for line in (header, body))
 

@@ -11,8 +11,9 @@ so a rerun skips what an earlier run already scored.
 
 Elements are the JSON text of each hit's ``_source``, with ``id`` set from ``_id``
 (the document the score is written back to); the pipeline parses and validates them like any item message.
-The PIT is closed once every slice has been read. If a worker dies first, the PIT
-expires on its own after ``keep_alive`` of inactivity.
+Every search answer may carry a new ``pit_id``; each slice uses the newest one it was handed
+for its next page, and the PIT is closed with those newest ids once every slice has been read.
+If a worker dies first, the PIT expires on its own after ``keep_alive`` of inactivity.
 """
 from __future__ import annotations
 
@@ -121,24 +122,33 @@ class _ReadSliceFn(beam.DoFn):
             if len(hits) < self._page_size:
                 break
             search_after = hits[-1]["sort"]
-        yield beam.pvalue.TaggedOutput(SLICE_DONE, (task.pit_id, 1))
+        yield beam.pvalue.TaggedOutput(SLICE_DONE, (task.pit_id, pit_id))  # the newest id, for closing
 
 
 class _ClosePitFn(beam.DoFn):
+    """Closes a PIT once all its slices are read, with the newest id each slice was handed.
+
+    The ids usually agree; when Elasticsearch handed out new ones, closing each distinct one
+    frees whatever contexts an older id no longer names. An id whose contexts are already
+    freed answers 404 with ``num_freed: 0``, which is not an error here.
+    """
+
     def __init__(self, config: EsConfig):
         self._config = config
 
-    def process(self, done: tuple[str, int]) -> None:
-        pit_id, slices_read = done
+    def process(self, done: tuple[str, list[str]]) -> None:
+        _, latest_ids = done
         client = make_client(self._config)
+        closer = client.options(ignore_status=404)
         try:
-            call_with_retries(lambda: client.close_point_in_time(id=pit_id),
-                              "closing the backfill point in time", max_retries=2, max_retry_time=10)
+            for pit_id in sorted(set(latest_ids)):
+                call_with_retries(lambda pit_id=pit_id: closer.close_point_in_time(id=pit_id),
+                                  "closing the backfill point in time", max_retries=2, max_retry_time=10)
             beam.metrics.Metrics.counter(_NAMESPACE, "es_pit_closed").inc()
         except EsError as exc:
             # Not worth failing a finished read for: the PIT expires after keep_alive anyway.
             _LOG.warning("could not close the point in time after reading %d slices (%s); "
-                         "it expires on its own", slices_read, exc)
+                         "it expires on its own", len(latest_ids), exc)
         finally:
             client.close()
 
@@ -175,7 +185,7 @@ class ReadItemsFromElasticsearch(beam.PTransform):
                 | "ReadSlice" >> beam.ParDo(_ReadSliceFn(self._config, self._model_id, self._page_size,
                                                          self._keep_alive)).with_outputs(SLICE_DONE, main="items"))
         _ = (read[SLICE_DONE]
-             | "CountSlices" >> beam.CombinePerKey(sum)
+             | "GatherLatestIds" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
              | "ClosePit" >> beam.ParDo(_ClosePitFn(self._config)))
         # Break fusion: otherwise fetching and scoring a page would run between two searches of the
         # same PIT, and a slow page would outlive keep_alive and fail the read for good.

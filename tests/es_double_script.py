@@ -103,11 +103,15 @@ KNOWN_SCRIPTS = {GUARD_SCRIPT_SHA256: run_guard}
 # ---------------------------------------------------------------------------- /_scripts/<id>
 
 
-def put_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
-    unknown = sorted(set(params) - PUT_SCRIPT_PARAMS - {"error_trace", "filter_path", "human", "pretty"})
+def _check_params(params: dict, allowed: set[str], script_id: str) -> None:
+    unknown = sorted(set(params) - allowed - {"error_trace", "filter_path", "human", "pretty"})
     if unknown:
         raise ScriptError(400, "illegal_argument_exception",
                           f"request [/_scripts/{script_id}] contains unrecognized parameter: [{', '.join(unknown)}]")
+
+
+def put_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
+    _check_params(params, PUT_SCRIPT_PARAMS, script_id)
     if params.get("context") not in (None, "update"):
         raise ScriptError(400, "illegal_argument_exception",
                           f"the ES double stores scripts for the [update] context only, not [{params['context']}]")
@@ -140,12 +144,14 @@ def put_script(scripts: dict[str, dict], script_id: str, params: dict, body: byt
 
 
 def get_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
+    _check_params(params, {"master_timeout"}, script_id)
     if script_id not in scripts:
         return 404, {"_id": script_id, "found": False}
     return 200, {"_id": script_id, "found": True, "script": dict(scripts[script_id])}
 
 
 def delete_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
+    _check_params(params, {"timeout", "master_timeout"}, script_id)
     if scripts.pop(script_id, None) is None:
         raise ScriptError(404, "resource_not_found_exception", f"stored script [{script_id}] does not exist")
     return 200, {"acknowledged": True}
@@ -171,7 +177,8 @@ def check_update_body(body: dict, line: int) -> None:
         raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [script] must be an object")
     if "source" in script:
         raise ScriptError(400, "illegal_argument_exception",
-                          "the ES double runs no inline scripts; store the script and send [script: {id, params}]")
+                          "[script] with [source]: the ES double runs no inline scripts; store the script and "
+                          "send [script: {id, params}]")
     if "lang" in script:
         raise ScriptError(400, "illegal_argument_exception", "lang cannot be specified for stored scripts")
     unknown = sorted(set(script) - {"id", "params"})

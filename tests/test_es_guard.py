@@ -315,3 +315,10 @@ def test_the_backfill_query_never_reads_a_tombstone(es_config, es_client, guarde
     es_client.indices.refresh(index=guarded_index)
     hits = es_client.search(index=guarded_index, query=backfill_query("2026-01-01T00:00:00Z", "m-new"))["hits"]
     assert [h["_id"] for h in hits["hits"]] == ["live"]  # a tombstone has no created_at left to match
+
+
+def test_the_double_refuses_unknown_script_parameters(es_double, es_client):
+    with pytest.raises(Exception) as caught:
+        es_client.perform_request("GET", f"/_scripts/{GUARD_SCRIPT_ID}", params={"flat": "true"},
+                                  headers={"accept": "application/json"})
+    assert caught.value.meta.status == 400 and "[flat]" in str(caught.value)

@@ -74,8 +74,84 @@ def test_slices_partition_the_set_and_pages_chain(es_double, es_config, es_clien
         assert len(pages) > 2  # 48 matches over 3 slices of 5 per page
     cutoffs = {json.dumps(r.json["query"]["bool"]["filter"]) for r in searches}
     assert len(cutoffs) == 1, "every slice must filter on the same cutoff"
-    assert es_double.open_pits() == set(), "the point in time was not closed"
-    assert [r.path for r in es_double.requests if r.method == "DELETE"] == ["/_pit"]
+    assert not opened_pits(es_double) & es_double.open_pits(), "the point in time was not closed"
+
+
+def opened_pits(double) -> set[str]:
+    """The ids of the PITs this test opened (the double lives for the module, so others may be open)."""
+    return {r.response["id"] for r in double.requests if r.method == "POST" and r.path.endswith("/_pit")
+            and r.status == 200}
+
+
+def pit_chains(double) -> dict[int, list[tuple[str, str]]]:
+    """Per slice, (pit id sent, pit id answered) of every search the double answered, in order."""
+    chains: dict[int, list[tuple[str, str]]] = {}
+    for request in double.requests:
+        if request.path == "/_search" and request.status == 200:
+            slice_id = request.json.get("slice", {}).get("id", 0)
+            chains.setdefault(slice_id, []).append((request.json["pit"]["id"], request.response["pit_id"]))
+    return chains
+
+
+def test_each_page_and_the_close_use_the_newest_pit_id(es_double, es_config, es_client, es_index):
+    """Elasticsearch may answer each page with a new pit_id; the double always does, so a stale id shows."""
+    expected = seed_backfill_index(es_client, es_index, n=40)
+    read_and_check(es_config, es_index, expected, slices=2, page_size=4)
+    (opened,) = opened_pits(es_double)
+    chains = pit_chains(es_double)
+    assert sorted(chains) == [0, 1] and all(len(chain) > 2 for chain in chains.values())
+    for chain in chains.values():
+        sent = [s for s, _ in chain]
+        answered = [a for _, a in chain]
+        assert sent == [opened] + answered[:-1], "a page was searched with an id older than the newest one"
+        assert len(set(answered)) == len(answered) and opened not in answered
+    closed = sorted(r.json["id"] for r in es_double.requests if r.method == "DELETE" and r.path == "/_pit")
+    assert closed == sorted(chain[-1][1] for chain in chains.values())
+    assert opened not in es_double.open_pits()
+
+
+def test_dropped_search_connections_are_retried_without_loss_or_duplicates(es_double, es_config, es_client,
+                                                                           es_index):
+    expected = seed_backfill_index(es_client, es_index, n=30)
+    es_double.fail_connections(times=3, path=r"^/_search$")
+    read_and_check(es_config, es_index, expected, slices=2, page_size=4)
+    dropped = [r for r in es_double.requests if r.path == "/_search" and r.status == 0]
+    assert len(dropped) == 3
+    assert not opened_pits(es_double) & es_double.open_pits()
+
+
+def test_search_connections_that_keep_dropping_fail_the_read_by_name(es_double, es_config, es_client, es_index):
+    seed_backfill_index(es_client, es_index, n=10)
+    es_double.fail_connections(times=None, path=r"^/_search$")
+    pipeline = BeamTestPipeline(runner="DirectRunner")
+    _ = pipeline | ReadItemsFromElasticsearch(es_config, es_index, model_id=MODEL, slices=2)
+    with pytest.raises(Exception, match="searching slice"):
+        pipeline.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("fault", ["error", "dropped"])
+def test_a_failing_close_does_not_fail_the_read(es_double, es_config, es_client, es_index, fault, caplog):
+    """The PIT then stays open until keep_alive runs out, as it would after a crash."""
+    expected = seed_backfill_index(es_client, es_index, n=20)
+    if fault == "error":
+        es_double.fail_requests(500, times=None, path=r"^/_pit$", method="DELETE")
+    else:
+        es_double.fail_connections(times=None, path=r"^/_pit$", method="DELETE")
+    with caplog.at_level("WARNING", logger="es.source"):
+        read_and_check(es_config, es_index, expected, slices=2, page_size=5)
+    (opened,) = opened_pits(es_double)
+    assert opened in es_double.open_pits()
+    closes = [r for r in es_double.requests if r.method == "DELETE" and r.path == "/_pit"]
+    assert len(closes) == 3  # the first try and max_retries=2
+    assert "could not close the point in time" in caplog.text
+
+
+def test_a_close_that_fails_once_is_retried(es_double, es_config, es_client, es_index):
+    expected = seed_backfill_index(es_client, es_index, n=10)
+    es_double.fail_connections(times=1, path=r"^/_pit$", method="DELETE")
+    read_and_check(es_config, es_index, expected, slices=1)
+    (opened,) = opened_pits(es_double)
+    assert opened not in es_double.open_pits()
 
 
 def test_one_slice_sends_no_slice_clause(es_double, es_config, es_client, es_index):

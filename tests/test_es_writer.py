@@ -197,8 +197,16 @@ def test_record_without_id_fails_without_losing_the_rest(es_config, es_client, e
 
 
 def test_index_missing_goes_to_failed(es_double, es_config):
+    es_double.auto_create_index = False  # the cluster setting action.auto_create_index: false
     out = write_batch(es_config, "no-such-index", [score("a")], mode="score", **FAST)
     assert [(f[0]["id"], f[1]) for f in out["failed"]] == [("a", "es_index_not_found")]
+
+
+def test_update_to_a_missing_index_creates_it_and_counts_missing(es_double, es_config):
+    """Elasticsearch auto-creates the index of any bulk action but a delete; the update then finds no document."""
+    out = write_batch(es_config, "no-such-index-yet", [score("a")], mode="score", **FAST)
+    assert out["missing"] == ["a"] and out["failed"] == []
+    assert es_double.docs("no-such-index-yet") == {}
 
 
 def _closed_port() -> int:
