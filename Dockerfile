@@ -8,6 +8,8 @@
 #     --sdk-language PYTHON --metadata-file templates/backfill.json
 #
 # One image per job: --build-arg JOB=collect (or embed) with --metadata-file templates/JOB.json.
+# The streaming job: --build-arg JOB=streaming with --metadata-file templates/streaming.json; run it with
+# --enable_streaming_engine (see the README and docs/streaming.md).
 # For GPU workers build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # and run the job with --dataflow_service_options="worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver".
 FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS launcher

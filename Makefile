@@ -3,7 +3,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: demo test test-es test-es8 install install-dev bench clean system-deps
+
+.PHONY: demo stream-demo test test-es test-es8 install install-dev bench clean system-deps
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -22,6 +23,10 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/imagescore demo
+
+# Streaming end to end on this machine: Pub/Sub emulator (gcloud + Java), the ES double or $$ES_URL.
+stream-demo: $(VENV)/.installed
+	$(VENV)/bin/imagescore stream-demo
 
 # WordNet 3.0 (Debian's wordnet-base) is the adjective lexicon of `imagescore analyze`.
 system-deps:

@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.tiny_clip",
     "tests.fixtures.training",
     "tests.fixtures.triton",
+    "tests.fixtures.pubsub",
     "pytester",  # runs small pytest sessions in a subprocess (tests/test_network_guard.py)
 ]
 

@@ -1484,6 +1484,35 @@ def _get_doc(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[
                  "_primary_term": 1, "found": True, "_source": copy.deepcopy(doc.source)}
 
 
+def _mget(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[int, Any]:
+    """``POST /idx/_mget`` with ``{"ids": [...]}``, real time like GET; ``_source_includes`` keeps top-level
+    fields (patterns allowed). The streaming analyzer reads stored scores this way."""
+    _check_params(params, {"realtime", "_source_includes"}, "/" + "/".join(parts))
+    name = parts[0]
+    if name not in double._indices:
+        raise _index_missing(name)
+    request = _json_body(body)
+    ids = request.get("ids") if isinstance(request, dict) else None
+    if not isinstance(ids, list) or not ids or set(request) - {"ids"}:
+        raise EsHttpError(400, "action_request_validation_exception", "Validation Failed: 1: no documents to get;")
+    index = double._indices[name]
+    realtime = _flag({"realtime": params.get("realtime", "true")}, "realtime")
+    visible = index.docs if realtime else double._visible(index)
+    includes = [f for f in params.get("_source_includes", "").split(",") if f]
+    docs = []
+    for doc_id in map(str, ids):
+        doc = visible.get(doc_id)
+        if doc is None:
+            docs.append({"_index": name, "_id": doc_id, "found": False})
+            continue
+        source = copy.deepcopy(doc.source)
+        if includes:
+            source = {k: v for k, v in source.items() if any(fnmatch.fnmatchcase(k, p) for p in includes)}
+        docs.append({"_index": name, "_id": doc_id, "_version": doc.version, "_seq_no": doc.seq_no,
+                     "_primary_term": 1, "found": True, "_source": source})
+    return 200, {"docs": docs}
+
+
 def _auto_create(double: EsDouble, name: str) -> _Index:
     """A write to a missing index creates it, unless the cluster setting ``action.auto_create_index`` is off."""
     if not double.auto_create_index:
@@ -2058,6 +2087,7 @@ HANDLERS: dict[tuple[str, tuple[str, ...]], Handler] = {
     ("DELETE", ("_scripts", "*")): _stored_script(es_double_script.delete_script),
     ("PUT", ("*", "_doc", "*")): _index_doc, ("POST", ("*", "_doc", "*")): _index_doc,
     ("GET", ("*", "_doc", "*")): _get_doc,
+    ("POST", ("*", "_mget")): _mget, ("GET", ("*", "_mget")): _mget,
     ("PUT", ("*",)): _create_index, ("DELETE", ("*",)): _delete_index, ("HEAD", ("*",)): _index_exists,
 }
 

@@ -9,12 +9,14 @@ from pipelines.backfill import BackfillOptions
 from pipelines.collect import CollectOptions
 from pipelines.embed import EmbedOptions
 from pipelines.options import ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions
+from pipelines.streaming import StreamingOptions
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 JOBS = {
     "backfill": (BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions),
     "collect": (CollectOptions, JobIOOptions),
     "embed": (EmbedOptions, JobIOOptions, ImageOptions, ModelOptions),
+    "streaming": (StreamingOptions, ImageOptions, ModelOptions, ElasticsearchOptions),
 }
 
 

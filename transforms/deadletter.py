@@ -21,6 +21,27 @@ DEAD_LETTER = "deadletter"  # tag of the dead-letter output of every DoFn
 SECRET_ENV_VARS = ("ES_API_KEY", "ES_PASSWORD", "ES_USERNAME", "OPENAI_API_KEY", "LLM_API_KEY")
 
 
+class MessagePayload(str):
+    """The text of a Pub/Sub message that carries the message's id and publish time.
+
+    The streaming job hands it to the shared fetch/decode transforms as an item's
+    ``payload``; :func:`dead_letter` copies the two into the record, so a dead
+    letter from any stage still names the message it came from.
+    """
+
+    message_id: str | None
+    publish_time: str | None
+
+    def __new__(cls, text: str, message_id: str | None = None, publish_time: str | None = None):
+        self = super().__new__(cls, text)
+        self.message_id = message_id
+        self.publish_time = publish_time
+        return self
+
+    def __reduce__(self):
+        return MessagePayload, (str(self), self.message_id, self.publish_time)
+
+
 class Rejected(Exception):
     """An input that cannot be processed, with a short reason for counting and routing."""
 
@@ -52,8 +73,12 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
     """Build one dead-letter record: ``id`` (when known), ``stage``, ``reason``, ``error``, ``payload``.
 
     A payload of bytes that are not UTF-8 is stored as base64, with ``payload_encoding: base64``.
+    A :class:`MessagePayload` adds ``message_id`` and ``publish_time``.
     """
     record = {"id": id, "stage": stage, "reason": reason, "error": redact(str(error))}
+    if isinstance(payload, MessagePayload):
+        record.update(message_id=payload.message_id, publish_time=payload.publish_time)
+        payload = str(payload)
     try:
         record["payload"] = _payload_text(payload)  # the input as it came, so it can be replayed
     except UnicodeDecodeError:  # bytes that are not text: kept exactly, and marked

@@ -70,10 +70,15 @@ def score_model_info(spec: str) -> tuple[str, int]:
 
 def make_score_handler(spec: str, device: str | None = None, *, min_batch_size: int | None = None,
                        max_batch_size: int | None = None, large_model: bool = False,
-                       triton_timeout_s: float = 60.0, triton_retries: int = 5) -> ModelHandler:
-    """The local PyTorch handler, or the Triton gRPC one for ``triton://HOST:PORT/NAME``."""
+                       triton_timeout_s: float = 60.0, triton_retries: int = 5,
+                       model_unavailable_s: float | None = None) -> ModelHandler:
+    """The local PyTorch handler, or the Triton gRPC one for ``triton://HOST:PORT/NAME``.
+
+    ``model_unavailable_s`` (streaming) bounds Triton retries by time instead of by count.
+    """
     if is_triton_spec(spec):
         return TritonModelHandler(spec, timeout_s=triton_timeout_s, num_retries=triton_retries,
+                                  unavailable_s=model_unavailable_s,
                                   min_batch_size=min_batch_size, max_batch_size=max_batch_size)
     return ScoreModelHandler(spec, device, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                              large_model=large_model)

@@ -92,6 +92,10 @@ def grpc_code(error: BaseException) -> str | None:
     return str(error.status()).rsplit(".", 1)[-1]
 
 
+class ModelUnavailable(ConnectionError):
+    """The server stayed unreachable (or overloaded) for longer than the handler's ``unavailable_s``."""
+
+
 def retry_filter(error: Exception) -> bool:
     """Retry what a later try can fix (server down, overloaded, slow); never a request the server refused."""
     return grpc_code(error) in RETRYABLE_CODES
@@ -194,21 +198,35 @@ def triton_model_info(spec: str, *, timeout_s: float = 10.0, wait_s: float = 30.
         model.client.close()
 
 
+#: spec -> (model_id, input_size, max_batch_size) of every model this process has reached
+_CONTRACTS: dict[str, tuple[str, int, int]] = {}
+
+
 class TritonModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, TritonModel]):
     """Scores uint8 HWC images on a Triton server; results match :class:`ScoreModelHandler`'s.
 
     ``num_retries`` bounds Beam's exponential-backoff retries of one batch
     (first delay ~5 s, doubling) on UNAVAILABLE / RESOURCE_EXHAUSTED /
     DEADLINE_EXCEEDED; any other error (a refused request) fails at once.
+    With ``unavailable_s`` (the streaming job's ``--model-unavailable-seconds``)
+    retries are bounded by time instead: a batch is retried with backoff (0.5 s
+    doubling to ``max_backoff_s``) while the server is down or restarting, and
+    raises :class:`ModelUnavailable` once ``unavailable_s`` have passed.
     ``timeout_s`` caps each request; ``wait_s`` is how long a worker waits for
     the server and model at start-up.
     """
 
     def __init__(self, spec: str, *, timeout_s: float = 60.0, wait_s: float = 60.0, num_retries: int = 5,
                  throttle_delay_secs: int = 5, min_batch_size: int | None = None,
-                 max_batch_size: int | None = None, max_batch_duration_secs: int | None = None):
-        super().__init__(namespace="imagescore_triton", num_retries=num_retries,
+                 max_batch_size: int | None = None, max_batch_duration_secs: int | None = None,
+                 unavailable_s: float | None = None, max_backoff_s: float = 10.0):
+        # With a time bound the retries happen in request(); Beam's count-bounded ones would add to it.
+        super().__init__(namespace="imagescore_triton", num_retries=num_retries if unavailable_s is None else 0,
                          throttle_delay_secs=throttle_delay_secs, retry_filter=retry_filter)
+        if unavailable_s is not None and unavailable_s < 0:
+            raise ValueError(f"--model-unavailable-seconds must not be negative, got {unavailable_s}")
+        self._unavailable_s = unavailable_s
+        self._max_backoff_s = max_backoff_s
         self._spec = parse_triton_spec(spec)
         self._timeout_s = timeout_s
         self._wait_s = wait_s
@@ -219,7 +237,20 @@ class TritonModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Triton
             if value is not None}
 
     def create_client(self) -> TritonModel:
-        return connect(self._spec, timeout_s=self._timeout_s, wait_s=self._wait_s)
+        key = str(self._spec)
+        recovering = self._unavailable_s is not None and key in _CONTRACTS
+        try:
+            model = connect(self._spec, timeout_s=self._timeout_s,
+                            wait_s=min(self._wait_s, 5.0) if recovering else self._wait_s)
+        except ConnectionError:
+            if not recovering:
+                raise
+            known = _CONTRACTS[key]
+            # The server went away after this process had reached it: keep the job running, and let each
+            # request retry until --model-unavailable-seconds, then dead-letter it (model_unavailable).
+            return TritonModel(InferenceServerClient(self._spec.url), self._spec, *known)
+        _CONTRACTS[key] = (model.model_id, model.input_size, model.max_batch_size)
+        return model
 
     def request(self, batch: Sequence[np.ndarray], model: TritonModel,
                 inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
@@ -229,9 +260,29 @@ class TritonModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Triton
                 raise ValueError(f"Triton model {model.spec} takes uint8 {size}x{size}x3 images, got "
                                  f"{image.dtype} {image.shape}; decode them with "
                                  f"transforms.decode.decode_image(data, {size})")
-        scores = np.concatenate([self._infer(model, batch[start:start + model.max_batch_size])
+        scores = np.concatenate([self._infer_within_deadline(model, batch[start:start + model.max_batch_size])
                                  for start in range(0, len(batch), model.max_batch_size)])
         return [PredictionResult(example, float(score), model.model_id) for example, score in zip(batch, scores)]
+
+    def _infer_within_deadline(self, model: TritonModel, part: Sequence[np.ndarray]) -> np.ndarray:
+        """One request; with ``unavailable_s``, retried with backoff while the server is down or restarting."""
+        if self._unavailable_s is None:
+            return self._infer(model, part)
+        deadline = time.monotonic() + self._unavailable_s
+        delay = 0.5
+        while True:
+            try:
+                return self._infer(model, part)
+            except Exception as error:
+                if not retry_filter(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise ModelUnavailable(
+                        f"Triton model {model.spec} still unavailable after {self._unavailable_s:g}s "
+                        f"({grpc_code(error)}: {error}); dead-lettered as model_unavailable: replay it once the "
+                        "server is back") from None
+                time.sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
 
     def _infer(self, model: TritonModel, part: Sequence[np.ndarray]) -> np.ndarray:
         images = np.ascontiguousarray(np.stack(part))

@@ -1,0 +1,168 @@
+"""The streaming job end to end through the Pub/Sub emulator: throughput, latency, feeder batching, score reuse.
+
+Real services on 127.0.0.1: Google's Pub/Sub emulator, the Elasticsearch double, an
+image server; the job runs on the local streaming runner with the handcrafted model.
+The index starts as a backfill leaves it: ``--items`` items, each with a score from
+this model for its current thumbnail. Then:
+
+* **backlog**: one update per item is published at once, ``--edit-share`` (80 %) of
+  them price-only edits and the rest image changes. Measured: messages/s until all are
+  accounted for (or ``--seconds``), the share of fetches saved by ``score_reused``, and
+  the feeder's mean documents per bulk request against ``--es-max-docs``.
+* **paced**: a fresh job gets ``--rate`` messages/s (price edits and image changes in
+  the same mix) for ``--paced-seconds``; measured: p50/p99 publish-to-write latency.
+
+Peak RSS is this process's (the job, the ES double and the image server; the emulator
+is a separate JVM). Prints three lines::
+
+    RESULT bench=stream_backlog messages=... msgs_per_s=... fetches_saved_share=... target_saved=0.8 ...
+    RESULT bench=stream_feeder mean_docs_per_bulk=... es_max_docs=... share=... target=0.8 ok=...
+    RESULT bench=stream_latency rate=... p50_ms=... p99_ms=... peak_rss_mib=...
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import resource
+import sys
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from PIL import Image  # noqa: E402
+
+from es.mapping import document_properties  # noqa: E402
+from pipelines import streaming  # noqa: E402
+from pipelines.pubsub_emulator import PubSubEmulator  # noqa: E402
+from scoring.model import model_info  # noqa: E402
+from tests.fixtures.es import start_double  # noqa: E402
+from tests.fixtures.image_server import ImageServer  # noqa: E402
+
+INDEX = "items"
+VERSION = "2026-01-01T00:00:00.000000Z"
+
+
+def _jpeg(seed: int, size: int) -> bytes:
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    for _ in range(40):
+        x, y = rng.randrange(size), rng.randrange(size)
+        image.putpixel((x, y), tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _update(item_id: str, url: str, version: str, price: int) -> bytes:
+    return json.dumps({"id": item_id, "image_urls": [url], "created_at": "2025-12-01T00:00:00Z",
+                       "updated_at": version, "price": price}).encode()
+
+
+def _version(n: int) -> str:
+    return f"2026-01-{1 + n // 86400:02d}T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}.000000Z"
+
+
+def _job(emulator, es_url, images, args, subscription: str, dead_topic: str) -> streaming.LocalRun:
+    result, _ = streaming.launch([
+        "--input-subscription", subscription, "--deadletter-topic", dead_topic, "--es-url", es_url,
+        "--es-index", INDEX, "--allow-image-hosts", images.host_port, "--aggregate-seconds", "1",
+        "--es-max-docs", str(args.es_max_docs), "--es-max-buffer-seconds", "1"])
+    return streaming.LocalRun(result)
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--images", type=int, default=40, help="distinct thumbnails")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--edit-share", type=float, default=0.8, help="updates that do not touch the image")
+    parser.add_argument("--seconds", type=float, default=60.0, help="the backlog phase's time limit")
+    parser.add_argument("--es-max-docs", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=5.0, help="messages/s of the paced phase")
+    parser.add_argument("--paced-seconds", type=float, default=30.0)
+    args = parser.parse_args(argv)
+
+    rng = random.Random(0)
+    model_id, _ = model_info("handcrafted")
+    emulator = PubSubEmulator.start()
+    emulator.environ()
+    double = start_double()
+    images = ImageServer().start()
+    try:
+        from google.cloud import pubsub_v1
+        urls = [images.route(f"/{i}.jpg", body=_jpeg(i, args.image_size), content_type="image/jpeg")
+                for i in range(args.images)]
+        current = {f"item-{n:05d}": urls[n % len(urls)] for n in range(args.items)}
+        double.create_index(INDEX, {**document_properties(), "created_at": {"type": "date"}})
+        double.seed(INDEX, {item_id: {
+            "created_at": "2025-12-01T00:00:00Z", "updated_at": VERSION, "price": 100, "image_urls": [url],
+            "image_score": 0.5, "image_score_model": model_id, "image_scored_at": VERSION,
+            "image_score_image_url": url, "image_score_version": VERSION, "image_score_rank": 0.5}
+            for item_id, url in current.items()})
+        suffix = uuid.uuid4().hex[:6]
+        topic, (backlog_sub,) = emulator.create(f"updates-{suffix}", f"backlog-{suffix}")
+        dead_topic, _ = emulator.create(f"dead-{suffix}")
+        publisher = pubsub_v1.PublisherClient()
+
+        def make_update(item_id: str, n: int) -> bytes:
+            url = current[item_id]
+            if rng.random() >= args.edit_share:
+                url = current[item_id] = rng.choice([u for u in urls if u != url])
+            return _update(item_id, url, _version(3600 + n), 100 + n)
+
+        # -- backlog
+        backlog = [make_update(item_id, n) for n, item_id in enumerate(current)]
+        for future in [publisher.publish(topic, data) for data in backlog]:
+            future.result(timeout=120)
+        job = _job(emulator, double.url, images, args, backlog_sub, dead_topic)
+        started = time.monotonic()
+        totals = job.wait(stop=lambda t: streaming.accounted(t) >= len(backlog), max_seconds=args.seconds, every=1)
+        elapsed = time.monotonic() - started
+        totals = job.cancel()
+        done = streaming.accounted(totals)
+        looked_up = totals.get("score_reused", 0) + totals.get("analyzer_fetched", 0) + sum(
+            v for k, v in totals.items() if k.startswith("deadletter_analyzer_"))
+        saved = totals.get("score_reused", 0) / max(1, looked_up)
+        sent = sum(totals.get(f"es_{k}", 0) for k in ("written", "deleted", "stale", "missing", "failed"))
+        per_bulk = sent / max(1, totals.get("es_bulk_requests", 0))
+        print(f"RESULT bench=stream_backlog messages={done} of={len(backlog)} seconds={elapsed:.1f} "
+              f"msgs_per_s={done / elapsed:.1f} score_reused={totals.get('score_reused', 0)} "
+              f"fetched={totals.get('analyzer_fetched', 0)} fetches_saved_share={saved:.3f} "
+              f"edit_share={args.edit_share} target_saved={args.edit_share} "
+              f"ok={str(saved >= args.edit_share * 0.95).lower()}", flush=True)
+        print(f"RESULT bench=stream_feeder mean_docs_per_bulk={per_bulk:.1f} es_max_docs={args.es_max_docs} "
+              f"bulk_requests={totals.get('es_bulk_requests', 0)} share={per_bulk / args.es_max_docs:.2f} "
+              f"target=0.8 ok={str(per_bulk >= 0.8 * args.es_max_docs).lower()}", flush=True)
+
+        # -- paced: a subscription made now sees only what is published from now on
+        paced_sub = emulator.subscription(f"paced-{suffix}")
+        subscriber = pubsub_v1.SubscriberClient()
+        subscriber.create_subscription(name=paced_sub, topic=topic, ack_deadline_seconds=60)
+        subscriber.close()
+        job = _job(emulator, double.url, images, args, paced_sub, dead_topic)
+        paced = 0
+        start = time.monotonic()
+        ids = list(current)
+        while time.monotonic() - start < args.paced_seconds:
+            publisher.publish(topic, make_update(rng.choice(ids), 100_000 + paced)).result(timeout=30)
+            paced += 1
+            time.sleep(max(0.0, start + paced / args.rate - time.monotonic()))
+        job.wait(stop=lambda t: streaming.accounted(t) >= paced, max_seconds=60, every=1)
+        p50, p99 = streaming.latency_ms(job.result)
+        job.cancel()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"RESULT bench=stream_latency rate={args.rate} messages={paced} p50_ms={p50:.0f} p99_ms={p99:.0f} "
+              f"peak_rss_mib={peak:.0f}", flush=True)
+    finally:
+        images.close()
+        double.stop()
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

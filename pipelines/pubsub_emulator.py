@@ -1,0 +1,132 @@
+"""Google's Pub/Sub emulator on 127.0.0.1, for the streaming demo, tests and benchmarks.
+
+It runs ``gcloud beta emulators pubsub start --host-port=127.0.0.1:PORT``. The gcloud
+wrapper starts a Java child and does not stop it when it is stopped itself, so the
+emulator runs in its own process group and :meth:`PubSubEmulator.stop` ends the
+whole group. Clients find it through ``PUBSUB_EMULATOR_HOST``, which
+:meth:`PubSubEmulator.environ` sets (Beam's Pub/Sub I/O uses the same client library).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+PROJECT = "imagescore-local"
+START_TIMEOUT_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gcloud_path() -> str | None:
+    return shutil.which("gcloud")
+
+
+@dataclasses.dataclass
+class PubSubEmulator:
+    """A running emulator: its ``host`` (``127.0.0.1:PORT``), project and process."""
+
+    host: str
+    project: str
+    process: subprocess.Popen
+    workdir: str
+
+    @classmethod
+    def start(cls, project: str = PROJECT, timeout_s: float = START_TIMEOUT_S) -> PubSubEmulator:
+        """Start the emulator on a free port and wait until it answers; raises with its log otherwise."""
+        gcloud = gcloud_path()
+        if gcloud is None:
+            raise FileNotFoundError("gcloud is not installed; the Pub/Sub emulator comes with the Google Cloud SDK "
+                                    "(gcloud components install pubsub-emulator, and a Java runtime)")
+        workdir = tempfile.mkdtemp(prefix="imagescore-pubsub-")
+        port = _free_port()
+        log = open(os.path.join(workdir, "emulator.log"), "wb")
+        process = subprocess.Popen(
+            [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+             f"--project={project}", f"--data-dir={workdir}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        emulator = cls(f"127.0.0.1:{port}", project, process, workdir)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                tail = emulator.log_tail()
+                emulator.stop()
+                raise RuntimeError(f"the Pub/Sub emulator exited with {process.returncode}; log:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"http://{emulator.host}/", timeout=1) as response:
+                    if response.read().strip() == b"Ok":
+                        return emulator
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                tail = emulator.log_tail()
+                emulator.stop()
+                raise TimeoutError(f"the Pub/Sub emulator did not answer within {timeout_s:g}s; log:\n{tail}")
+            time.sleep(0.25)
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            with open(os.path.join(self.workdir, "emulator.log"), encoding="utf-8", errors="replace") as handle:
+                return handle.read()[-limit:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Stop the wrapper and its Java child: the whole process group."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+            except ProcessLookupError:
+                pass
+        else:  # the wrapper exited; its Java child may still hold the group
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def environ(self) -> None:
+        """Point this process's Pub/Sub clients (and Beam's) at the emulator."""
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.host
+        os.environ.setdefault("PUBSUB_PROJECT_ID", self.project)
+
+    def topic(self, name: str) -> str:
+        return f"projects/{self.project}/topics/{name}"
+
+    def subscription(self, name: str) -> str:
+        return f"projects/{self.project}/subscriptions/{name}"
+
+    def create(self, topic: str, *subscriptions: str) -> tuple[str, list[str]]:
+        """Create a topic and subscriptions to it (subscriptions before any publish, or messages are lost)."""
+        from google.cloud import pubsub_v1
+
+        self.environ()
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            topic_path = self.topic(topic)
+            publisher.create_topic(name=topic_path)
+            paths = []
+            for name in subscriptions:
+                path = self.subscription(name)
+                subscriber.create_subscription(name=path, topic=topic_path, ack_deadline_seconds=60)
+                paths.append(path)
+            return topic_path, paths
+        finally:
+            subscriber.close()
+            publisher.transport.close() if hasattr(publisher, "transport") else None

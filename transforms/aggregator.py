@@ -1,0 +1,72 @@
+"""The aggregator: keep only the newest update of each item over a few seconds.
+
+Marketplace listings are edited in bursts (price, then title, then price again);
+scoring and writing every edit would waste the analyzer and the cluster. Updates
+are keyed by item id; the first one starts a processing-time timer of
+``seconds``; until it fires, each later update either replaces the kept one (it
+is newer) or is dropped, and either way one update is counted ``superseded``.
+
+Newest means the larger ``updated_at``; ties go to the later publish time, then
+the larger message id. Beam's ``Deduplicate`` keeps the *first* element, which is
+the wrong rule here. A stale update that arrives in a later window is passed on:
+the writer's stale-update guard refuses it against the indexed version.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.updates import Update
+
+
+class _KeepNewestFn(beam.DoFn):
+    NEWEST = ReadModifyWriteStateSpec("newest", PickleCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+
+    def __init__(self, seconds: float, clock: Callable[[], float]):
+        self._seconds = seconds
+        self._clock = clock
+        self._superseded = beam.metrics.Metrics.counter("imagescore", "superseded")
+
+    def process(self, element: tuple[str, Update], newest=beam.DoFn.StateParam(NEWEST),
+                flush=beam.DoFn.TimerParam(FLUSH)):
+        _, update = element
+        kept = newest.read()
+        if kept is None:
+            newest.write(update)
+            flush.set(Timestamp.of(self._clock() + self._seconds))
+            return
+        self._superseded.inc()
+        if update.order_key > kept.order_key:
+            newest.write(update)
+
+    @on_timer(FLUSH)
+    def emit(self, newest=beam.DoFn.StateParam(NEWEST)):
+        update = newest.read()
+        newest.clear()
+        if update is not None:
+            # The publish time stays the element's time, so the feeder can measure publish-to-write latency.
+            yield TimestampedValue(update, Timestamp.from_utc_datetime(update.publish_time))
+
+
+class KeepNewest(beam.PTransform):
+    """``Update`` -> the newest ``Update`` per item id within ``seconds`` of its first arrival."""
+
+    def __init__(self, seconds: float = 5.0, clock: Callable[[], float] = time.time):
+        super().__init__()
+        if seconds < 0:
+            raise ValueError(f"--aggregate-seconds must not be negative, got {seconds}")
+        self._seconds = seconds
+        self._clock = clock
+
+    def expand(self, updates):
+        return (updates
+                | "KeyById" >> beam.Map(lambda update: (update.id, update))
+                | "KeepNewest" >> beam.ParDo(_KeepNewestFn(self._seconds, self._clock)))

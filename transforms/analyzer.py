@@ -1,0 +1,189 @@
+"""The analyzer: turn the newest update of an item into the document the feeder writes.
+
+* A delete skips the fetch and becomes a tombstone ``{id, updated_at, deleted: true}``.
+* An update whose thumbnail URL and model are the ones the indexed score was computed
+  from keeps that score: most marketplace updates are price or status edits, and a
+  fetch plus an inference per edit would decide the job's cost. The stored fields are
+  read in batches with ``_mget``; the reuse is counted ``score_reused``. When the
+  lookup fails (cluster unreachable) the update is scored again: correct, only dearer.
+* Anything else is fetched, decoded and scored by the backfill's transforms and model
+  handlers (``--model``), and failures leave as dead letters of stage ``analyzer``.
+  A model that stays unreachable past ``--model-unavailable-seconds`` dead-letters its
+  batch as ``model_unavailable``, to be replayed; the job keeps running.
+
+The output is a :class:`FeedRecord`: the item's fields, ``updated_at`` (the version),
+and ``image_score``, ``image_score_model``, ``image_scored_at``,
+``image_score_image_url`` and ``image_score_version`` (the version the score was
+computed for).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+
+from es.client import EsConfig, EsError, call_with_retries, make_client
+from es.mapping import (
+    DELETED_FIELD,
+    MODEL_FIELD,
+    RANK_FIELD,
+    SCORE_FIELD,
+    SCORE_VERSION_FIELD,
+    SCORED_AT_FIELD,
+    SCORED_URL_FIELD,
+)
+from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
+from transforms.decode import DecodeImages
+from transforms.fetch import FetchImages, FetchPolicy
+from transforms.triton_handler import ModelUnavailable
+from transforms.updates import Update, iso
+
+STAGE = "analyzer"
+REUSED = "reused"
+SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION = (
+    SCORE_FIELD, MODEL_FIELD, SCORED_AT_FIELD, SCORED_URL_FIELD, SCORE_VERSION_FIELD)
+#: what the reuse check reads of a stored document
+STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION)
+#: fields only the analyzer and the writer set; an incoming message's values for them are dropped
+DERIVED_FIELDS = frozenset({*STORED_FIELDS, RANK_FIELD, DELETED_FIELD})
+
+
+class FeedRecord(dict):
+    """A document for the writer that remembers the message it came from, so a write
+    failure can still be dead-lettered with the original payload, id and publish time."""
+
+    def __init__(self, fields: dict, payload: str, message_id: str, publish_time: datetime):
+        super().__init__(fields)
+        self.payload = str(payload)
+        self.message_id = message_id
+        self.publish_time = publish_time
+
+    def __reduce__(self):
+        return FeedRecord, (dict(self), self.payload, self.message_id, self.publish_time)
+
+
+def feed_record(update: Update, score_fields: dict | None) -> FeedRecord:
+    """The document of ``update``: a tombstone, or the item's fields plus the score fields."""
+    if update.deleted:
+        fields: dict[str, Any] = {"id": update.id, "updated_at": iso(update.version), "deleted": True}
+    else:
+        fields = {k: v for k, v in update.fields.items() if k not in DERIVED_FIELDS}
+        fields.update(id=update.id, updated_at=iso(update.version), **(score_fields or {}))
+    return FeedRecord(fields, update.payload, update.message_id, update.publish_time)
+
+
+def scored_fields(score: float, model_id: str, update: Update) -> dict:
+    return {SCORE: float(score), MODEL: model_id, SCORED_AT: iso(datetime.now(timezone.utc)),
+            IMAGE_URL: update.thumbnail, SCORE_VERSION: iso(update.version)}
+
+
+def reusable(stored: dict | None, update: Update, model_id: str) -> bool:
+    """Whether the stored score was computed by this model from this thumbnail."""
+    return (bool(stored) and stored.get(SCORE) is not None and stored.get(MODEL) == model_id
+            and stored.get(IMAGE_URL) == update.thumbnail)
+
+
+class _LookupStoredFn(beam.DoFn):
+    """Batches of updates -> the ones to score (main) and the documents that reuse a stored score."""
+
+    def __init__(self, config: EsConfig, index: str, model_id: str):
+        self._config = config
+        self._index = index
+        self._model_id = model_id
+        self._client = None
+        self._reused = beam.metrics.Metrics.counter("imagescore", "score_reused")
+        self._failed = beam.metrics.Metrics.counter("imagescore", "score_lookup_failed")
+
+    def setup(self) -> None:
+        self._client = make_client(self._config)
+
+    def teardown(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _stored(self, ids: list[str]) -> dict[str, dict]:
+        response = call_with_retries(
+            lambda: self._client.mget(index=self._index, ids=ids, source_includes=list(STORED_FIELDS)),
+            f"reading stored scores of {len(ids)} item(s) from index {self._index!r}",
+            max_retries=3, max_retry_time=10.0)
+        return {doc["_id"]: doc.get("_source") or {} for doc in response["docs"] if doc.get("found")}
+
+    def process(self, batch: list[Update]):
+        try:
+            stored = self._stored(sorted({update.id for update in batch}))
+        except EsError:  # the lookup is an optimisation: score everything again
+            self._failed.inc(len(batch))
+            stored = {}
+        for update in batch:
+            previous = stored.get(update.id)
+            if reusable(previous, update, self._model_id):
+                self._reused.inc()
+                fields = {name: previous[name] for name in (SCORE, MODEL, SCORED_AT, IMAGE_URL)}
+                fields[SCORE_VERSION] = previous.get(SCORE_VERSION) or iso(update.version)
+                yield beam.pvalue.TaggedOutput(REUSED, feed_record(update, fields))
+            else:
+                yield update
+
+
+class _ToFeedRecordFn(beam.DoFn):
+    def __init__(self):
+        self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
+
+    def process(self, keyed_result):
+        update, result = keyed_result
+        self._scored.inc()
+        yield feed_record(update, scored_fields(result.inference, result.model_id, update))
+
+
+def _inference_dead_letters(failure):
+    """RunInference's failed batches -> one dead letter per update, ``model_unavailable`` when the
+    model stayed unreachable (replay them once it is back)."""
+    batch, error = failure
+    exc = error[1] if isinstance(error, tuple) and len(error) > 1 else error
+    reason = "model_unavailable" if isinstance(exc, ModelUnavailable) or "ModelUnavailable" in str(error) \
+        else "inference_error"
+    for update, _ in (batch if isinstance(batch, list) else [batch]):
+        count_dead_letter(STAGE, reason)
+        yield dead_letter(STAGE, reason, exc, update.payload, id=update.id)
+
+
+class Analyze(beam.PTransform):
+    """``Update`` -> :class:`FeedRecord` on ``documents``, rejects on ``deadletter``."""
+
+    def __init__(self, handler: ModelHandler, model_id: str, input_size: int, policy: FetchPolicy,
+                 max_pixels: int, es_config: EsConfig | None, index: str):
+        super().__init__()
+        self._handler = handler
+        self._model_id = model_id
+        self._input_size = input_size
+        self._policy = policy
+        self._max_pixels = max_pixels
+        self._es_config = es_config
+        self._index = index
+
+    def expand(self, updates):
+        split = updates | "SplitDeletes" >> beam.Partition(lambda update, _: 0 if update.deleted else 1, 2)
+        tombstones = split[0] | "Tombstone" >> beam.Map(feed_record, None)
+        documents = [tombstones]
+        to_score = split[1]
+        if self._es_config is not None:
+            looked_up = (split[1]
+                         | "BatchLookups" >> beam.BatchElements(min_batch_size=1, max_batch_size=200)
+                         | "LookupStoredScore" >> beam.ParDo(
+                             _LookupStoredFn(self._es_config, self._index, self._model_id)).with_outputs(
+                             REUSED, main="to_score"))
+            documents.append(looked_up[REUSED])
+            to_score = looked_up.to_score
+        fetched = to_score | "Fetch" >> FetchImages(self._policy, stage=STAGE)
+        decoded = fetched.images | "Decode" >> DecodeImages(self._input_size, max_pixels=self._max_pixels,
+                                                             stage=STAGE)
+        scored, failed = (decoded.decoded
+                          | "Score" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
+        documents.append(scored | "ToDocument" >> beam.ParDo(_ToFeedRecordFn()))
+        dead = [fetched[DEAD_LETTER], decoded[DEAD_LETTER],
+                failed.failed_inferences | "InferenceFailures" >> beam.FlatMap(_inference_dead_letters)]
+        return {"documents": documents | "AllDocuments" >> beam.Flatten(),
+                DEAD_LETTER: dead | "AllAnalyzerDeadLetters" >> beam.Flatten()}

@@ -1,0 +1,134 @@
+"""The feeder: batch processed documents across bundles, then bulk-write them.
+
+In streaming a bundle often holds one or two elements, so a writer that flushes
+once per bundle sends one- or two-document bulk requests (Beam's Java
+``ElasticsearchIO`` had exactly this bug, apache/beam#19444). Documents are
+grouped first with ``GroupIntoBatches.WithShardedKey``: a batch is emitted when it
+holds ``max_docs`` documents or when its first one has waited ``buffer_seconds``,
+whichever comes first; shards let a runner spread the batching over workers. Each
+batch then goes through the backfill's writer (:class:`es.bulk_writer.WriteToElasticsearch`),
+with its byte cap, retries, 429 handling and per-document failures.
+
+Every write goes through the stale-update guard (docs/stale-guard.md). In ``document``
+mode (the default) the whole processed item is upserted and a delete leaves a
+tombstone; in ``score`` mode only the score fields are written to documents another
+indexer owns, and a delete is left to that indexer (counted ``deleted``, nothing written).
+
+Every document leaves counted as ``written``, ``stale``, ``deleted`` or ``missing``,
+or as a dead letter of stage ``feeder``. ``publish_to_write_ms`` is the distribution
+of the time from the original message's publish time to the end of its write.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.histogram import LinearBucket
+from apache_beam.utils.timestamp import Timestamp
+
+from es.bulk_writer import DELETED, FAILED, MISSING, STALE, WRITTEN, WriteToElasticsearch
+from es.client import EsConfig
+from es.guard import DOCUMENT, SCORE, SCORE_RECORD_FIELDS, WRITE_MODES
+from transforms.analyzer import FeedRecord
+from transforms.deadletter import count_dead_letter, dead_letter
+from transforms.updates import iso
+
+STAGE = "feeder"
+LATENCY_HISTOGRAM = "publish_to_write_ms_histogram"
+
+
+def _unbatch(keyed_batch):
+    """One batch back to documents, each stamped with its original publish time (for the latency)."""
+    _, records = keyed_batch
+    for record in records:
+        published = getattr(record, "publish_time", None)
+        if published is not None:
+            yield TimestampedValue(record, Timestamp.from_utc_datetime(published))
+        else:
+            yield record
+
+
+class _CountOutcomeFn(beam.DoFn):
+    def __init__(self, outcome: str, clock: Callable[[], float]):
+        self._clock = clock
+        self._count = beam.metrics.Metrics.counter("imagescore", outcome)
+        self._latency = beam.metrics.Metrics.distribution("imagescore", "publish_to_write_ms")
+        # 50 ms buckets up to 2 minutes, for p50/p99 (a distribution has only min, max and mean)
+        self._histogram = beam.metrics.Metrics.histogram("imagescore", LATENCY_HISTOGRAM, LinearBucket(0, 50, 2400))
+
+    def process(self, doc_id, timestamp=beam.DoFn.TimestampParam):
+        self._count.inc()
+        published = float(timestamp)
+        if published > 0:
+            latency = max(0, int((self._clock() - published) * 1000))
+            self._latency.update(latency)
+            self._histogram.update(latency)
+        yield doc_id
+
+
+class _ToScoreRecordFn(beam.DoFn):
+    """Score mode: a document becomes a score record (exactly the fields the guard's score mode takes);
+    a delete is the owning indexer's business and is counted ``deleted`` here."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._deleted = _CountOutcomeFn("deleted", clock)
+
+    def process(self, record, timestamp=beam.DoFn.TimestampParam):
+        if record.get("deleted") is True:
+            yield from self._deleted.process(record.get("id"), timestamp)
+            return
+        fields = {"id": record["id"], "updated_at": record["updated_at"],
+                  **{name: record.get(name) for name in SCORE_RECORD_FIELDS}}
+        yield FeedRecord(fields, record.payload, record.message_id, record.publish_time) \
+            if isinstance(record, FeedRecord) else fields
+
+
+def _write_dead_letter(failure, timestamp=beam.DoFn.TimestampParam):
+    record, reason, error = failure
+    count_dead_letter(STAGE, reason)
+    doc_id = record.get("id") if isinstance(record, dict) else None
+    if isinstance(record, FeedRecord):
+        letter = dead_letter(STAGE, reason, error, record.payload, id=doc_id)
+        letter.update(message_id=record.message_id, publish_time=iso(record.publish_time))
+        return letter
+    letter = dead_letter(STAGE, reason, error, json.dumps(record, sort_keys=True, default=str), id=doc_id)
+    if float(timestamp) > 0:
+        letter["publish_time"] = iso(datetime.fromtimestamp(float(timestamp), timezone.utc))
+    return letter
+
+
+class Feed(beam.PTransform):
+    """Documents -> Elasticsearch; returns the dead letters (stage ``feeder``)."""
+
+    def __init__(self, config: EsConfig, index: str, *, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
+                 buffer_seconds: float = 1.0, clock: Callable[[], float] = time.time, mode: str = DOCUMENT):
+        super().__init__()
+        if buffer_seconds <= 0:
+            raise ValueError(f"--es-max-buffer-seconds must be positive, got {buffer_seconds}")
+        if mode not in WRITE_MODES:
+            raise ValueError(f"--write must be one of {WRITE_MODES}, got {mode!r}")
+        self._mode = mode
+        self._config = config
+        self._index = index
+        self._max_docs = max_docs
+        self._max_bytes = max_bytes
+        self._buffer_seconds = buffer_seconds
+        self._clock = clock
+
+    def expand(self, documents):
+        if self._mode == SCORE:
+            documents = documents | "ToScoreRecord" >> beam.ParDo(_ToScoreRecordFn(self._clock))
+        written = (documents
+                   | "KeyForBatching" >> beam.WithKeys(self._index)
+                   | "BatchAcrossBundles" >> beam.GroupIntoBatches.WithShardedKey(
+                       self._max_docs, max_buffering_duration_secs=self._buffer_seconds, clock=self._clock)
+                   | "Unbatch" >> beam.FlatMap(_unbatch)
+                   | "Write" >> WriteToElasticsearch(self._config, self._index, max_docs=self._max_docs,
+                                                     max_bytes=self._max_bytes, mode=self._mode))
+        for outcome, name in ((WRITTEN, "written"), (DELETED, "deleted"), (STALE, "stale"), (MISSING, "missing")):
+            _ = written[outcome] | f"Count[{name}]" >> beam.ParDo(_CountOutcomeFn(name, self._clock))
+        return written[FAILED] | "WriteFailures" >> beam.Map(_write_dead_letter)
