@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from imagescore import ArgumentParser, UsageError, job_main
 from transforms.deadletter_topic import payload_bytes, to_record
 from transforms.updates import MESSAGE_ID, PUBLISH_TIME
 
@@ -33,7 +34,7 @@ PULL_BATCH = 100
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagescore replay", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="imagescore replay", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--subscription", help="dead-letter subscription, projects/P/subscriptions/S")
     source.add_argument("--files", help="backfill dead-letter files, a glob (deadletter*.jsonl)")
@@ -124,7 +125,7 @@ def read_letters(pattern: str) -> Iterator[dict]:
     """Dead-letter records from the backfill's JSONL files; a line that is not a record names its file and line."""
     paths = sorted(glob.glob(pattern))
     if not paths:
-        raise SystemExit(f"replay: no files match --files {pattern!r}")
+        raise UsageError(f"no files match --files {pattern!r}")
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
@@ -133,9 +134,9 @@ def read_letters(pattern: str) -> Iterator[dict]:
                 try:
                     record = json.loads(line)
                 except ValueError as exc:
-                    raise SystemExit(f"replay: {path}:{number} is not a dead-letter record ({exc})") from None
+                    raise UsageError(f"{path}:{number} is not a dead-letter record ({exc})") from None
                 if not isinstance(record, dict) or "payload" not in record:
-                    raise SystemExit(f"replay: {path}:{number} has no 'payload'; is it a deadletter*.jsonl file?")
+                    raise UsageError(f"{path}:{number} has no 'payload'; is it a deadletter*.jsonl file?")
                 yield record
 
 
@@ -173,17 +174,17 @@ def replay_files(pattern: str, *, output: str | None, topic: str | None, reasons
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.max is not None and args.max < 1:
-        raise SystemExit("replay: --max must be at least 1")
+        raise UsageError("--max must be at least 1")
     if args.subscription:
         if not args.topic and not args.dry_run:
-            raise SystemExit("replay: --subscription needs --topic (the job's input topic), or --dry-run")
+            raise UsageError("--subscription needs --topic (the job's input topic), or --dry-run")
         if args.output:
-            raise SystemExit("replay: --output is for --files; from a subscription, replay to --topic")
+            raise UsageError("--output is for --files; from a subscription, replay to --topic")
         totals = replay_subscription(args.subscription, args.topic, reasons=args.reason, stages=args.stage,
                                      limit=args.max, dry_run=args.dry_run, idle_seconds=args.idle_seconds)
     else:
         if bool(args.output) == bool(args.topic) and not args.dry_run:
-            raise SystemExit("replay: --files needs exactly one of --output FILE.jsonl and --topic")
+            raise UsageError("--files needs exactly one of --output FILE.jsonl and --topic")
         totals = replay_files(args.files, output=args.output, topic=args.topic, reasons=args.reason,
                               stages=args.stage, limit=args.max, dry_run=args.dry_run)
     verb = "would replay" if args.dry_run else "replayed"
@@ -193,4 +194,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m pipelines.replay", run)

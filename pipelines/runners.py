@@ -18,6 +18,8 @@ from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
 # What ``--runner`` names the batch runner as (Beam imports fully qualified runner names).
 LOCAL_BATCH_RUNNER = "pipelines.runners.LocalBatchRunner"
+# The streaming runner's name for ``--runner``; streaming also needs ``--streaming``.
+LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
 
 
 class LocalBatchRunner(PipelineRunner):

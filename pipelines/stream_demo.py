@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from imagescore import ArgumentParser, UsageError, job_main
 from pipelines import streaming
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.pubsub_emulator import PubSubEmulator
@@ -32,7 +33,7 @@ INDEX = "items"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagescore stream-demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="imagescore stream-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--triton", action="store_true",
                         help="score on a local tritonserver (nvidia-pytriton wheel) serving the exported model")
     parser.add_argument("--products", type=int, default=40, help="product photos in the catalog")
@@ -47,7 +48,7 @@ class _EsDouble:
 
     def __init__(self) -> None:
         if not (ROOT / "tests" / "es_double.py").is_file():
-            raise SystemExit("stream-demo: no $ES_URL and no tests/es_double.py here (it runs from a source "
+            raise UsageError("no $ES_URL and no tests/es_double.py here (it runs from a source "
                              "checkout); set ES_URL to a cluster")
         import socket
         with socket.socket() as sock:
@@ -65,7 +66,7 @@ class _EsDouble:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise SystemExit(f"stream-demo: the Elasticsearch double did not start on {self.url}") from None
+                    raise UsageError(f"the Elasticsearch double did not start on {self.url}") from None
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -230,4 +231,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m pipelines.stream_demo", run)

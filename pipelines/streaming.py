@@ -29,9 +29,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from es.client import EsConfig, EsError, make_client, scrubbed_errors
 from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
 from es.mapping import document_properties, ensure_score_mapping
+from imagescore import UsageError, job_main
 from pipelines import local_streaming
-from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested
+from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
 from pipelines.report import counters, ship_packages
+from pipelines.runners import LOCAL_STREAMING_RUNNER
 from transforms.aggregator import KeepNewest
 from transforms.analyzer import Analyze, FeedRecord
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
@@ -45,7 +47,6 @@ from transforms.updates import MESSAGE_ID, PUBLISH_TIME, ParseUpdates, iso, mess
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "aggregator", "analyzer", "feeder")
-LOCAL_RUNNER = "BundleBasedDirectRunner"
 #: the outcomes every published message ends in exactly one of (score_reused is a kind of written)
 OUTCOMES = ("superseded", "written", "stale", "deleted", "missing", "deadlettered")
 
@@ -86,8 +87,8 @@ class StreamingOptions(PipelineOptions):
                                  "(refused on the local runner, which does not support it)")
 
 
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"stream: {message}")
+def _fail(message: str) -> UsageError:
+    return UsageError(message)
 
 
 def is_local(opts: PipelineOptions) -> bool:
@@ -228,11 +229,11 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
 
 def prepare(argv: list[str]) -> PipelineOptions:
     """Options with ``--streaming`` set and the local runner chosen explicitly when none was given."""
-    opts = PipelineOptions(argv)
+    opts = job_options(argv)
     std = opts.view_as(StandardOptions)
     std.streaming = True
     if std.runner in (None, "DirectRunner"):
-        std.runner = LOCAL_RUNNER   # DirectRunner would try to download Prism first
+        std.runner = LOCAL_STREAMING_RUNNER  # DirectRunner would try to download Prism first
     if is_local(opts):
         local_streaming.install(pull_seconds=opts.view_as(StreamingOptions).local_pull_seconds)
     ship_packages(opts)
@@ -371,4 +372,4 @@ def run(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    run(sys.argv[1:])
+    job_main("python -m pipelines.streaming", run)

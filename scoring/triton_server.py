@@ -25,6 +25,8 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from imagescore import ArgumentParser, UsageError, job_main
+
 START_TIMEOUT_S = 120.0
 
 
@@ -159,7 +161,7 @@ def _model_names(repository: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagescore serve-triton", description=(
+    parser = ArgumentParser(prog="imagescore serve-triton", description=(
         "Serve an export-triton repository with the tritonserver of the nvidia-pytriton wheel (CPU), "
         "print the triton:// address, stop on Ctrl-C."))
     parser.add_argument("--repository", required=True, help="the directory export-triton wrote")
@@ -213,4 +215,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    job_main("python -m scoring.triton_server", run)
