@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from imagescore import guarded
 from scoring import export_triton as et
 from scoring.clip_iqa import DEFAULT_PROMPTS, ClipIqaScorer, parse_spec
 from scoring.model import load_model, model_info
@@ -126,6 +127,8 @@ def test_exports_to_triton_and_the_trace_scores_the_same(tiny_clip_dir, tmp_path
 
 
 def test_export_cli_names_a_bad_clip_iqa_spec(tmp_path, capsys):
-    assert et.run(["--model", "clip-iqa:nope:thing", "--repository", str(tmp_path / "repo")]) == 2
-    assert "clip-iqa:nope:thing" in capsys.readouterr().err
+    assert guarded("imagescore export-triton", et.run,
+                   ["--model", "clip-iqa:nope:thing", "--repository", str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err
+    assert "clip-iqa:nope:thing" in err and "Traceback" not in err
     assert not (tmp_path / "repo").exists()
