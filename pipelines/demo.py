@@ -208,8 +208,8 @@ def run(argv: list[str] | None = None) -> int:
     skipped = len(entries) - len(scores) - len(dead)
     print(f"\nscored {len(scores)}, dead-lettered {len(dead)}, skipped {skipped} of {len(entries)} items")
     print(f"  scores:        {out}/scores*.jsonl")
-    print(f"  bulk NDJSON:   {out}/bulk*.ndjson  (partial updates: POST to $ES_URL/_bulk of a cluster "
-          f"that holds these items)")
+    print(f"  bulk NDJSON:   {out}/bulk*.ndjson  (guarded score updates: store the guard script, then POST to "
+          f"$ES_URL/_bulk; docs/stale-guard.md)")
     print(f"  dead letters:  {out}/deadletter/deadletter*.jsonl")
     print(f"  contact sheet: {html_path}\n                 {png_path}")
     results = [file_result]
