@@ -11,24 +11,18 @@ passes; the median of each side is reported. Prints one line::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from triton_setup import MODEL_NAME as NAME
+from triton_setup import photo_batches, served_handcrafted
+from tritonclient.grpc import InferenceServerClient, InferInput, InferRequestedOutput
 
-import numpy as np  # noqa: E402
-from tritonclient.grpc import InferenceServerClient, InferInput, InferRequestedOutput  # noqa: E402
-
-from scoring.export_triton import INPUT_NAME, OUTPUT_NAME, export_triton  # noqa: E402
-from scoring.model import load_model  # noqa: E402
-from scoring.photos import draw_product  # noqa: E402
-from scoring.triton_server import start_triton, stop_triton  # noqa: E402
-from transforms.triton_handler import TritonModelHandler  # noqa: E402
+from scoring.export_triton import INPUT_NAME, OUTPUT_NAME
+from transforms.triton_handler import TritonModelHandler
 
 TARGET = 0.8
-NAME = "image_score"
 
 
 def _bare(client: InferenceServerClient, batches) -> float:
@@ -55,29 +49,19 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
 
-    model = load_model("handcrafted", "cpu")
-    rng = np.random.default_rng(0)
-    images = [np.asarray(draw_product(rng, model.input_size, clutter=rng.uniform(0, 1)).convert("RGB"))
-              for _ in range(args.images)]
-    batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
-    with tempfile.TemporaryDirectory() as workdir:
-        repository = f"{workdir}/models"
-        export_triton(model, repository, name=NAME, backend="python")
-        process, grpc_url, _, _ = start_triton(repository, workdir, (NAME,))
-        try:
-            handler = TritonModelHandler(f"triton://{grpc_url}/{NAME}", unavailable_s=300.0)
-            loaded = handler.create_client()
-            bare = InferenceServerClient(grpc_url)
-            _handler(handler, loaded, batches[:1])   # warm-up: channels, first-call allocations
-            _bare(bare, batches[:1])
-            rates = {"handler": [], "bare": []}
-            for _ in range(args.rounds):
-                rates["handler"].append(_handler(handler, loaded, batches))
-                rates["bare"].append(_bare(bare, batches))
-            loaded.client.close()
-            bare.close()
-        finally:
-            stop_triton(process)
+    batches = photo_batches(args.images, args.batch_size)
+    with served_handcrafted() as grpc_url:
+        handler = TritonModelHandler(f"triton://{grpc_url}/{NAME}", unavailable_s=300.0)
+        loaded = handler.create_client()
+        bare = InferenceServerClient(grpc_url)
+        _handler(handler, loaded, batches[:1])   # warm-up: channels, first-call allocations
+        _bare(bare, batches[:1])
+        rates = {"handler": [], "bare": []}
+        for _ in range(args.rounds):
+            rates["handler"].append(_handler(handler, loaded, batches))
+            rates["bare"].append(_bare(bare, batches))
+        loaded.client.close()
+        bare.close()
     handler_rate, bare_rate = (float(np.median(rates[k])) for k in ("handler", "bare"))
     ratio = handler_rate / bare_rate
     print(f"RESULT bench=stream_triton images={args.images} batch={args.batch_size} "

@@ -14,19 +14,12 @@ machine) and the two paths' scores within 1e-5.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np
+from triton_setup import MODEL_NAME, photo_batches, served_handcrafted
 
-from scoring.export_triton import export_triton
-from scoring.model import load_model
-from scoring.photos import draw_product
-from tests.fixtures.triton import MODEL_NAME, start_triton, stop_triton
 from transforms.inference import ScoreModelHandler
 from transforms.triton_handler import TritonModelHandler
 
@@ -50,31 +43,20 @@ def run(argv: list[str] | None = None) -> int:
                              "(the machines these run on are shared, so single passes are noisy)")
     args = parser.parse_args(argv)
 
-    model = load_model("handcrafted", "cpu")
-    rng = np.random.default_rng(0)
-    images = [np.asarray(draw_product(rng, model.input_size, clutter=rng.uniform(0, 1)).convert("RGB"))
-              for _ in range(args.images)]
-    batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
-
-    with tempfile.TemporaryDirectory() as workdir:
-        repository = f"{workdir}/models"
-        export_triton(model, repository, name=MODEL_NAME, backend="python")
-        process, grpc_url, _, _ = start_triton(repository, workdir, (MODEL_NAME,))
-        try:
-            local = ScoreModelHandler("handcrafted", "cpu")
-            remote = TritonModelHandler(f"triton://{grpc_url}/{MODEL_NAME}", num_retries=0)
-            sides = {"local": (local, local.load_model()), "triton": (remote, remote.create_client())}
-            for handler, loaded in sides.values():   # warm-up: first-call allocations, gRPC channel
-                handler.run_inference(batches[0], loaded)
-            rates = {name: [] for name in sides}
-            scores = {}
-            for _ in range(args.rounds):
-                for name, (handler, loaded) in sides.items():
-                    rate, scores[name] = _pass(handler, loaded, batches)
-                    rates[name].append(rate)
-            sides["triton"][1].client.close()
-        finally:
-            stop_triton(process)
+    batches = photo_batches(args.images, args.batch_size)
+    with served_handcrafted() as grpc_url:
+        local = ScoreModelHandler("handcrafted", "cpu")
+        remote = TritonModelHandler(f"triton://{grpc_url}/{MODEL_NAME}", num_retries=0)
+        sides = {"local": (local, local.load_model()), "triton": (remote, remote.create_client())}
+        for handler, loaded in sides.values():   # warm-up: first-call allocations, gRPC channel
+            handler.run_inference(batches[0], loaded)
+        rates = {name: [] for name in sides}
+        scores = {}
+        for _ in range(args.rounds):
+            for name, (handler, loaded) in sides.items():
+                rate, scores[name] = _pass(handler, loaded, batches)
+                rates[name].append(rate)
+        sides["triton"][1].client.close()
 
     local_rate, triton_rate = (float(np.median(rates[name])) for name in ("local", "triton"))
     ratio = triton_rate / local_rate
