@@ -123,17 +123,23 @@ def per_user(table: pa.Table, covariates: bool = False) -> tuple[pa.Table, dict]
     return users.filter(pc.invert(several)), excluded
 
 
+def name_number_pairs(text: str, flag: str, example: str) -> dict[str, float]:
+    """``"a=1,b=2"`` as ``{"a": 1.0, "b": 2.0}``; a ValueError naming ``flag`` otherwise."""
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: expected name=number pairs like {example}") from None
+    return out
+
+
 def parse_split(text: str | None, variants: list[str]) -> dict[str, float]:
     """``--split control=50,a=25,b=25`` (any positive numbers; normalised); equal shares by default."""
     if not text:
         return {v: 1.0 / len(variants) for v in variants}
-    shares = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        try:
-            shares[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--split {text!r}: expected name=share pairs like control=50,treatment=50") from None
+    shares = name_number_pairs(text, "--split", "control=50,treatment=50")
     if set(shares) != set(variants) or any(not v > 0 for v in shares.values()):
         raise ValueError(f"--split {text!r} must give a positive share to each variant in the data: {variants}")
     total = sum(shares.values())

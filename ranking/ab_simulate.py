@@ -23,19 +23,16 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 from imagescore import ArgumentParser, UsageError, job_main
+from ranking.ab import name_number_pairs
 
 PLATFORMS = ("web", "ios", "android")
 
 
 def _pairs(text: str, what: str) -> dict[str, float]:
-    out = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise UsageError(f"--{what} {text!r}: expected name=number pairs") from None
-    return out
+    try:
+        return name_number_pairs(text, f"--{what}", "treatment=0.02")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def simulate(users: int, split: dict[str, float], lifts: dict[str, dict[str, float]], *, seed: int = 0,
