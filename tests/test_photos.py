@@ -1,4 +1,6 @@
 """The photo generator: deterministic drawings, graded distortions, bundled real photos."""
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -6,7 +8,7 @@ from PIL import Image
 from scoring.photos import (DEGRADATIONS, HELDOUT_OBJECTS, HELDOUT_TEXTURES, LISTING_OBJECTS, LISTING_PAIR_KINDS,
                             LISTING_TEXTURES, PRODUCT_KINDS, TUNE_OBJECTS, TUNE_TEXTURES, compose_listing, cutout,
                             degrade, draw_product, heldout_photos, listing_pairs, sample_photos, studio_background,
-                            texture)
+                            texture, tune_photos)
 
 
 def test_draw_product_is_deterministic_per_seed_and_differs_across_seeds():
@@ -77,7 +79,7 @@ def test_sample_photos_are_real_rgb_photos_bundled_offline():
 
 # --------------------------------------------------------------------------- listing composites
 
-@pytest.mark.parametrize("name", LISTING_OBJECTS)
+@pytest.mark.parametrize("name", LISTING_OBJECTS + HELDOUT_OBJECTS)
 def test_cutouts_are_real_objects_with_a_mask(name):
     obj = cutout(name)
     alpha = np.asarray(obj.getchannel("A"), dtype=np.float32) / 255
@@ -88,7 +90,7 @@ def test_cutouts_are_real_objects_with_a_mask(name):
     assert np.array_equal(np.asarray(cutout(name)), np.asarray(obj))  # derived by fixed rules: reproducible
 
 
-@pytest.mark.parametrize("name", LISTING_TEXTURES)
+@pytest.mark.parametrize("name", LISTING_TEXTURES + HELDOUT_TEXTURES)
 def test_textures_are_busy_and_the_studio_sweep_is_plain(name):
     busy = np.asarray(texture(name, 128), dtype=np.float32)
     plain = np.asarray(studio_background(128), dtype=np.float32)
@@ -105,6 +107,25 @@ def test_compose_listing_places_the_object_at_its_size_and_offset():
     assert cols.mean() > 100 + 0.25 * 200
 
 
+@pytest.mark.parametrize("name", HELDOUT_OBJECTS)
+def test_heldout_cutouts_cut_the_object_out_of_its_photo(name):
+    """A real cut: a large object, not its whole box and not the whole photo (the backdrop is gone)."""
+    obj = cutout(name)
+    alpha = np.asarray(obj.getchannel("A"), dtype=np.float32) / 255
+    assert min(obj.size) >= 100, obj.size
+    assert 0.3 < alpha.mean() < 0.95, alpha.mean()
+    photo = dict(heldout_photos())[name]
+    assert alpha.sum() < 0.75 * photo.width * photo.height  # the backdrop around it is gone
+
+
+@pytest.mark.parametrize("name", HELDOUT_TEXTURES)
+def test_heldout_textures_are_busy_512_px_rgb(name):
+    img = texture(name)
+    luma = np.asarray(img.convert("L"), dtype=np.float32)
+    assert img.mode == "RGB" and img.size == (512, 512)
+    assert luma.std() > 10, luma.std()
+
+
 @pytest.mark.parametrize("call", [lambda: cutout("lamp"), lambda: texture("carpet"),
                                   lambda: compose_listing(cutout("cup"), studio_background(64), 1.5)])
 def test_listing_helpers_refuse_unknown_names_and_bad_fill(call):
@@ -112,11 +133,39 @@ def test_listing_helpers_refuse_unknown_names_and_bad_fill(call):
         call()
 
 
-def test_listing_pairs_cover_every_kind_and_keep_splits_apart():
+def test_unknown_names_list_every_known_object_and_texture():
+    with pytest.raises(ValueError) as object_error:
+        cutout("lamp")
+    with pytest.raises(ValueError) as texture_error:
+        texture("carpet")
+    assert all(name in str(object_error.value) for name in LISTING_OBJECTS + HELDOUT_OBJECTS)
+    assert all(name in str(texture_error.value) for name in LISTING_TEXTURES + HELDOUT_TEXTURES)
+
+
+def test_heldout_photos_without_scikit_learn_say_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
+    with pytest.raises(ImportError, match="scikit-learn.*imagescore\\[dev\\]"):
+        texture("china")
+    with pytest.raises(ImportError, match="scikit-learn"):
+        cutout("flower")
+    assert texture("brick").size == (512, 512)  # the other textures do not need it
+
+
+def test_listing_pairs_cover_every_kind():
     pairs = list(listing_pairs(("cup",), ("brick",), size=96))
     assert {kind for kind, *_ in pairs} == set(LISTING_PAIR_KINDS)
     assert all(better.size == worse.size == (96, 96) for _, better, worse, _ in pairs)
+
+
+def test_splits_are_disjoint_and_the_demo_objects_all_tune():
+    assert TUNE_OBJECTS == LISTING_OBJECTS and TUNE_TEXTURES == LISTING_TEXTURES
+    assert HELDOUT_OBJECTS == ("flower", "hopper") and HELDOUT_TEXTURES == ("china", "moon", "text")
     assert not set(TUNE_OBJECTS) & set(HELDOUT_OBJECTS) and not set(TUNE_TEXTURES) & set(HELDOUT_TEXTURES)
-    assert set(TUNE_OBJECTS) | set(HELDOUT_OBJECTS) == set(LISTING_OBJECTS)
-    names = [name for name, _ in heldout_photos()]
-    assert not {name for name, _ in sample_photos()} & set(names)
+    tune = [name for name, _ in tune_photos()]
+    heldout = [name for name, _ in heldout_photos()]
+    assert {name for name, _ in sample_photos()} <= set(tune)
+    assert {"coins", "gravel", "hubble", "motorcycle-listing", "rocket-listing", "logo-listing"} <= set(tune)
+    assert heldout == ["china", "flower", "hopper", "flower-listing", "hopper-listing"]
+    assert not set(tune) & set(heldout) and len(set(tune)) == len(tune)
+    for name, img in tune_photos() + heldout_photos():
+        assert img.mode == "RGB" and min(img.size) >= 256, name
