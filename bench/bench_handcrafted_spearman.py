@@ -7,11 +7,15 @@ the score). Besides :data:`scoring.photos.DEGRADATIONS` there is
 ``jpeg_upscaled``: the photo upscaled 2x before the JPEG levels (phone photos
 re-saved by apps), whose 8x8 grid lands at ~3 px in the model's crop.
 
-The weights were fitted (bench/fit_handcrafted.py) on the ``tune`` photos,
-scikit-image's six sample photos; ``heldout`` photos were never looked at
-while tuning: other scikit-image photos and listing shots of the held-out
-objects. Prints one RESULT line per split and distortion (mean and worst rho)
-and a summary line; ``--features`` also dumps the per-level features.
+The weights were fitted (bench/fit_handcrafted.py) on the ``tune`` photos
+(:func:`scoring.photos.tune_photos`: scikit-image's photos and listing shots of
+three tuning objects). The ``heldout`` photos (:func:`scoring.photos.heldout_photos`)
+are photos bundled in scikit-learn and matplotlib, and listing shots of two
+objects, never used while designing or fitting. (The earlier held-out split,
+coins, gravel, hubble and the motorcycle/rocket/logo listing shots, had been
+looked at while designing features, so it was retired into the tuning split.)
+Prints one RESULT line per split and distortion (mean and worst rho) and a
+summary line; ``--features`` also dumps the per-level features.
 
     .venv/bin/python bench/bench_handcrafted_spearman.py [--split tune|heldout|both] [--features]
 """
@@ -30,7 +34,7 @@ from PIL import Image  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from scoring.handcrafted import HandcraftedScorer  # noqa: E402
-from scoring.photos import DEGRADATIONS, degrade, draw_product, heldout_photos, sample_photos  # noqa: E402
+from scoring.photos import DEGRADATIONS, degrade, draw_product, heldout_photos, tune_photos  # noqa: E402
 from transforms.decode import decode_image  # noqa: E402
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -67,7 +71,7 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     model = HandcraftedScorer().eval()
-    splits = {"tune": sample_photos, "heldout": heldout_photos}
+    splits = {"tune": tune_photos, "heldout": heldout_photos}
     ok_all = True
     for split in (("tune", "heldout") if args.split == "both" else (args.split,)):
         photos = splits[split]()

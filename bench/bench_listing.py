@@ -1,13 +1,15 @@
 """How the handcrafted score orders listing-style photo pairs of real objects, as a buyer would.
 
-Objects cut out of scikit-image's bundled photos are composited on a plain
-studio sweep or on busy real textures, at different sizes, exposures, focus
-and placement (:func:`scoring.photos.listing_pairs`). Each pair is JPEG-encoded
-(quality 92, as listings arrive), decoded by the production decoder and scored;
-a pair counts as right only when the better shot scores strictly higher.
-The scorer was tuned on the ``tune`` split; the ``heldout`` split (other
-objects, other textures) is what the README reports. Prints one RESULT line
-per split and kind, and one per split overall.
+Objects cut out of real photos bundled in installed wheels are composited on
+a plain studio sweep or on busy real textures, at different sizes, exposures,
+focus and placement (:func:`scoring.photos.listing_pairs`). Each pair is
+JPEG-encoded (quality 92, as listings arrive), decoded by the production
+decoder and scored; a pair counts as right only when the better shot scores
+strictly higher. The scorer was tuned on the ``tune`` split (scikit-image's
+seven objects and six textures); the ``heldout`` split (two objects and three
+textures from scikit-learn, matplotlib and scikit-image photos, never used
+while designing or fitting) is what the README reports. Prints one RESULT
+line per split and kind, and one per split overall.
 
     .venv/bin/python bench/bench_listing.py [--split tune|heldout|both] [--show-wrong]
 """
