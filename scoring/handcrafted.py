@@ -13,29 +13,35 @@ Features (``HandcraftedScorer.features``), one value per image:
     band (``Y - G(sigma=1)``) in 16x16 patches, 10th percentile over patches,
     so the flattest regions speak and edges and texture do not. Patches near
     clipping (blown/crushed 4x4 blocks, or pixels at 0/255 which cut noise
-    off) are skipped; with too few usable patches the image counts as
-    noise-free.
+    off) are skipped. A patch counts on its unclipped pixels if at least half
+    of it is unclipped, so scattered blown highlights (sunlit gravel) do not
+    leave a frame without a floor; only a frame with no such patch at all
+    counts as noise-free.
 ``effective_resolution``
     Detail in the finest octave relative to the octave two steps coarser,
     ``sqrt(E0 / E2)`` of a difference-of-Gaussians pyramid (bands at sigma 0-1,
     1-2, 2-4, 4-8 px). Each band's noise floor (its flat-patch energy) is
-    subtracted first, and detail counts only away from clipped areas (blown
-    areas hold none; their edges are artefacts). A photo upscaled from a lower
-    resolution has (almost) no energy in the finest octave, however sharp it
-    looked at its own size.
+    subtracted first, and both octaves are measured only away from clipped areas
+    (blown areas hold no detail at any scale, and their edges are artefacts, so a
+    white print at 255 neither adds nor removes detail). A photo upscaled from a
+    lower resolution has (almost) no energy in the finest octave, however sharp
+    it looked at its own size.
 ``sharpness``
     The same ratio one octave coarser, ``sqrt(E1 / E3)``: edge crispness at the
     scale a viewer sees. Noise-corrected too, so noise does not pass for
     sharpness (a plain Laplacian variance would reward it).
 ``blockiness``
-    Periodic seams: each column's (row's) mean absolute step, with steps capped
-    at 0.01 so faint seams in flat areas count as much as real edges, is
-    profiled across the image and its spectrum searched for a peak at periods
-    2.7-24 px: an 8x8 JPEG grid lands anywhere in there after the decoder's
-    resize, from ~3 px (a photo upscaled 2-2.5x before it was compressed, as
-    apps re-save phone photos) to ~20 px (compressed, then upscaled). The
-    feature is that peak's energy above the spectrum's median, as a fraction of
-    the profile's energy: ~0.01 for photos, 0.1-0.5 for heavy JPEG.
+    Periodic seams: each column's (row's) mean absolute step over the subject
+    and a margin around it, with steps capped at 0.01 so faint seams in flat
+    areas count as much as real edges, is profiled across the image and its
+    spectrum searched for a comb at periods 2.7-12 px: an 8x8 JPEG grid lands
+    there after the decoder's resize, from ~3 px (a photo upscaled 2-2.5x before
+    it was compressed, as apps re-save phone photos) to 12 px (a 256 px photo).
+    The feature is the largest sum of a peak's and its second harmonic's energy
+    above the spectrum's median, as a fraction of the profile's energy. Looking
+    only near the subject and for a comb keeps two look-alikes out: the 8-bit
+    banding of a smooth studio sweep and the single long-period peaks of an
+    object's own outline (both showed up at 15-24 px).
 ``brightness``
     Mean luma of the 4x-pooled image (pooling denoises every tone measure).
 ``highlight``
@@ -56,9 +62,11 @@ Layout features, on the 4x-pooled image (96 x 96), for what a buyer rewards in
 a listing photo (a plain background, a product that fills the frame, centred):
 
 ``background_clutter``
-    Median local detail (3x3 mean of absolute RGB steps) over the frame's
-    outer ring (6 of 96 px), where the background shows: ~0.002 on a studio
-    sweep, 0.1-0.4 on a busy texture or a room.
+    Median local detail (3x3 mean of absolute RGB steps) of what the fitted
+    background plane does not explain, over the frame's outer ring (6 of 96
+    px), where the background shows: ~0 on a studio sweep however it was
+    encoded, 0.1-0.4 on a busy texture or a room. Blown ring pixels are left
+    out unless most of the ring is blown (a white backdrop).
 ``background_spread`` / ``background_luma``
     How far the ring is from one smooth colour plane fitted to it, and the
     ring's median luma under that plane (a white sweep ~0.93).
@@ -109,7 +117,7 @@ _FLOOR_BIAS = (0.88, 0.78, 0.63, 0.41)
 _WHITE_NOISE_GAIN0 = 0.761
 # px: an 8 px JPEG grid after the decoder's resize, from a photo 2.7x larger (upscaled before it was
 # compressed, as apps re-save phone photos: 8 px -> 3 px) to one 0.4x as large (upscaled after: 8 px -> 20 px)
-_BLOCK_PERIODS = (2.7, 24.0)
+_BLOCK_PERIODS = (2.7, 12.0)
 _BLOCK_STEP_CAP = 0.01          # luma step above which an edge counts as content, not a block seam
 _EPS = 1e-8
 _RING = 6                  # pooled px (of 96): the frame's outer ring, where the background shows
@@ -122,24 +130,24 @@ _DETAIL_FLOOR = 0.05  # detail ratios below this are all "none": keeps the log f
 # value is better; every weight is >= 0). Fitted on the tuning split by bench/fit_handcrafted.py.
 WEIGHTS = {
     "bias": 3.0,
-    "background_clutter": 1.844,
-    "background_dim": 16.9,
-    "background_spread": 0,
-    "blockiness": 33.96,
-    "clipped": 4.642,
-    "colourfulness": 2.95,
-    "contrast": 2.278,
-    "dark": 7.7,
-    "effective_resolution": 2.696,
-    "highlight": 8.246,
-    "noise": 1.088,
-    "shadow": 12.71,
-    "sharpness": 1.599,
-    "subject_clipped": 4.708,
-    "subject_dark": 7.259,
-    "subject_extent": 3.227,
-    "subject_offset": 9.551,
-    "subject_washed": 5.216,
+    "background_clutter": 2.03,
+    "background_dim": 11.91,
+    "background_spread": 1.424,
+    "blockiness": 32.34,
+    "clipped": 4.829,
+    "colourfulness": 3.881,
+    "contrast": 2.482,
+    "dark": 0,
+    "effective_resolution": 2.62,
+    "highlight": 8.018,
+    "noise": 0.7495,
+    "shadow": 15.61,
+    "sharpness": 1.283,
+    "subject_clipped": 1.665,
+    "subject_dark": 9.195,
+    "subject_extent": 2.077,
+    "subject_offset": 11.06,
+    "subject_washed": 23.62,
 }
 NOISE_REF = 4.0 / 255   # below this sigma noise is invisible and barely penalised
 CLUTTER_REF = 0.02      # relative ring detail of a plain sweep is ~0.002; a busy texture's 0.3-1
@@ -151,7 +159,7 @@ KNEES = {"highlight": 0.75, "dark": 0.25, "shadow": 0.15, "clipped": 0.05, "cont
 # Monotone calibration of the logit: piecewise linear through these (logit, calibrated logit) knots,
 # extended linearly past both ends, then a sigmoid. Fitted by bench/fit_handcrafted.py so the tuning
 # images' scores spread evenly over [0.03, 0.97] instead of piling up near 0 and 1.
-CALIBRATION = ((-25.2694, -3.4761), (-12.0816, -1.7543), (-9.1785, -1.0201), (-7.1344, -0.479), (-6.0455, 0.0), (-4.9826, 0.479), (-3.5844, 1.0201), (-1.2634, 1.7543), (2.2298, 3.4761))
+CALIBRATION = ((-35.8373, -3.4761), (-12.2359, -1.7543), (-9.4096, -1.0201), (-7.766, -0.479), (-6.1257, 0.0), (-4.8054, 0.479), (-3.498, 1.0201), (-1.4662, 1.7543), (2.0763, 3.4761))
 
 
 def _soft_hinge(x: torch.Tensor, width: float) -> torch.Tensor:
@@ -199,7 +207,7 @@ def _background_plane(pooled: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
 class HandcraftedScorer(ScoreModel):
     """Sharpness, resolution, noise, blockiness, exposure, colour, background and subject framing in one score."""
 
-    model_id = "handcrafted-v2"
+    model_id = "handcrafted-v3"
     # 384: big enough that a sharp 600-1200 px listing photo keeps its finest
     # octave after the resize (what effective_resolution measures) and that an
     # 8x8 JPEG grid spans ~48 blocks per side (what blockiness needs), while
@@ -250,8 +258,11 @@ class HandcraftedScorer(ScoreModel):
         clean = (torch.stack(detail, 1) - floor * usable_share).clamp_min(_EPS)
         noise = torch.sqrt(floor[:, 0] / _WHITE_NOISE_GAIN0)
         # A fully blown or black frame has no usable pixels: its ratios fall to ~0, not 0/0.
-        effective_resolution = torch.sqrt(clean[:, 0] / (energy[:, 2] + _RATIO_EPS))
-        sharpness = torch.sqrt(clean[:, 1] / (energy[:, 3] + _RATIO_EPS))
+        # Both octaves of a ratio are measured on the same unclipped pixels: a white print or a white
+        # backdrop at 255 holds no detail at any scale, so it must not lower the ratio either.
+        coarse = torch.stack(detail, 1)
+        effective_resolution = torch.sqrt(clean[:, 0] / (coarse[:, 2] + _RATIO_EPS))
+        sharpness = torch.sqrt(clean[:, 1] / (coarse[:, 3] + _RATIO_EPS))
 
         py = (pooled * self.luma).sum(dim=1).flatten(1)
         q = torch.quantile(py, torch.tensor([0.01, 0.99], device=py.device), dim=1)
@@ -259,12 +270,15 @@ class HandcraftedScorer(ScoreModel):
         rg, yb = r - g, 0.5 * (r + g) - b
         colourfulness = (torch.sqrt(rg.var(1) + yb.var(1))
                          + 0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2))
-        layout = self._layout(pooled, self.luma)
+        layout, subject = self._layout(pooled, self.luma)
+        # Blocks are looked for where the subject is: a smooth sweep's 8-bit banding is periodic too.
+        near_subject = F.interpolate(F.max_pool2d((subject[:, None] > 0.5).float(), 5, stride=1, padding=2), size=y.shape[-2:],
+                                     mode="bilinear", align_corners=False)
         return {
             "noise": noise,
             "effective_resolution": effective_resolution,
             "sharpness": sharpness,
-            "blockiness": 0.5 * (self._blockiness(y, dim=3) + self._blockiness(y, dim=2)),
+            "blockiness": 0.5 * (self._blockiness(y, near_subject, dim=3) + self._blockiness(y, near_subject, dim=2)),
             "brightness": py.mean(1),
             "highlight": q[1],
             "shadow": q[0],
@@ -275,7 +289,7 @@ class HandcraftedScorer(ScoreModel):
         }
 
     @staticmethod
-    def _layout(pooled: torch.Tensor, luma: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _layout(pooled: torch.Tensor, luma: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Background and subject measures of the 4x-pooled RGB image (see the module docstring).
 
         The background is what the frame's outer ring shows (its median colour);
@@ -288,12 +302,19 @@ class HandcraftedScorer(ScoreModel):
         ring[_RING:h - _RING, _RING:w - _RING] = False
         background = _background_plane(pooled, ring)                                 # [N, 3, H, W]
         distance = (pooled - background).norm(dim=1)                                 # [N, H, W]
-        # Local detail: absolute differences to the right and below, all channels, over 3x3.
-        dx = (pooled[..., :, 1:] - pooled[..., :, :-1]).abs().sum(1)
-        dy = (pooled[..., 1:, :] - pooled[..., :-1, :]).abs().sum(1)
+        # Local detail: absolute differences to the right and below, all channels, over 3x3, of what the
+        # smooth sweep does not explain (a gradient backdrop is plain, however it was encoded).
+        residual = pooled - background
+        dx = (residual[..., :, 1:] - residual[..., :, :-1]).abs().sum(1)
+        dy = (residual[..., 1:, :] - residual[..., :-1, :]).abs().sum(1)
         detail = F.pad(dx, (0, 1)) + F.pad(dy, (0, 0, 0, 1))
         detail = F.avg_pool2d(detail[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0]
-        clutter = detail[:, ring].median(dim=1).values
+        # Blown ring pixels say nothing about clutter (an overexposed room is not a plain backdrop); a
+        # ring blown all round is a white backdrop, and plain.
+        ring_detail = detail[:, ring]
+        blown = pooled.amax(dim=1)[:, ring] >= _CLIP_HIGH
+        seen = torch.nanmedian(torch.where(blown, torch.full_like(ring_detail, float("nan")), ring_detail), dim=1).values
+        clutter = torch.where((~blown).float().mean(1) >= 0.25, seen, ring_detail.median(dim=1).values)
         spread = distance[:, ring].median(dim=1).values   # how far the ring is from one smooth sweep
         subject = torch.sigmoid((distance - _SUBJECT_DISTANCE) / _SUBJECT_SOFTNESS)   # [N, H, W]
         mass = subject.flatten(1).sum(1) + _EPS
@@ -323,7 +344,7 @@ class HandcraftedScorer(ScoreModel):
             "subject_shadow": torch.where(has_subject, torch.nan_to_num(tones[0], nan=0.0), y.flatten(1).quantile(0.05, dim=1)),
             "subject_highlight": torch.where(has_subject, torch.nan_to_num(tones[1], nan=1.0), y.flatten(1).quantile(0.95, dim=1)),
             "subject_clipped": subject_clipped,
-        }
+        }, subject
 
     @staticmethod
     def _unclipped(pooled: torch.Tensor, size: int) -> torch.Tensor:
@@ -344,18 +365,21 @@ class HandcraftedScorer(ScoreModel):
         Patches must be unclipped; where enough of them also have no pixel at 0/255
         (which would cut the noise off), only those count.
         """
-        energy = F.avg_pool2d(squared, _PATCH).flatten(1)
-        unclipped = F.avg_pool2d(weight, _PATCH).flatten(1) > 0.99
+        # A patch counts on its usable pixels, if at least half of it is usable: scattered blown
+        # highlights (sunlit gravel) must not leave the frame without a floor.
+        share = F.avg_pool2d(weight, _PATCH).flatten(1)
+        energy = F.avg_pool2d(squared * weight, _PATCH).flatten(1) / share.clamp_min(_EPS)
+        unclipped = share > 0.5
         strict = unclipped & (F.avg_pool2d(unsaturated, _PATCH).flatten(1) > 0.98)
         nan = torch.full_like(energy, float("nan"))
         floor_strict = torch.nanquantile(torch.where(strict, energy, nan), _FLOOR_QUANTILE, dim=1)
         floor_loose = torch.nanquantile(torch.where(unclipped, energy, nan), _FLOOR_QUANTILE, dim=1)
         floor = torch.where(strict.sum(1) >= _MIN_FLOOR_PATCHES, floor_strict, floor_loose)
-        # Too few unclipped patches for a percentile to mean anything: call it noise-free.
-        return torch.where(unclipped.sum(1) >= _MIN_FLOOR_PATCHES, torch.nan_to_num(floor, nan=0.0),
-                           torch.zeros_like(floor))
+        # With few unclipped patches the floor comes from those few (the flattest of what is left);
+        # with none at all, the frame counts as noise-free.
+        return torch.nan_to_num(floor, nan=0.0)
 
-    def _blockiness(self, y: torch.Tensor, dim: int) -> torch.Tensor:
+    def _blockiness(self, y: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
         """Fraction of the edge profile's energy in one periodic peak (a block grid) along ``dim``."""
         # Smooth along the edges being profiled (it keeps block edges, halves noise) and cap each
         # step, so a few strong natural edges cannot outweigh many faint block edges in flat areas.
@@ -367,13 +391,24 @@ class HandcraftedScorer(ScoreModel):
             smooth = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
         length = y.shape[dim] - 1
         step = (smooth.narrow(dim, 1, length) - smooth.narrow(dim, 0, length)).abs().clamp_max(_BLOCK_STEP_CAP)
-        profile = step.mean(dim=2 if dim == 3 else 3).flatten(1)            # [N, L]
+        w = weight.narrow(dim, 0, length)
+        across = 2 if dim == 3 else 3
+        mean = (step * w).flatten(1).sum(1) / (w.flatten(1).sum(1) + _EPS)
+        # Each line's mean step over the subject; a line with little subject shrinks to the overall mean.
+        profile = (((step * w).sum(dim=across) + mean.view(-1, 1, 1)) / (w.sum(dim=across) + 1.0)).flatten(1)
         profile = profile - profile.mean(dim=1, keepdim=True)
         power = torch.fft.rfft(profile, dim=1).abs() ** 2
         freqs = torch.fft.rfftfreq(length, device=y.device)
         excess = (power - power[:, 1:].median(dim=1).values[:, None]).clamp_min(0.0)
         band = ((freqs >= 1.0 / _BLOCK_PERIODS[1]) & (freqs <= 1.0 / _BLOCK_PERIODS[0]))[None, :]
-        peak = torch.where(band, excess, torch.zeros_like(excess)).amax(dim=1)
+        # A block grid is a comb: its second harmonic (folded back past Nyquist) is there too, where a
+        # periodic texture or a content edge pattern usually has none.
+        harmonic = 2 * freqs
+        harmonic = torch.where(harmonic > 0.5, 1.0 - harmonic, harmonic)
+        index = torch.round(harmonic * length).long().clamp(1, excess.shape[1] - 2)
+        near = torch.maximum(torch.maximum(excess[:, index - 1], excess[:, index]), excess[:, index + 1])
+        comb = excess + near
+        peak = torch.where(band, comb, torch.zeros_like(comb)).amax(dim=1)
         return peak / (power[:, 1:].sum(dim=1) + _EPS)
 
     # ------------------------------------------------------------------ score

@@ -15,7 +15,7 @@ from es.source import ReadItemsFromElasticsearch, backfill_query
 from pipelines.runners import local_runner
 from tests.fixtures.es import seed_items
 
-MODEL = "handcrafted-v2"
+MODEL = "handcrafted-v3"
 
 
 def _ago(days: float) -> str:
