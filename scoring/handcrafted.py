@@ -116,7 +116,8 @@ _FLOOR_QUANTILE = 0.10
 _FLOOR_BIAS = (0.88, 0.78, 0.63, 0.41)
 _WHITE_NOISE_GAIN0 = 0.761
 # px: an 8 px JPEG grid after the decoder's resize, from a photo 2.7x larger (upscaled before it was
-# compressed, as apps re-save phone photos: 8 px -> 3 px) to one 0.4x as large (upscaled after: 8 px -> 20 px)
+# compressed, as apps re-save phone photos: 8 px -> 3 px) to a 256 px one (8 px -> 12 px). Longer periods
+# are left out: there an object's own outline and a sweep's banding peak too, and lowres judges such photos.
 _BLOCK_PERIODS = (2.7, 12.0)
 _BLOCK_STEP_CAP = 0.01          # luma step above which an edge counts as content, not a block seam
 _EPS = 1e-8
