@@ -54,6 +54,7 @@ PRIOR_WEIGHTS = {
     "dark": 5.5, "shadow": 5.0, "clipped": 2.0, "contrast": 2.0, "colourfulness": 1.25,
     "background_clutter": 2.0, "background_spread": 2.0, "subject_extent": 2.0, "subject_offset": 5.0,
     "subject_dark": 5.0, "subject_washed": 5.0, "subject_clipped": 3.0, "background_dim": 10.0,
+    "subject_small": 8.0,
 }
 KNOTS = 9
 

@@ -74,8 +74,11 @@ a listing photo (a plain background, a product that fills the frame, centred):
     The subject is what differs from the background plane by more than 0.15
     (soft mask). Fill is its share of the frame; extent the longer of its
     5-95 % widths across and down (how much of the frame the product spans,
-    as marketplaces measure it); offset the distance of its centre of mass
-    from the frame's centre (0.5 = at the edge).
+    as marketplaces measure it; the mask's faint tail over the backdrop is
+    left out, or it would stretch a small product's extent to the frame);
+    offset the distance of its centre of mass from the frame's centre (0.5 =
+    at the edge). The logit rewards extent (log) and penalises a product
+    spanning under half the frame (``subject_small``).
 ``subject_shadow`` / ``subject_highlight`` / ``subject_clipped``
     The subject's 5th and 95th luma percentiles and its share of blown
     pixels: exposure judged on the product, not on a white backdrop.
@@ -131,24 +134,25 @@ _DETAIL_FLOOR = 0.05  # detail ratios below this are all "none": keeps the log f
 # value is better; every weight is >= 0). Fitted on the tuning split by bench/fit_handcrafted.py.
 WEIGHTS = {
     "bias": 3.0,
-    "background_clutter": 2.03,
+    "background_clutter": 2.013,
     "background_dim": 11.91,
-    "background_spread": 1.424,
-    "blockiness": 32.34,
-    "clipped": 4.829,
-    "colourfulness": 3.881,
-    "contrast": 2.482,
+    "background_spread": 1.118,
+    "blockiness": 32.32,
+    "clipped": 4.902,
+    "colourfulness": 1.157,
+    "contrast": 2.367,
     "dark": 0,
-    "effective_resolution": 2.62,
-    "highlight": 8.018,
-    "noise": 0.7495,
-    "shadow": 15.61,
-    "sharpness": 1.283,
-    "subject_clipped": 1.665,
-    "subject_dark": 9.195,
-    "subject_extent": 2.077,
-    "subject_offset": 11.06,
-    "subject_washed": 23.62,
+    "effective_resolution": 2.624,
+    "highlight": 8.129,
+    "noise": 0.7413,
+    "shadow": 15.21,
+    "sharpness": 1.288,
+    "subject_clipped": 1.653,
+    "subject_dark": 9.228,
+    "subject_extent": 0.867,
+    "subject_offset": 9.947,
+    "subject_small": 16.22,
+    "subject_washed": 23.37,
 }
 NOISE_REF = 4.0 / 255   # below this sigma noise is invisible and barely penalised
 CLUTTER_REF = 0.02      # relative ring detail of a plain sweep is ~0.002; a busy texture's 0.3-1
@@ -156,11 +160,11 @@ CLUTTER_REF = 0.02      # relative ring detail of a plain sweep is ~0.002; a bus
 # the score, so a distortion in one direction is never rewarded by the other's term.
 KNEES = {"highlight": 0.75, "dark": 0.25, "shadow": 0.15, "clipped": 0.05, "contrast": 0.15, "colourfulness": 0.15,
          "background_spread": 0.02, "subject_offset": 0.05, "subject_dark": 0.55, "subject_washed": 0.6,
-         "subject_clipped": 0.05, "background_dim": 0.8}
+         "subject_clipped": 0.05, "background_dim": 0.8, "subject_small": 0.5}
 # Monotone calibration of the logit: piecewise linear through these (logit, calibrated logit) knots,
 # extended linearly past both ends, then a sigmoid. Fitted by bench/fit_handcrafted.py so the tuning
 # images' scores spread evenly over [0.03, 0.97] instead of piling up near 0 and 1.
-CALIBRATION = ((-35.8373, -3.4761), (-12.2359, -1.7543), (-9.4096, -1.0201), (-7.766, -0.479), (-6.1257, 0.0), (-4.8054, 0.479), (-3.498, 1.0201), (-1.4662, 1.7543), (2.0763, 3.4761))
+CALIBRATION = ((-35.1706, -3.4761), (-11.8071, -1.7543), (-9.0119, -1.0201), (-7.5487, -0.479), (-5.8985, 0.0), (-4.6471, 0.479), (-3.335, 1.0201), (-1.2602, 1.7543), (2.7683, 3.4761))
 
 
 def _soft_hinge(x: torch.Tensor, width: float) -> torch.Tensor:
@@ -318,10 +322,13 @@ class HandcraftedScorer(ScoreModel):
         clutter = torch.where((~blown).float().mean(1) >= 0.25, seen, ring_detail.median(dim=1).values)
         spread = distance[:, ring].median(dim=1).values   # how far the ring is from one smooth sweep
         subject = torch.sigmoid((distance - _SUBJECT_DISTANCE) / _SUBJECT_SOFTNESS)   # [N, H, W]
-        mass = subject.flatten(1).sum(1) + _EPS
+        # The soft mask's tail (~0.007 a pixel) over a whole plain backdrop outweighs a small product's
+        # mass and would stretch its extent to the frame; below 0.05 is no subject.
+        solid = ((subject - 0.05) / 0.95).clamp_min(0.0)
+        mass = solid.flatten(1).sum(1) + _EPS
         extents, centre = [], []
         for axis, length in ((1, h), (2, w)):
-            profile = subject.sum(dim=3 - axis + 0) if axis == 1 else subject.sum(dim=1)
+            profile = solid.sum(dim=2) if axis == 1 else solid.sum(dim=1)
             cdf = profile.cumsum(1) / mass[:, None]
             inside = torch.sigmoid((cdf - 0.05) / 0.01) * torch.sigmoid((0.95 - cdf) / 0.01)
             extents.append(inside.sum(1) / length)
@@ -439,6 +446,8 @@ def terms(f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "background_clutter": -torch.log1p(f["background_clutter"] / (f["background_luma"] + 0.1) / CLUTTER_REF),
         "background_spread": -_soft_hinge(f["background_spread"] - k["background_spread"], 0.01),
         "subject_extent": torch.log(f["subject_extent"] + 0.05),              # the subject fills the frame
+        # Marketplaces ask for a product spanning most of the frame (Amazon: ~85 %); under half is a defect.
+        "subject_small": -_soft_hinge(k["subject_small"] - f["subject_extent"], 0.05),
         "subject_offset": -_soft_hinge(f["subject_offset"] - k["subject_offset"], 0.02),   # pushed off centre
         "subject_dark": -_soft_hinge(k["subject_dark"] - f["subject_highlight"], 0.05),    # underexposed subject
         "subject_washed": -_soft_hinge(f["subject_shadow"] - k["subject_washed"], 0.05),   # overexposed subject
