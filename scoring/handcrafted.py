@@ -23,7 +23,7 @@ Features (``HandcraftedScorer.features``), one value per image:
     1-2, 2-4, 4-8 px). Each band's noise floor (its flat-patch energy) is
     subtracted first, and both octaves are measured only away from clipped areas
     (blown areas hold no detail at any scale, and their edges are artefacts, so a
-    white print at 255 neither adds nor removes detail). A photo upscaled from a
+    white print at 255 does not lower the ratio). A photo upscaled from a
     lower resolution has (almost) no energy in the finest octave, however sharp
     it looked at its own size.
 ``sharpness``
@@ -64,8 +64,8 @@ a listing photo (a plain background, a product that fills the frame, centred):
 ``background_clutter``
     Median local detail (3x3 mean of absolute RGB steps) of what the fitted
     background plane does not explain, over the frame's outer ring (6 of 96
-    px), where the background shows: ~0 on a studio sweep however it was
-    encoded, 0.1-0.4 on a busy texture or a room. Blown ring pixels are left
+    px), where the background shows: ~0.003 on a studio sweep (its 8-bit
+    steps) however it was encoded, 0.1-0.4 on a busy texture or a room. Blown ring pixels are left
     out unless most of the ring is blown (a white backdrop).
 ``background_spread`` / ``background_luma``
     How far the ring is from one smooth colour plane fitted to it, and the

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from scoring.handcrafted import CALIBRATION, HandcraftedScorer, calibrate
+from scoring.handcrafted import CALIBRATION, HandcraftedScorer, calibrate, terms
 from scoring.model import load_model
 from scoring.photos import (DEGRADATIONS, compose_listing, cutout, degrade, draw_product,
                             listing_pairs, sample_photos, studio_background, texture)
@@ -109,6 +109,48 @@ def test_layout_features_see_background_size_and_placement(model):
     assert f["subject_extent"][0] > 0.6 and f["subject_extent"][2] < 0.4   # 5-95 % mass widths, not the box
     assert f["subject_offset"][3] > 0.25 > 0.05 > f["subject_offset"][0]
     assert abs(float(f["background_luma"][0]) - 0.93) < 0.03
+
+
+def test_subject_extent_shrinks_with_the_product(model):
+    """The soft mask's faint tail over a plain backdrop must not stretch a small product's extent (v2 measured a
+    product a fifth of the frame wide as 0.63, wider than one half as wide), and under half the frame is penalised."""
+    bike, plain = cutout("motorcycle"), studio_background(512)
+    fills = (0.8, 0.5, 0.3, 0.2, 0.12)
+    f = model.features(as_batch(*(compose_listing(bike, plain, fill) for fill in fills), fmt="JPEG"))
+    extent = f["subject_extent"].tolist()
+    assert all(a > b for a, b in zip(extent, extent[1:])), extent
+    assert extent[3] < 0.25, extent
+    penalty = terms(f)["subject_small"].tolist()
+    assert penalty[0] > -0.05 and all(a > b for a, b in zip(penalty, penalty[1:])), penalty
+
+
+def test_a_studio_sweep_reads_as_plain_however_it_was_encoded(model):
+    """A sweep's gradient is background, not clutter, before and after JPEG (v2 read 0.003 in PNG and 0 at quality
+    60, so any JPEG lifted a studio shot's score), and its 8-bit banding is not a block grid: blockiness rises with
+    every JPEG level (v2's fell from the PNG to quality 35, where the banding's peak outweighed the grid's)."""
+    shot = compose_listing(cutout("rocket"), studio_background(512), 0.8)
+    f = model.features(as_batch(shot, *(degrade(shot, "jpeg", level) for level in (0.25, 0.5, 1.0)), texture("gravel")))
+    clutter, blocks = f["background_clutter"].tolist(), f["blockiness"].tolist()
+    assert max(clutter[:4]) < 0.004 and max(clutter[:4]) - min(clutter[:4]) < 0.001 and clutter[4] > 0.1, clutter
+    assert all(a < b for a, b in zip(blocks[:4], blocks[1:4])), blocks
+
+
+def test_white_print_at_255_does_not_lower_the_effective_resolution(model):
+    """Both octaves of the ratio are measured on unclipped pixels, so a print at 255 does not lower it (v2: 0.49 at
+    the right exposure, 0.80 a stop darker, when the print was no longer clipped)."""
+    shot = compose_listing(cutout("logo"), studio_background(512), 0.8)
+    f = model.features(as_batch(shot, degrade(shot, "underexpose", 0.2), fmt="JPEG"))
+    assert float(f["clipped"][0]) > 0.1 > float(f["clipped"][1])
+    assert float(f["effective_resolution"][1]) < 1.1 * float(f["effective_resolution"][0]), f["effective_resolution"]
+
+
+def test_noise_floor_survives_scattered_blown_highlights(model):
+    """Overexposed gravel has blown stones in every 16 px patch; its floor comes from the unclipped part of each
+    patch instead of the frame turning "noise-free" (which v2 rewarded)."""
+    gravel = Image.fromarray(np.asarray(texture("gravel"), np.uint8))
+    f = model.features(as_batch(gravel, degrade(gravel, "overexpose", 0.75)))
+    assert float(f["clipped"][1]) > 0.2
+    assert float(f["noise"][1]) > 0.5 * float(f["noise"][0]) > 0
 
 
 def test_calibration_is_strictly_monotone_and_keeps_scores_off_zero_and_one():
