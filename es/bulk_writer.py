@@ -65,9 +65,9 @@ from es.client import (
     EsError,
     backoff_delay,
     describe,
-    make_client,
     scrub,
 )
+from es.client_dofn import EsClientDoFn
 from es.guard import SCORE, WRITE_MODES, BadRecord, guard_params, guard_script, is_tombstone
 
 WRITTEN = "written"
@@ -232,27 +232,20 @@ def bulk_lines(action: dict) -> str:
                      for line in (header, body))
 
 
-class _BulkWriteFn(beam.DoFn):
+class _BulkWriteFn(EsClientDoFn):
     """Buffers records per bundle, up to the caps, and writes them with the bulk helper."""
+
+    node_class = _MeteredNode
 
     def __init__(self, config: EsConfig, index: str, settings: WriteSettings, mode: str):
         self._config = config
         self._index = index
         self._settings = settings
         self._mode = mode
-        self._client = None
         self._helper_retries = helper_retries_within(
             settings.max_retries, settings.initial_backoff, settings.max_backoff, settings.max_retry_time)
         self._counters = {name: beam.metrics.Metrics.counter(_NAMESPACE, f"es_{name}") for name in (
             *OUTPUT_TAGS, "retried", "bulk_requests", "bulk_bytes")}
-
-    def setup(self) -> None:
-        self._client = make_client(self._config, node_class=_MeteredNode)
-
-    def teardown(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     def start_bundle(self) -> None:
         self._buffer: list[_Pending] = []

@@ -27,6 +27,7 @@ from typing import Any
 import apache_beam as beam
 
 from es.client import EsConfig, EsError, call_with_retries, make_client
+from es.client_dofn import EsClientDoFn
 from es.mapping import CREATED_AT_FIELD, MODEL_FIELD
 
 _LOG = logging.getLogger(__name__)
@@ -79,21 +80,12 @@ class _OpenPitFn(beam.DoFn):
             yield SliceTask(response["id"], slice_id, self._slices, cutoff)
 
 
-class _ReadSliceFn(beam.DoFn):
+class _ReadSliceFn(EsClientDoFn):
     def __init__(self, config: EsConfig, model_id: str, page_size: int, keep_alive: str):
         self._config, self._model_id = config, model_id
         self._page_size, self._keep_alive = page_size, keep_alive
-        self._client = None
         self._read = beam.metrics.Metrics.counter(_NAMESPACE, "es_items_read")
         self._pages = beam.metrics.Metrics.counter(_NAMESPACE, "es_search_pages")
-
-    def setup(self) -> None:
-        self._client = make_client(self._config)
-
-    def teardown(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     def process(self, task: SliceTask) -> Iterator[Any]:
         pit_id = task.pit_id

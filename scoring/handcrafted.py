@@ -370,8 +370,9 @@ class HandcraftedScorer(ScoreModel):
     def _flat_floor(squared: torch.Tensor, weight: torch.Tensor, unsaturated: torch.Tensor) -> torch.Tensor:
         """Band energy of the flattest 16x16 patches (10th percentile): the noise floor.
 
-        Patches must be unclipped; where enough of them also have no pixel at 0/255
-        (which would cut the noise off), only those count.
+        A patch counts on its unclipped pixels if at least half of it is unclipped; where
+        enough of them also have no pixel at 0/255 (which would cut the noise off), only
+        those count.
         """
         # A patch counts on its usable pixels, if at least half of it is usable: scattered blown
         # highlights (sunlit gravel) must not leave the frame without a floor.

@@ -24,7 +24,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from es.client import EsConfig, EsError, call_with_retries, make_client
+from es.client import EsConfig, EsError, call_with_retries
+from es.client_dofn import EsClientDoFn
 from es.mapping import (
     DELETED_FIELD,
     MODEL_FIELD,
@@ -85,24 +86,15 @@ def reusable(stored: dict | None, update: Update, model_id: str) -> bool:
             and stored.get(IMAGE_URL) == update.thumbnail)
 
 
-class _LookupStoredFn(beam.DoFn):
+class _LookupStoredFn(EsClientDoFn):
     """Batches of updates -> the ones to score (main) and the documents that reuse a stored score."""
 
     def __init__(self, config: EsConfig, index: str, model_id: str):
         self._config = config
         self._index = index
         self._model_id = model_id
-        self._client = None
         self._reused = beam.metrics.Metrics.counter("imagescore", "score_reused")
         self._failed = beam.metrics.Metrics.counter("imagescore", "score_lookup_failed")
-
-    def setup(self) -> None:
-        self._client = make_client(self._config)
-
-    def teardown(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     def _stored(self, ids: list[str]) -> dict[str, dict]:
         response = call_with_retries(
