@@ -29,3 +29,9 @@ def test_a_visible_pair_in_the_wrong_order_is_counted_wrong():
     # The invisible levels 0-2 swapped do not count; level 3 above level 0 is a visible error.
     seen, right = bench.visible_pairs(batch, np.array([0.7, 0.8, 0.9, 0.95, 0.1]))
     assert (seen, right) == (7, 4)
+
+
+def test_psnr_of_a_uniform_offset():
+    batch = _levels([0, 1, 2, 10, 40])
+    assert bench.psnr(batch[0], batch[0]) == float("inf")
+    assert [round(p, 1) for p in bench.psnr_vs_first(batch)] == [48.1, 42.1, 28.1, 16.1]
