@@ -16,8 +16,7 @@ coins, gravel, hubble and the motorcycle/rocket/logo listing shots, had been
 looked at while designing features, so it was retired into the tuning split.)
 Prints one RESULT line per split and distortion (mean and worst rho) and a
 summary line; ``--features`` also dumps the per-level features and each
-level's PSNR against level 0. Each RESULT
-line also counts the level pairs whose crops a viewer can tell apart (PSNR
+level's PSNR against level 0. Each RESULT line also counts the level pairs whose crops a viewer can tell apart (PSNR
 between the two model crops below :data:`VISIBLE_PSNR` dB) and how many of
 those are ordered right: the mild JPEG levels of an upscaled photo come out
 36-48 dB from the original in the 384 px crop, where rho often measures
@@ -105,6 +104,7 @@ def main(argv: list[str]) -> int:
     ok_all = True
     for split in (("tune", "heldout") if args.split == "both" else (args.split,)):
         photos = splits[split]()
+        photo_names = {name for name, _ in photos}
         products = ([(f"product{i}", draw_product(np.random.default_rng(i), 512)) for i in range(args.products)]
                     if split == "tune" else [])
         with torch.no_grad():
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
                     batch = level_batch(photo, kind, model.input_size)
                     scores = model(batch).numpy()
                     rhos[name] = float(spearmanr(LEVELS, scores)[0])
-                    if any(name == photo_name for photo_name, _ in photos):
+                    if name in photo_names:
                         pair_seen, pair_right = visible_pairs(batch, scores)
                         seen, right = seen + pair_seen, right + pair_right
                     if args.features:

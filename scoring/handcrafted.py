@@ -65,8 +65,9 @@ a listing photo (a plain background, a product that fills the frame, centred):
     Median local detail (3x3 mean of absolute RGB steps) of what the fitted
     background plane does not explain, over the frame's outer ring (6 of 96
     px), where the background shows: ~0.003 on a studio sweep (its 8-bit
-    steps) however it was encoded, 0.1-0.4 on a busy texture or a room. Blown ring pixels are left
-    out unless most of the ring is blown (a white backdrop).
+    steps) however it was encoded, 0.1-0.4 on a busy texture or a room.
+    Blown ring pixels are left out unless most of the ring is blown (a white
+    backdrop).
 ``background_spread`` / ``background_luma``
     How far the ring is from one smooth colour plane fitted to it, and the
     ring's median luma under that plane (a white sweep ~0.93).
@@ -249,25 +250,23 @@ class HandcraftedScorer(ScoreModel):
         # Pixels at 0 or 255 have their noise cut off; the noise floor must not come from them.
         unsaturated = ((rgb.amax(dim=1, keepdim=True) < 254.5 / 255)
                        & (rgb.amin(dim=1, keepdim=True) > 0.5 / 255)).float()[crop]
-        energies, detail, floors = [], [], []
+        detail, floors = [], []
         for band in self._bands(y):
             squared = band[crop] ** 2
-            energies.append(squared.flatten(1).mean(1))
             # Detail counts only where nothing is clipped: blown areas hold none, and the
             # edge of a blown area is a clipping artefact, not detail.
             detail.append((squared * weight).flatten(1).sum(1) / pixels)
             floors.append(self._flat_floor(squared, weight, unsaturated))
-        energy, floor = torch.stack(energies, 1), torch.stack(floors, 1)      # [N, 4]
+        detail, floor = torch.stack(detail, 1), torch.stack(floors, 1)      # [N, 4]
         floor = floor / floor.new_tensor(_FLOOR_BIAS)
         usable_share = weight.flatten(1).mean(1)[:, None]
-        clean = (torch.stack(detail, 1) - floor * usable_share).clamp_min(_EPS)
+        clean = (detail - floor * usable_share).clamp_min(_EPS)
         noise = torch.sqrt(floor[:, 0] / _WHITE_NOISE_GAIN0)
         # A fully blown or black frame has no usable pixels: its ratios fall to ~0, not 0/0.
         # Both octaves of a ratio are measured on the same unclipped pixels: a white print or a white
         # backdrop at 255 holds no detail at any scale, so it must not lower the ratio either.
-        coarse = torch.stack(detail, 1)
-        effective_resolution = torch.sqrt(clean[:, 0] / (coarse[:, 2] + _RATIO_EPS))
-        sharpness = torch.sqrt(clean[:, 1] / (coarse[:, 3] + _RATIO_EPS))
+        effective_resolution = torch.sqrt(clean[:, 0] / (detail[:, 2] + _RATIO_EPS))
+        sharpness = torch.sqrt(clean[:, 1] / (detail[:, 3] + _RATIO_EPS))
 
         py = (pooled * self.luma).sum(dim=1).flatten(1)
         q = torch.quantile(py, torch.tensor([0.01, 0.99], device=py.device), dim=1)
