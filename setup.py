@@ -39,6 +39,7 @@ EXTRAS["dev"] = sorted(
         "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
         "ir-measures>=0.3",  # trec_eval-semantics oracle for the rerank-eval ranking metrics
         "scikit-learn>=1.3",  # its bundled china/flower photos are part of the handcrafted scorer's held-out split
+        "PyWavelets>=1.4",  # its bundled aerial and stair-tower photos are in that held-out split too
     }
 )
 

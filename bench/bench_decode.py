@@ -59,7 +59,7 @@ def throughput(fn, blobs: list[bytes], size: int, rounds: int) -> float:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=384, help="model input side (handcrafted-v3: 384)")
+    parser.add_argument("--size", type=int, default=384, help="model input side (handcrafted-v4: 384)")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)

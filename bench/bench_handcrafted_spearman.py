@@ -10,8 +10,9 @@ re-saved by apps), whose 8x8 grid lands at ~3 px in the model's crop.
 The weights were fitted (bench/fit_handcrafted.py) on the ``tune`` photos
 (:func:`scoring.photos.tune_photos`: scikit-image's photos and listing shots of
 three tuning objects). The ``heldout`` photos (:func:`scoring.photos.heldout_photos`)
-are photos bundled in scikit-learn and matplotlib, and listing shots of two
-objects, never used while designing or fitting. (The earlier held-out split,
+are photos bundled in scikit-learn, matplotlib and PyWavelets, and listing
+shots of two objects, never used to fit (which of them were looked at while
+designing: docs/decoding-and-baseline.md). (The earlier held-out split,
 coins, gravel, hubble and the motorcycle/rocket/logo listing shots, had been
 looked at while designing features, so it was retired into the tuning split.)
 Prints one RESULT line per split and distortion (mean and worst rho) and a
@@ -91,6 +92,12 @@ def visible_pairs(batch: torch.Tensor, scores: np.ndarray) -> tuple[int, int]:
     return seen, right
 
 
+def meets_target(rhos: list[float]) -> bool:
+    """Mean rho at or below :data:`TARGET_RHO`. Over five levels rho is a multiple of 0.05, but scipy returns
+    e.g. -0.8999999999999998 for -0.9, so the mean is compared at 6 decimals."""
+    return round(float(np.mean(rhos)), 6) <= TARGET_RHO
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both")
@@ -127,7 +134,7 @@ def main(argv: list[str]) -> int:
                 real = [rhos[name] for name, _ in photos]
                 print(f"# {split} {kind}: " + " ".join(f"{name}={rho:.2f}" for name, rho in rhos.items()))
                 drawn = [rhos[name] for name, _ in products]
-                ok = float(np.mean(real)) <= TARGET_RHO
+                ok = meets_target(real)
                 ok_all &= ok
                 worst = max((name for name, _ in photos), key=lambda name: rhos[name])
                 print(f"RESULT bench=handcrafted_spearman split={split} distortion={kind} photos={len(real)} "

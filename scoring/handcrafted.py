@@ -51,7 +51,8 @@ Features (``HandcraftedScorer.features``), one value per image:
     1st percentile of pooled luma: it rises when a photo is overexposed or
     washed out.
 ``clipped``
-    Fraction of pooled pixels with a channel at >= 0.98 (blown highlights).
+    Fraction of pooled pixels with a channel at >= 0.97 (blown highlights;
+    heavy JPEG quantises a blown block down to ~248, which must still count).
 ``contrast``
     RMS contrast: standard deviation of pooled luma.
 ``colourfulness``
@@ -86,7 +87,7 @@ a listing photo (a plain background, a product that fills the frame, centred):
 
 The score is ``sigmoid(calibrate(logit))``. The logit is ``bias + sum(WEIGHTS
 x terms)`` (:func:`terms`): each term is a signed transform of a feature (log
-of detail, soft one-sided hinges at ``KNEES`` for tones), so a term that
+of detail and of blockiness, soft one-sided hinges at ``KNEES`` for tones), so a term that
 penalises one exposure error never rewards the opposite one, and exposure is
 penalised both ways: dim (highlights, a light backdrop gone grey, the
 subject's highlights) and bright (blown pixels, lifted shadows of the
@@ -112,6 +113,9 @@ _LUMA = (0.299, 0.587, 0.114)
 _BAND_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 _PATCH = 16
 _CLIP_HIGH = 0.98   # a 4x4 block this bright in some channel is blown
+# A pooled pixel this bright in some channel counts as blown for `clipped`: JPEG at quality <= ~10 quantises
+# a block at 255 down to ~248 (its DC step is ~160), and must not earn the blown highlights back.
+_BLOWN = 0.97
 _CLIP_LOW = 0.03    # a 4x4 block with every channel this dark is crushed
 _MIN_FLOOR_PATCHES = 24  # of 400 patches in a 384 crop
 _FLOOR_QUANTILE = 0.10
@@ -135,27 +139,28 @@ _DETAIL_FLOOR = 0.05  # detail ratios below this are all "none": keeps the log f
 # value is better; every weight is >= 0). Fitted on the tuning split by bench/fit_handcrafted.py.
 WEIGHTS = {
     "bias": 3.0,
-    "background_clutter": 2.013,
-    "background_dim": 11.91,
-    "background_spread": 1.118,
-    "blockiness": 32.32,
-    "clipped": 4.902,
-    "colourfulness": 1.157,
-    "contrast": 2.367,
-    "dark": 0,
-    "effective_resolution": 2.624,
-    "highlight": 8.129,
-    "noise": 0.7413,
-    "shadow": 15.21,
-    "sharpness": 1.288,
-    "subject_clipped": 1.653,
-    "subject_dark": 9.228,
-    "subject_extent": 0.867,
-    "subject_offset": 9.947,
-    "subject_small": 16.22,
-    "subject_washed": 23.37,
+    "background_clutter": 2.043,
+    "background_dim": 12.45,
+    "background_spread": 1.386,
+    "blockiness": 1.216,
+    "clipped": 4.904,
+    "colourfulness": 0,
+    "contrast": 2.416,
+    "dark": 1.09,
+    "effective_resolution": 2.6,
+    "highlight": 8.157,
+    "noise": 0.706,
+    "shadow": 15.01,
+    "sharpness": 1.269,
+    "subject_clipped": 1.696,
+    "subject_dark": 9.508,
+    "subject_extent": 0.6737,
+    "subject_offset": 9.877,
+    "subject_small": 16.13,
+    "subject_washed": 20.18,
 }
 NOISE_REF = 4.0 / 255   # below this sigma noise is invisible and barely penalised
+BLOCK_FLOOR = 0.002     # blockiness of a clean photo is 0.001-0.03; below this its changes are estimator noise
 CLUTTER_REF = 0.02      # relative ring detail of a plain sweep is ~0.002; a busy texture's 0.3-1
 # Where each one-sided penalty starts (soft knees): values on the good side of a knee barely move
 # the score, so a distortion in one direction is never rewarded by the other's term.
@@ -165,7 +170,7 @@ KNEES = {"highlight": 0.75, "dark": 0.25, "shadow": 0.15, "clipped": 0.05, "cont
 # Monotone calibration of the logit: piecewise linear through these (logit, calibrated logit) knots,
 # extended linearly past both ends, then a sigmoid. Fitted by bench/fit_handcrafted.py so the tuning
 # images' scores spread evenly over [0.03, 0.97] instead of piling up near 0 and 1.
-CALIBRATION = ((-35.1706, -3.4761), (-11.8071, -1.7543), (-9.0119, -1.0201), (-7.5487, -0.479), (-5.8985, 0.0), (-4.6471, 0.479), (-3.335, 1.0201), (-1.2602, 1.7543), (2.7683, 3.4761))
+CALIBRATION = ((-18.63, -3.4761), (-6.2342, -1.7543), (-3.4381, -1.0201), (-1.5489, -0.479), (0.0432, 0.0), (1.194, 0.479), (2.7149, 1.0201), (4.5565, 1.7543), (8.3676, 3.4761))
 
 
 def _soft_hinge(x: torch.Tensor, width: float) -> torch.Tensor:
@@ -213,7 +218,7 @@ def _background_plane(pooled: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
 class HandcraftedScorer(ScoreModel):
     """Sharpness, resolution, noise, blockiness, exposure, colour, background and subject framing in one score."""
 
-    model_id = "handcrafted-v3"
+    model_id = "handcrafted-v4"
     # 384: big enough that a sharp 600-1200 px listing photo keeps its finest
     # octave after the resize (what effective_resolution measures) and that an
     # 8x8 JPEG grid spans ~48 blocks per side (what blockiness needs), while
@@ -286,7 +291,7 @@ class HandcraftedScorer(ScoreModel):
             "brightness": py.mean(1),
             "highlight": q[1],
             "shadow": q[0],
-            "clipped": (pooled.amax(dim=1).flatten(1) >= _CLIP_HIGH).float().mean(1),
+            "clipped": (pooled.amax(dim=1).flatten(1) >= _BLOWN).float().mean(1),
             "contrast": py.std(1),
             "colourfulness": colourfulness.view(n),
             **layout,
@@ -340,7 +345,7 @@ class HandcraftedScorer(ScoreModel):
         tones = torch.nanquantile(subject_luma, torch.tensor([0.05, 0.95], device=y.device), dim=1)
         has_subject = inside.flatten(1).sum(1) >= 16
         top = pooled.amax(dim=1)
-        subject_clipped = ((top >= _CLIP_HIGH) & inside).flatten(1).sum(1) / (inside.flatten(1).sum(1) + 1.0)
+        subject_clipped = ((top >= _BLOWN) & inside).flatten(1).sum(1) / (inside.flatten(1).sum(1) + 1.0)
         return {
             "background_clutter": clutter,
             "background_spread": spread,
@@ -433,7 +438,9 @@ def terms(f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "effective_resolution": torch.log(f["effective_resolution"] + _DETAIL_FLOOR),
         "sharpness": torch.log(f["sharpness"] + _DETAIL_FLOOR),
         "noise": -torch.log1p((f["noise"] / NOISE_REF) ** 2),
-        "blockiness": -f["blockiness"],
+        # Log: a grid's share of a busy scene's edge profile stays small however coarse the blocks (a
+        # cityscape's at quality 5 is 0.018, a portrait's 0.28), but it grows as many times over its clean level.
+        "blockiness": -torch.log(f["blockiness"] + BLOCK_FLOOR),
         "highlight": -_soft_hinge(k["highlight"] - f["highlight"], 0.05),      # brightest tones too dark
         "dark": -_soft_hinge(k["dark"] - f["brightness"], 0.05),               # the whole image too dark
         # Shadows lifted (washed out). Not on a plain backdrop: there the darkest pixels are the

@@ -55,7 +55,7 @@ def _check_every_record_lands_once(entries, out, dead_dir, result):
     expected = expected_scores(entries)
     assert sorted(s["id"] for s in scores) == sorted(expected)
     assert {s["id"]: s["image_score"] for s in scores} == pytest.approx(expected, abs=1e-6)
-    assert {s["image_score_model"] for s in scores} == {"handcrafted-v3"}
+    assert {s["image_score_model"] for s in scores} == {"handcrafted-v4"}
     expected_dead = Counter(e.expect for e in entries if e.expect not in ("scored", "skipped"))
     assert Counter(d["reason"] for d in dead) == expected_dead
     # Each dead letter keeps the original payload, byte for byte.

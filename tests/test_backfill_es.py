@@ -70,7 +70,7 @@ def test_files_to_elasticsearch(catalog, es_url, es_config, es_client, es_index,
     for item_id in scored:
         source = es_client.get(index=es_index, id=item_id)["_source"]
         assert source["image_score"] == pytest.approx(expected[item_id], abs=1e-6)
-        assert source["image_score_model"] == "handcrafted-v3"
+        assert source["image_score_model"] == "handcrafted-v4"
         assert source["title"] == docs[item_id][0]["title"]  # a partial update keeps the rest
         assert source["image_score_version"] == canonical_version(docs[item_id][0]["created_at"])
     dead = _jsonl(f"{dead_dir}/deadletter*.jsonl")

@@ -4,6 +4,7 @@ import pathlib
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_handcrafted_spearman.py"
 _SPEC = importlib.util.spec_from_file_location("bench_handcrafted_spearman", _PATH)
@@ -35,3 +36,13 @@ def test_psnr_of_a_uniform_offset():
     batch = _levels([0, 1, 2, 10, 40])
     assert bench.psnr(batch[0], batch[0]) == float("inf")
     assert [round(p, 1) for p in bench.psnr_vs_first(batch)] == [48.1, 42.1, 28.1, 16.1]
+
+
+def test_a_mean_exactly_at_the_target_meets_it():
+    levels = [0, 1, 2, 3, 4]
+    # scipy's rho for one swapped neighbour pair is not exactly -0.9 in floating point.
+    rhos = [float(spearmanr(levels, scores)[0]) for scores in
+            ([5, 4, 2, 3, 1], [5, 4, 3, 2, 1], [5, 3, 4, 1, 2], [5, 4, 2, 3, 1], [5, 4, 2, 3, 1])]   # -0.9 -1 -0.8 -0.9 -0.9
+    assert round(float(np.mean(rhos)), 6) == -0.9
+    assert bench.meets_target(rhos)
+    assert not bench.meets_target(rhos[:-1] + [float(spearmanr(levels, [5, 3, 4, 1, 2])[0])])   # mean -0.88

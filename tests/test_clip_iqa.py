@@ -84,7 +84,7 @@ def test_prompts_are_configurable_and_named_in_the_model_id(tiny_clip_dir, tmp_p
     ("clip-iqa:nope:thing", "backbone 'nope:thing' could not be loaded.*unknown backbone spec"),
     ("clip-iqa:/no/such/clip", "backbone '/no/such/clip' could not be loaded.*not an existing directory"),
     ("clip-iqa:hf:/no/such/clip", "backbone 'hf:/no/such/clip' could not be loaded.*no such directory"),
-    ("clip-iqa:handcrafted", "clip-iqa:handcrafted:handcrafted-v3.*no text tower"),
+    ("clip-iqa:handcrafted", "clip-iqa:handcrafted:handcrafted-v4.*no text tower"),
 ])
 def test_bad_backbones_are_refused_by_name(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -15,7 +15,7 @@ from es.source import ReadItemsFromElasticsearch, backfill_query
 from pipelines.runners import local_runner
 from tests.fixtures.es import seed_items
 
-MODEL = "handcrafted-v3"
+MODEL = "handcrafted-v4"
 
 
 def _ago(days: float) -> str:

@@ -59,7 +59,7 @@ def test_cli_prints_and_writes_table_and_samples(world, tmp_path, capsys):
                          "--bootstrap", "100", "--output", str(out), "--samples", "3"]) == 0
     printed = capsys.readouterr().out
     assert "| Image Score (FL) |" in printed and "proprietary" in printed
-    assert "backbone `handcrafted:handcrafted-v3`" in printed
+    assert "backbone `handcrafted:handcrafted-v4`" in printed
     assert "67.75" in printed and "44.40" in printed
     saved = json.loads((out / "evaluation.json").read_text())
     assert [m["method"] for m in saved["methods"]][0] == "Random"
@@ -156,7 +156,7 @@ def test_clip_score_is_query_image_cosine(dataset):
 def test_run_on_another_backbone_is_refused(world, tmp_path):
     other = write_world(str(tmp_path / "other"), n_windows=20, backbone_id="handcrafted:handcrafted-v0")
     data = load_dataset(other["windows"], other["labels"], other["embeddings"])
-    with pytest.raises(ValueError, match="trained on backbone 'handcrafted:handcrafted-v3'"):
+    with pytest.raises(ValueError, match="trained on backbone 'handcrafted:handcrafted-v4'"):
         evaluate_methods(data, runs=world["runs"][:1], ctr=None, clip_backbone=None, n_boot=10)
 
 

@@ -24,7 +24,7 @@ def test_run_inference_scores_every_image_with_the_model_id():
     def check(results):
         results = sorted(results)
         assert [key for key, _ in results] == list(range(7))
-        assert all(r.model_id == "handcrafted-v3" for _, r in results)
+        assert all(r.model_id == "handcrafted-v4" for _, r in results)
         np.testing.assert_allclose([r.inference for _, r in results], expected, rtol=1e-5, atol=1e-6)
 
     handler = KeyedModelHandler(ScoreModelHandler("handcrafted", "cpu", min_batch_size=2, max_batch_size=3))
@@ -40,7 +40,7 @@ def test_large_model_shares_one_model_through_a_proxy():
 
     def check(results):
         results = sorted(results)
-        assert all(r.model_id == "handcrafted-v3" for _, r in results)
+        assert all(r.model_id == "handcrafted-v4" for _, r in results)
         np.testing.assert_allclose([r.inference for _, r in results], expected, rtol=1e-5, atol=1e-6)
 
     handler = KeyedModelHandler(ScoreModelHandler("handcrafted", "cpu", max_batch_size=2, large_model=True))

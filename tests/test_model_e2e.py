@@ -68,7 +68,7 @@ def _pipeline(root: str, quality_effect: float) -> dict:
 def test_quality_world_image_score_beats_random(tmp_path):
     out = _pipeline(str(tmp_path), quality_effect=2.0)
     methods = out["methods"]
-    assert out["data"]["backbone_id"] == "handcrafted:handcrafted-v3"
+    assert out["data"]["backbone_id"] == "handcrafted:handcrafted-v4"
     ours, rnd = methods["Image Score (FL)"]["ca"], methods["Random"]["ca"]
     assert ours["ci_low"] > 0.5, ours
     assert ours["accuracy"] > rnd["accuracy"] and rnd["ci_low"] < 0.5 < rnd["ci_high"]

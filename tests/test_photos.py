@@ -151,6 +151,14 @@ def test_heldout_photos_without_scikit_learn_say_what_to_install(monkeypatch):
     assert texture("brick").size == (512, 512)  # the other textures do not need it
 
 
+def test_heldout_photos_without_pywavelets_say_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pywt.data", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "pywt", None)
+    with pytest.raises(ImportError, match="'aero' needs PyWavelets.*imagescore\\[dev\\]"):
+        heldout_photos()
+    assert {name for name, _ in tune_photos()} >= {"coins", "gravel"}  # the tuning split does not need it
+
+
 def test_listing_pairs_cover_every_kind():
     pairs = list(listing_pairs(("cup",), ("brick",), size=96))
     assert {kind for kind, *_ in pairs} == set(LISTING_PAIR_KINDS)
@@ -165,7 +173,7 @@ def test_splits_are_disjoint_and_the_demo_objects_all_tune():
     heldout = [name for name, _ in heldout_photos()]
     assert {name for name, _ in sample_photos()} <= set(tune)
     assert {"coins", "gravel", "hubble", "motorcycle-listing", "rocket-listing", "logo-listing"} <= set(tune)
-    assert heldout == ["china", "flower", "hopper", "flower-listing", "hopper-listing"]
+    assert heldout == ["china", "flower", "hopper", "aero", "ascent", "flower-listing", "hopper-listing"]
     assert not set(tune) & set(heldout) and len(set(tune)) == len(tune)
     for name, img in tune_photos() + heldout_photos():
         assert img.mode == "RGB" and min(img.size) >= 256, name

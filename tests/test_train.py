@@ -127,8 +127,8 @@ def test_config_file_and_flags(tmp_path):
 
 
 def test_spec_from_backbone_id():
-    assert spec_from_backbone_id("handcrafted:handcrafted-v3") == "handcrafted"
-    assert spec_from_backbone_id("handcrafted:handcrafted-v3+raw") == "handcrafted"
+    assert spec_from_backbone_id("handcrafted:handcrafted-v4") == "handcrafted"
+    assert spec_from_backbone_id("handcrafted:handcrafted-v4+raw") == "handcrafted"
     assert spec_from_backbone_id("hf:openai/clip-vit-base-patch16@abc123") == "hf:openai/clip-vit-base-patch16"
 
 
@@ -178,7 +178,7 @@ def test_cli_refuses_existing_output_and_wrong_backbone(world, tmp_path):
         _train_cli(unloadable, tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
     other = write_world(str(tmp_path / "w3"), n_windows=30, backbone_id="handcrafted:handcrafted-v0")
-    with pytest.raises(SystemExit, match="loads 'handcrafted:handcrafted-v3' but the embeddings come from"):
+    with pytest.raises(SystemExit, match="loads 'handcrafted:handcrafted-v4' but the embeddings come from"):
         _train_cli(other, tmp_path / "r3")
     assert not (tmp_path / "r3").exists()
 
@@ -200,7 +200,7 @@ def _lines(path, rows):
     return str(path)
 
 
-def _emb(path, rows, backbone="handcrafted:handcrafted-v3", urls=None):
+def _emb(path, rows, backbone="handcrafted:handcrafted-v4", urls=None):
     import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"item_id": [r[0] for r in rows], "image_url": urls or [""] * len(rows),

@@ -238,8 +238,8 @@ def test_cli_reports_errors_without_a_traceback(exported, capsys):
 # ---------------------------------------------------------------- the real server
 
 def test_model_info_comes_from_the_server(triton_server):
-    assert triton_model_info(triton_server.spec()) == ("handcrafted-v3", 384)
-    assert triton_model_info(triton_server.spec() + "/1") == ("handcrafted-v3", 384)
+    assert triton_model_info(triton_server.spec()) == ("handcrafted-v4", 384)
+    assert triton_model_info(triton_server.spec() + "/1") == ("handcrafted-v4", 384)
     clip = triton_server.models[CLIP_MODEL_NAME]
     assert clip.model_id.startswith("clip-mlp:tiny@") and clip.input_size == 32
     assert triton_model_info(triton_server.spec(CLIP_MODEL_NAME)) == (clip.model_id, clip.input_size)
@@ -319,7 +319,7 @@ def test_server_refusal_is_not_retried(triton_server, monkeypatch):
     handler = TritonModelHandler(triton_server.spec(), num_retries=3, throttle_delay_secs=0)
     client = InferenceServerClient(triton_server.grpc_url)
     # A client that believes the model takes 200x200: only the server can refuse the request.
-    model = TritonModel(client, parse_triton_spec(triton_server.spec()), "handcrafted-v3", 200, 64)
+    model = TritonModel(client, parse_triton_spec(triton_server.spec()), "handcrafted-v4", 200, 64)
     calls = []
     infer = client.infer
     client.infer = lambda *a, **k: calls.append(1) or infer(*a, **k)
@@ -363,7 +363,7 @@ def test_server_down_fails_after_bounded_retries(monkeypatch):
     spec = f"triton://127.0.0.1:{_dead_port()}/image_score"
     handler = TritonModelHandler(spec, num_retries=2, timeout_s=5, throttle_delay_secs=0)
     client = InferenceServerClient(parse_triton_spec(spec).url)
-    model = TritonModel(client, parse_triton_spec(spec), "handcrafted-v3", 384, 64)
+    model = TritonModel(client, parse_triton_spec(spec), "handcrafted-v4", 384, 64)
     calls = []
     infer = client.infer
     client.infer = lambda *a, **k: calls.append(1) or infer(*a, **k)
@@ -408,7 +408,7 @@ def test_connect_waits_for_a_server_that_comes_up_late(triton_server):
         timer.join()
         forwarder.stop()
     assert waited >= 1.5
-    assert (model.model_id, model.input_size, model.max_batch_size) == ("handcrafted-v3", 384, 64)
+    assert (model.model_id, model.input_size, model.max_batch_size) == ("handcrafted-v4", 384, 64)
 
 
 def test_a_batch_recovers_after_a_temporary_unavailable(triton_server, monkeypatch):
