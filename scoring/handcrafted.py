@@ -439,7 +439,7 @@ def terms(f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "sharpness": torch.log(f["sharpness"] + _DETAIL_FLOOR),
         "noise": -torch.log1p((f["noise"] / NOISE_REF) ** 2),
         # Log: a grid's share of a busy scene's edge profile stays small however coarse the blocks (a
-        # cityscape's at quality 5 is 0.018, a portrait's 0.28), but it grows as many times over its clean level.
+        # temple scene's at quality 5 is 0.018, a portrait's 0.28), but it grows as many times over its clean level.
         "blockiness": -torch.log(f["blockiness"] + BLOCK_FLOOR),
         "highlight": -_soft_hinge(k["highlight"] - f["highlight"], 0.05),      # brightest tones too dark
         "dark": -_soft_hinge(k["dark"] - f["brightness"], 0.05),               # the whole image too dark
