@@ -22,6 +22,7 @@ from urllib3.response import HTTPResponse
 
 from pipelines.runners import local_runner
 from tests.fixtures.image_server import TINY_PNG, ImageServer
+from transforms import address_guard, watchdog
 from transforms import fetch as fetch_module
 from transforms.deadletter import DEAD_LETTER, Rejected
 from transforms.fetch import FetchImages, FetchPolicy, ImageFetcher
@@ -58,7 +59,7 @@ def no_connections(monkeypatch):
         opened.append(sockaddr)
         raise AssertionError(f"the fetcher tried to connect to {sockaddr}")
 
-    monkeypatch.setattr(fetch_module, "open_socket", refuse)
+    monkeypatch.setattr(address_guard, "open_socket", refuse)
     return opened
 
 
@@ -85,7 +86,7 @@ def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> list[str]:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, (ip, port)) for ip in answers[host]]
 
-    monkeypatch.setattr(fetch_module, "resolve", resolve)
+    monkeypatch.setattr(address_guard, "resolve", resolve)
     return asked
 
 
@@ -135,7 +136,7 @@ def test_the_checked_address_is_the_connected_address(monkeypatch, image_server)
     image_server.route("p.png")
     asked = fake_dns(monkeypatch, {"cdn.test": ["127.0.0.1"]})
     connected = []
-    real_open = fetch_module.open_socket
+    real_open = address_guard.open_socket
 
     def spy(family, sockaddr, *args):
         connected.append(sockaddr[0])
@@ -144,7 +145,7 @@ def test_the_checked_address_is_the_connected_address(monkeypatch, image_server)
     def no_second_lookup(*args, **kwargs):
         raise AssertionError(f"unguarded DNS lookup {args}")
 
-    monkeypatch.setattr(fetch_module, "open_socket", spy)
+    monkeypatch.setattr(address_guard, "open_socket", spy)
     monkeypatch.setattr(socket, "getaddrinfo", no_second_lookup)
     with ImageFetcher(FetchPolicy(allowed_hosts=frozenset({f"cdn.test:{image_server.port}"}))) as f:
         assert f.fetch(f"http://cdn.test:{image_server.port}/p.png") == TINY_PNG
@@ -162,7 +163,7 @@ def test_redirect_to_a_blocked_host_is_refused(fetcher, image_server):
 
 def test_redirect_to_metadata_endpoint_never_connects(monkeypatch, image_server):
     url = image_server.route("meta", redirect="http://169.254.169.254/latest/meta-data/")
-    real_open = fetch_module.open_socket
+    real_open = address_guard.open_socket
     connected = []
 
     def loopback_only(family, sockaddr, *args):
@@ -170,7 +171,7 @@ def test_redirect_to_metadata_endpoint_never_connects(monkeypatch, image_server)
         assert sockaddr[0] == "127.0.0.1", f"connected to {sockaddr}"
         return real_open(family, sockaddr, *args)
 
-    monkeypatch.setattr(fetch_module, "open_socket", loopback_only)
+    monkeypatch.setattr(address_guard, "open_socket", loopback_only)
     with ImageFetcher(policy_for(image_server)) as f:
         exc = rejected(f, url)
     assert exc.reason == "blocked_address" and "169.254.169.254" in str(exc)
@@ -239,7 +240,7 @@ def test_an_unreachable_host_is_a_connection_error(monkeypatch):
         tried.append(sockaddr)
         raise OSError(errno.EHOSTUNREACH, "No route to host")
 
-    monkeypatch.setattr(fetch_module, "open_socket", unreachable)
+    monkeypatch.setattr(address_guard, "open_socket", unreachable)
     with ImageFetcher(FetchPolicy(backoff=0.01, retries=2)) as f:
         exc = rejected(f, "http://images.seller.example/p.jpg")
     assert exc.reason == "connection_error", exc
@@ -449,13 +450,13 @@ def test_an_answer_that_ends_its_connection_in_time_is_read_whole(image_server, 
 def test_a_budget_spent_before_connecting_says_so_and_sends_nothing(monkeypatch, image_server):
     """A slow DNS lookup is not the server's fault: the message must not blame a connection."""
     url = image_server.route("late-dns.png")
-    real_resolve = fetch_module.resolve
+    real_resolve = address_guard.resolve
 
     def slow_resolve(host, port):
         time.sleep(0.8)
         return real_resolve(host, port)
 
-    monkeypatch.setattr(fetch_module, "resolve", slow_resolve)
+    monkeypatch.setattr(address_guard, "resolve", slow_resolve)
     with ImageFetcher(policy_for(image_server, total_timeout=0.5, retries=0)) as f:
         exc = rejected(f, url)
         assert exc.reason == "fetch_timeout" and "budget of 0.5s" in str(exc) and url in str(exc)
@@ -471,7 +472,7 @@ def test_a_connection_cut_as_its_answer_ends_is_closed_not_pooled(monkeypatch, i
     real_release = HTTPResponse.release_conn
 
     def spend_the_budget_then_release(self):
-        watch = fetch_module._budget.watch
+        watch = watchdog.current_watch()
         if watch is not None and self._connection is not None:
             watch.owner.expire(watch)
         return real_release(self)

@@ -1,24 +1,21 @@
 """Safe image fetching: seller-supplied URLs are hostile input.
 
 A listing's image URL is a request, written by a stranger, for our worker to
-connect somewhere and read something. So a fetch:
+connect somewhere and read something. The limits are a :class:`FetchPolicy`;
+:class:`ImageFetcher` enforces them, and :class:`FetchImages` is its Beam
+transform. A fetch:
 
 * allows only http(s), plus the Beam ``FileSystems`` schemes an operator
   enabled (``--allow-image-schemes gs,file``); a bare ``/etc/passwd`` or a
   ``file://`` URL is refused by default;
-* refuses loopback, private, link-local, multicast, reserved and other
-  non-public addresses (see :mod:`transforms.address_policy`) unless the host
-  is listed in ``--allow-image-hosts``. The check runs inside the connection:
-  the address that is checked is the address that is connected to, so a DNS
-  answer that changes between check and connect (DNS rebinding) gains nothing,
-  and every retry and every redirect hop is checked again;
+* connects only to public addresses unless the host is listed in
+  ``--allow-image-hosts``, checked inside every connection (first try, retry,
+  redirect hop) by :mod:`transforms.address_guard`;
 * follows redirects itself, checking each hop, at most ``max_redirects``;
 * caps the bytes while streaming (and refuses early on a large
   Content-Length) and accepts only ``image/*`` content types;
-* caps the seconds per image, retries included. Socket timeouts bound one
-  ``recv``, not an answer (http.client reads the status line and every header
-  line with its own ``recv``), so a watchdog thread shuts the socket down when
-  the image's budget is spent, whatever is reading from it at the time.
+* caps the seconds per image, retries included, down to the socket
+  (:mod:`transforms.watchdog`).
 
 Every refusal raises :class:`~transforms.deadletter.Rejected` with a reason
 (``blocked_address``, ``http_404``, ``too_large``, ...) that the Beam transform
@@ -26,13 +23,10 @@ turns into a dead letter carrying the item's original payload.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import fnmatch
 import http.cookiejar
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -42,9 +36,6 @@ import apache_beam as beam
 import requests
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     NewConnectionError,
@@ -54,8 +45,10 @@ from urllib3.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.util.retry import Retry
 
-from transforms.address_policy import block_reason, host_allowed, parse_allowed_hosts
+from transforms.address_guard import AddressGuard, GuardedAdapter
+from transforms.address_policy import parse_allowed_hosts
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
+from transforms.watchdog import Watchdog, clip
 
 HTTP_SCHEMES = frozenset({"http", "https"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -114,305 +107,7 @@ def _split(value: str | Iterable[str]) -> Iterator[str]:
     return (part.strip().lower() for part in parts if part.strip())
 
 
-# --- time budget -----------------------------------------------------------------
-# requests/urllib3 give no way to pass a per-call deadline down to the socket, so
-# the fetch running on this thread publishes its deadline here and every blocking
-# step (connect, waiting for headers, each body read, retry backoff) is clipped to it.
-_budget = threading.local()
-
-
-def _clip(timeout: Any, doing: str) -> Any:
-    """``timeout`` shortened to what is left of this thread's budget; Rejected once it is spent."""
-    deadline = getattr(_budget, "deadline", None)
-    if deadline is None:
-        return timeout
-    timeout = timeout if isinstance(timeout, (int, float)) else None  # urllib3's "default" sentinel
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise Rejected("fetch_timeout", f"time budget of {_budget.total:g}s spent before {doing}")
-    return remaining if timeout is None else min(timeout, remaining)
-
-
-class _Watch:
-    """One fetch's deadline and the sockets it has used, each with the watch's own duplicate of it."""
-
-    __slots__ = ("cut", "deadline", "done", "fired", "owner", "sockets")
-
-    def __init__(self, deadline: float, owner: _Watchdog):
-        self.deadline = deadline
-        self.owner = owner
-        self.sockets: dict[socket.socket, socket.socket] = {}  # watched socket -> duplicate the watch owns
-        self.fired = False  # the budget ran out
-        self.cut = False    # ... while the fetch had a socket, which the watchdog shut down
-        self.done = False   # the fetch is over; nothing of it may be touched any more
-
-
-def _duplicate(sock: socket.socket) -> socket.socket | None:
-    """A plain socket on a new descriptor for the same connection (below TLS); None if ``sock`` is closed.
-
-    Shutting the duplicate down ends the connection for every descriptor of it, so a
-    blocked ``recv`` on ``sock`` returns at once, and no TLS state is touched. Never
-    change its timeout: the blocking flag is shared with ``sock``.
-    """
-    try:
-        return socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
-    except OSError:
-        return None
-
-
-def _cut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # not connected (any more): nothing to cut
-
-
-class _Watchdog:
-    """Shuts down the sockets of a fetch that outlives its time budget.
-
-    Clipping socket timeouts is not enough: each ``recv`` gets the whole read
-    timeout again, and http.client makes one per status/header line (100 header
-    lines allowed), so a server dripping lines would hold a worker for ~100 read
-    timeouts. One thread per fetcher watches every fetch in flight. Fetches are
-    armed in deadline order (one budget per fetcher), so a deque is the queue; the
-    thread sleeps until the oldest deadline, and ends once nothing is armed.
-
-    The watchdog never touches a fetch's own sockets: each watch holds a
-    duplicate descriptor of every socket it watches, made, cut and closed only
-    under the lock. A socket therefore stays watched when its connection object
-    lets go of it: http.client closes the connection once the head of a
-    ``Connection: close`` or HTTP/1.0 answer is in, while the body is still read
-    from the socket. Whoever closes the socket itself, the watch's duplicate keeps
-    the descriptor it cuts open until the fetch disarms (or the connection goes
-    back to the pool), so a cut can never land on a descriptor that was reused by
-    another connection.
-    """
-
-    def __init__(self, budget: float):
-        self._budget = budget
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._armed: collections.deque[_Watch] = collections.deque()
-        self._thread: threading.Thread | None = None
-
-    def arm(self) -> _Watch:
-        with self._lock:
-            watch = _Watch(time.monotonic() + self._budget, self)
-            self._armed.append(watch)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="imagescore-fetch-watchdog", daemon=True)
-                self._thread.start()
-        return watch
-
-    def disarm(self, watch: _Watch) -> bool:
-        """End the watch; True when the budget ran out first."""
-        with self._lock:
-            watch.done = True
-            for duplicate in watch.sockets.values():
-                duplicate.close()
-            watch.sockets.clear()
-            return watch.fired
-
-    def attach(self, watch: _Watch, sock: socket.socket) -> None:
-        with self._lock:
-            if watch.done or sock in watch.sockets:
-                return
-            duplicate = _duplicate(sock)
-            if duplicate is None:
-                return  # already closed: nothing can be read from it
-            watch.sockets[sock] = duplicate
-            if watch.fired:  # connected after the budget ran out: nothing more may be read
-                _cut(duplicate)
-
-    def detach(self, watch: _Watch, socks: Iterable[socket.socket]) -> bool:
-        """Stop watching ``socks``; True when the budget ran out (they may have been cut)."""
-        with self._lock:
-            for sock in socks:
-                duplicate = watch.sockets.pop(sock, None)
-                if duplicate is not None:
-                    duplicate.close()
-            return watch.fired
-
-    def expire(self, watch: _Watch) -> None:
-        """Spend ``watch``'s budget now: mark it fired and cut its sockets."""
-        with self._lock:
-            self._expire(watch)
-
-    def _expire(self, watch: _Watch) -> None:
-        if not watch.done and not watch.fired:
-            watch.fired = True
-            watch.cut = bool(watch.sockets)
-            for duplicate in watch.sockets.values():
-                _cut(duplicate)
-
-    def _run(self) -> None:
-        with self._lock:
-            while True:
-                while self._armed and self._armed[0].done:
-                    self._armed.popleft()
-                if not self._armed:
-                    self._thread = None
-                    return
-                first = self._armed[0]
-                wait = first.deadline - time.monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
-                    continue
-                self._armed.popleft()
-                self._expire(first)
-
-    def close(self) -> None:
-        """Let the thread end now if nothing is in flight (it also ends on its own once idle)."""
-        with self._lock:
-            thread = self._thread
-            idle = all(watch.done for watch in self._armed)
-            self._wake.notify()
-        if thread is not None and idle:
-            thread.join()
-
-
-def _watch_socket(conn: Any) -> None:
-    """Put ``conn``'s socket under the watchdog of the fetch running on this thread."""
-    watch: _Watch | None = getattr(_budget, "watch", None)
-    if watch is None or conn.sock is None:
-        return
-    if conn._watch is not None and conn._watch is not watch:
-        _unwatch_socket(conn)
-    conn._watch = watch
-    conn._watched = conn._watched | {conn.sock}  # also the sockets it closed: a response may still read them
-    watch.owner.attach(watch, conn.sock)
-
-
-def _unwatch_socket(conn: Any) -> bool:
-    """Take ``conn``'s sockets off its watch; True when the budget ran out (the socket may be cut: unusable)."""
-    watch: _Watch | None = conn._watch
-    if watch is None:
-        return False
-    watched, conn._watch, conn._watched = conn._watched, None, frozenset()
-    return watch.owner.detach(watch, watched)
-
-
-# --- the address guard, inside the connection --------------------------------------
-
-def resolve(host: str, port: int) -> list[tuple[int, tuple]]:
-    """``(family, sockaddr)`` for each address of ``host``. A seam so tests can fake DNS."""
-    return [(family, sockaddr) for family, _, _, _, sockaddr in
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
-
-
-def open_socket(family: int, sockaddr: tuple, timeout: float | None,
-                source_address: tuple | None, socket_options: Iterable[tuple] | None) -> socket.socket:
-    """Connect a TCP socket to exactly ``sockaddr``. A seam so tests can prove no connection was made."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        sock.settimeout(timeout)
-        if source_address:
-            sock.bind(source_address)
-        sock.connect(sockaddr)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
-
-
-@dataclasses.dataclass(frozen=True)
-class AddressGuard:
-    """Resolve, check every address, then connect to one of those same addresses."""
-
-    allowed_hosts: frozenset[str]
-
-    def connect(self, host: str, port: int, timeout: float | None, source_address: tuple | None = None,
-                socket_options: Iterable[tuple] | None = None) -> socket.socket:
-        timeout = _clip(timeout, f"connecting to {host}")
-        try:
-            addresses = resolve(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise Rejected("dns_error", f"cannot resolve image host {host!r}: {exc}") from None
-        if not addresses:
-            raise Rejected("dns_error", f"image host {host!r} has no addresses")
-        if not host_allowed(host, port, self.allowed_hosts):
-            # Refuse when any answer is non-public: a mixed answer is a rebinding attempt.
-            for _, sockaddr in addresses:
-                why = block_reason(sockaddr[0])
-                if why:
-                    raise Rejected("blocked_address", (
-                        f"image host {host!r} resolves to {sockaddr[0]} ({why}); only public addresses are "
-                        f"fetched unless the operator lists the host with --allow-image-hosts {host}:{port}"))
-        last_error: OSError | None = None
-        for family, sockaddr in addresses:
-            try:
-                return open_socket(family, sockaddr, timeout, source_address, socket_options)
-            except OSError as exc:
-                last_error = exc
-        assert last_error is not None
-        raise last_error
-
-
-class _GuardedConnectionMixin:
-    """Replaces urllib3's ``_new_conn`` (which resolves and connects in one call) with the guard.
-
-    TLS still wraps the socket with ``server_hostname=self.host``, so SNI and
-    certificate checks use the URL's host while the TCP peer is the checked address.
-    The connection also puts its socket under the fetch's watchdog, until the fetch
-    ends or the connection goes back to the pool. Closing the connection does not end
-    the watch: the response of an answer that ends its connection reads on from the socket.
-    """
-
-    guard: AddressGuard
-    _watch: _Watch | None = None
-    _watched: frozenset[socket.socket] = frozenset()
-
-    def _new_conn(self) -> socket.socket:
-        try:
-            return self.guard.connect(self._dns_host, self.port, self.timeout,
-                                      self.source_address, self.socket_options)
-        except TimeoutError as exc:
-            raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
-        except OSError as exc:
-            raise NewConnectionError(self, f"failed to connect to {self.host}: {exc}") from exc
-
-    def connect(self) -> None:
-        super().connect()  # for https this includes the handshake, bounded by the (clipped) connect timeout
-        _watch_socket(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch_socket(self)  # a pooled connection: connected by an earlier fetch
-        super().request(*args, **kwargs)
-
-    def getresponse(self):
-        self.timeout = _clip(self.timeout, f"the response headers from {self.host}")
-        return super().getresponse()
-
-
-class _GuardedPoolMixin:
-    """Never pools a connection whose socket the watchdog shut down."""
-
-    def _put_conn(self, conn: Any) -> None:
-        if conn is not None and _unwatch_socket(conn):
-            conn.close()  # cut as the answer ended: the next fetch opens a fresh connection
-        super()._put_conn(conn)
-
-
-def _guarded_pool_classes(guard: AddressGuard) -> dict[str, type]:
-    def pool(base_pool: type, base_conn: type) -> type:
-        conn = type(f"Guarded{base_conn.__name__}", (_GuardedConnectionMixin, base_conn), {"guard": guard})
-        return type(f"Guarded{base_pool.__name__}", (_GuardedPoolMixin, base_pool), {"ConnectionCls": conn})
-    return {"http": pool(HTTPConnectionPool, HTTPConnection), "https": pool(HTTPSConnectionPool, HTTPSConnection)}
-
-
-class GuardedAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` whose every new connection (first try, retry, redirect hop) passes the guard."""
-
-    def __init__(self, guard: AddressGuard, **kwargs: Any):
-        self._pool_classes = _guarded_pool_classes(guard)
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = self._pool_classes
-
+# --- the fetcher ------------------------------------------------------------------
 
 class _BudgetRetry(Retry):
     """urllib3's retry policy, except that a backoff never sleeps past the image's time budget."""
@@ -427,7 +122,7 @@ class _BudgetRetry(Retry):
 
     def sleep(self, response=None) -> None:
         backoff = self.get_backoff_time()
-        if backoff > 0 and _clip(backoff, "retrying") < backoff:  # less time left than the backoff
+        if backoff > 0 and clip(backoff, "retrying") < backoff:  # less time left than the backoff
             last = self.history[-1].error if self.history else None
             reason = _failure_reason(last) if last is not None else "fetch_timeout"
             if reason != "fetch_timeout":  # e.g. a refused connection: that, not the clock, is the cause
@@ -436,8 +131,6 @@ class _BudgetRetry(Retry):
             raise Rejected("fetch_timeout", f"the next retry (after {backoff:g}s) would pass the time budget")
         super().sleep(response)
 
-
-# --- the fetcher ------------------------------------------------------------------
 
 def _split_url(url: str):
     try:
@@ -482,7 +175,7 @@ class ImageFetcher:
                 raise ValueError(f"--allow-image-schemes {scheme}: Beam has no filesystem for {scheme}:// here; "
                                  f"install its extra (e.g. apache-beam[gcp] for gs)") from None
         self._session = self._new_session()
-        self._watchdog = _Watchdog(policy.total_timeout)
+        self._watchdog = Watchdog(policy.total_timeout)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -523,8 +216,7 @@ class ImageFetcher:
 
     def fetch(self, url: str) -> bytes:
         """The bytes at ``url``, or :class:`Rejected` naming the cause and the URL."""
-        watch = self._watchdog.arm()
-        _budget.deadline, _budget.total, _budget.watch = watch.deadline, self.policy.total_timeout, watch
+        watch = self._watchdog.arm()  # this thread's budget: clips every blocking step until disarmed
         try:
             data = self._fetch(url)
         except Exception as exc:  # noqa: BLE001 - re-raised below, unless the watchdog explains it
@@ -532,7 +224,6 @@ class ImageFetcher:
         else:
             failure = None
         finally:
-            _budget.deadline = _budget.watch = None
             expired = self._watchdog.disarm(watch)  # after this no socket of this fetch can be cut
         if expired:
             # Whatever the cut caused (a parse error, headers or a body that "ended" early) is not the answer.
@@ -616,8 +307,8 @@ class ImageFetcher:
             raise Rejected("bad_url", f"{url!r}: {exc}") from None
         if not parts.hostname:
             raise Rejected("bad_url", f"{url!r} has no host")
-        timeout = (_clip(self.policy.connect_timeout, f"requesting {url}"),
-                   _clip(self.policy.read_timeout, f"requesting {url}"))
+        timeout = (clip(self.policy.connect_timeout, f"requesting {url}"),
+                   clip(self.policy.read_timeout, f"requesting {url}"))
         try:
             return self._session.get(url, stream=True, allow_redirects=False, timeout=timeout)
         except Rejected:
@@ -654,7 +345,7 @@ class ImageFetcher:
         raw = response.raw
 
         def read(total: int) -> bytes:
-            timeout = _clip(self.policy.read_timeout, f"{url} finished downloading after {total} bytes")
+            timeout = clip(self.policy.read_timeout, f"{url} finished downloading after {total} bytes")
             connection = raw.connection
             if connection is not None and connection.sock is not None:
                 connection.sock.settimeout(timeout)  # each read waits at most what is left of the budget
@@ -700,7 +391,7 @@ class ImageFetcher:
             raise Rejected("connection_error", f"{path} could not be opened: {exc}") from None
 
         def read(total: int) -> bytes:
-            _clip(None, f"{path} finished reading after {total} bytes")
+            clip(None, f"{path} finished reading after {total} bytes")
             try:
                 return handle.read(CHUNK_BYTES)
             except Exception as exc:  # noqa: BLE001 - any storage error, named in the reason
