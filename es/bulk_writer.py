@@ -65,10 +65,10 @@ from es.client import (
     EsError,
     backoff_delay,
     describe,
-    scrub,
 )
 from es.client_dofn import EsClientDoFn
 from es.guard import SCORE, WRITE_MODES, BadRecord, guard_params, guard_script, is_tombstone
+from es.secrets import scrub
 
 WRITTEN = "written"
 DELETED = "deleted"

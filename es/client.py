@@ -3,7 +3,7 @@
 :class:`EsConfig` is what travels with a Beam job (it is pickled onto workers), so it
 holds only the URL and TLS settings. Credentials are read from the environment at
 connect time, on the worker, by :func:`make_client`. Every error this package lets out
-goes through :func:`scrub` first, because client exceptions can carry server text.
+goes through :func:`es.secrets.scrub` first, because client exceptions can carry server text.
 
 Only client APIs that exist in both elasticsearch-py 8.x and 9.x are used here, so the
 package works with whichever major matches the cluster.
@@ -11,7 +11,6 @@ package works with whichever major matches the cluster.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import time
@@ -22,13 +21,11 @@ from urllib.parse import urlsplit
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
-API_KEY_ENV = "ES_API_KEY"
-USERNAME_ENV = "ES_USERNAME"
-PASSWORD_ENV = "ES_PASSWORD"
+from es.secrets import ES_API_KEY_ENV, ES_PASSWORD_ENV, ES_USERNAME_ENV, install_log_scrubber, scrub
+
 URL_ENV = "ES_URL"
 CA_CERTS_ENV = "ES_CA_CERTS"
 VERIFY_CERTS_ENV = "ES_VERIFY_CERTS"
-SECRET_ENV_VARS = (API_KEY_ENV, PASSWORD_ENV, USERNAME_ENV)
 DEFAULT_URL = "http://localhost:9200"
 
 T = TypeVar("T")
@@ -44,37 +41,6 @@ class EsError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(scrub(message))
         self.status = status
-
-
-def scrub(text: str) -> str:
-    """Remove the values of the secret environment variables from ``text``."""
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, f"<{name} redacted>")
-    return text
-
-
-class _ScrubFilter(logging.Filter):
-    """Scrubs secrets from client log records: at DEBUG the transport logs whole response bodies."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = scrub(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-_SCRUBBED_LOGGERS = ("elastic_transport", "elastic_transport.node", "elastic_transport.transport",
-                     "elasticsearch", "urllib3.connectionpool")
-
-
-def _install_log_scrubber() -> None:
-    for name in _SCRUBBED_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _ScrubFilter) for f in logger.filters):
-            logger.addFilter(_ScrubFilter())
 
 
 def default_es_url() -> str:
@@ -115,7 +81,7 @@ class EsConfig:
             # The URL ends up in logs and error messages; credentials must not.
             raise ValueError(
                 "the Elasticsearch URL must not contain credentials; set "
-                f"{API_KEY_ENV}, or {USERNAME_ENV} and {PASSWORD_ENV}, in the environment instead")
+                f"{ES_API_KEY_ENV}, or {ES_USERNAME_ENV} and {ES_PASSWORD_ENV}, in the environment instead")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be positive, got {self.request_timeout}")
 
@@ -140,15 +106,15 @@ class EsConfig:
 
 
 def _credentials() -> dict[str, Any]:
-    api_key = os.environ.get(API_KEY_ENV)
+    api_key = os.environ.get(ES_API_KEY_ENV)
     if api_key:
         return {"api_key": api_key}
-    username = os.environ.get(USERNAME_ENV)
-    password = os.environ.get(PASSWORD_ENV)
+    username = os.environ.get(ES_USERNAME_ENV)
+    password = os.environ.get(ES_PASSWORD_ENV)
     if username and password:
         return {"basic_auth": (username, password)}
     if username or password:
-        raise EsError(f"set both {USERNAME_ENV} and {PASSWORD_ENV}, or {API_KEY_ENV}; only one of the pair is set")
+        raise EsError(f"set both {ES_USERNAME_ENV} and {ES_PASSWORD_ENV}, or {ES_API_KEY_ENV}; only one of the pair is set")
     return {}
 
 
@@ -173,7 +139,7 @@ def make_client(config: EsConfig, *, node_class: Any = None, max_retries: int = 
         kwargs["ssl_show_warn"] = False
     if node_class is not None:
         kwargs["node_class"] = node_class
-    _install_log_scrubber()
+    install_log_scrubber()
     return Elasticsearch(**kwargs)
 
 

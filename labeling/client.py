@@ -17,20 +17,25 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from labeling.ratelimit import TokenBucket
-from transforms.deadletter import Rejected, redact
+from es.secrets import LLM_API_KEY_ENVS, install_log_scrubber, scrub
+from transforms.deadletter import Rejected
 
-API_KEY_ENV_VARS = ("LLM_API_KEY", "OPENAI_API_KEY")
 # Servers without auth (a local vLLM or Ollama) ignore the key, but the openai client insists on one.
 NO_KEY_PLACEHOLDER = "no-key"
 
 
 def api_key_from_env() -> str | None:
     """The first of ``LLM_API_KEY`` / ``OPENAI_API_KEY`` that is set; never a flag, so it stays out of shell history."""
-    for name in API_KEY_ENV_VARS:
+    for name in LLM_API_KEY_ENVS:
         value = os.environ.get(name)
         if value:
             return value
     return None
+
+
+def _rejected(reason: str, message: str) -> Rejected:
+    """A Rejected whose message is scrubbed: it names the endpoint (maybe with user:pass) and quotes its answer."""
+    return Rejected(reason, scrub(message))
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class ChatClient:
             base_url=base_url, api_key=api_key or api_key_from_env() or NO_KEY_PLACEHOLDER,
             timeout=timeout, max_retries=retries, http_client=http_client)
         self.base_url = str(self._client.base_url)  # after OPENAI_BASE_URL / default resolution
+        install_log_scrubber()  # openai and httpx log requests and their URLs at DEBUG
 
     def _before_attempt(self, request) -> None:
         if self._bucket is not None:
@@ -86,21 +92,22 @@ class ChatClient:
             raw = self._client.chat.completions.with_raw_response.create(**kwargs)
             completion = raw.parse()
         except openai.APITimeoutError as exc:
-            raise Rejected("llm_timeout", f"{self.base_url} did not answer in time after retries: {exc}") from None
+            raise _rejected("llm_timeout", f"{self.base_url} did not answer in time after retries: {exc}") from None
         except openai.APIConnectionError as exc:
-            raise Rejected("llm_connection_error", f"cannot reach {self.base_url}: {exc}") from None
+            raise _rejected("llm_connection_error", f"cannot reach {self.base_url}: {exc}") from None
         except openai.APIStatusError as exc:
-            body = redact(exc.response.text[:300]) if exc.response is not None else ""
-            raise Rejected(f"llm_http_{exc.status_code}",
-                           f"{self.base_url} answered HTTP {exc.status_code} after retries: {body}") from None
+            body = exc.response.text[:300] if exc.response is not None else ""
+            raise _rejected(f"llm_http_{exc.status_code}",
+                            f"{self.base_url} answered HTTP {exc.status_code} after retries: {body}") from None
         except (openai.APIResponseValidationError, ValueError) as exc:
-            raise Rejected("llm_bad_body", f"{self.base_url} sent a body that is not a chat completion: {exc}") from None
+            raise _rejected("llm_bad_body",
+                            f"{self.base_url} sent a body that is not a chat completion: {exc}") from None
         if not isinstance(completion, ChatCompletion) or "choices" not in completion.model_fields_set:
             # openai hands back a str or list when the body is not a JSON object, and fills no field it lacks
-            body = redact(raw.http_response.text[:300])
-            raise Rejected("llm_bad_body", f"{self.base_url} sent a body that is not a chat completion: {body!r}")
+            body = raw.http_response.text[:300]
+            raise _rejected("llm_bad_body", f"{self.base_url} sent a body that is not a chat completion: {body!r}")
         if not completion.choices:
-            raise Rejected("empty_response", f"{self.base_url} returned a completion without choices")
+            raise _rejected("empty_response", f"{self.base_url} returned a completion without choices")
         usage = completion.usage
         return ChatReply(
             content=completion.choices[0].message.content,

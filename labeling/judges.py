@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from es.secrets import scrub
 from labeling.cache import WindowCache, cache_key
 from labeling.images import fetch_all, window_data_urls
 from labeling.parse import ParsedReply, parse_reply
 from labeling.prompt import PromptTemplate, image_label
 from labeling.windows import Window
-from transforms.deadletter import Rejected, redact
+from transforms.deadletter import Rejected
 from transforms.decode import decode_image
 from transforms.fetch import ImageFetcher
 
@@ -86,8 +87,8 @@ class HttpJudge:
             "prompt_version": self.prompt.version, "cached": cached,
             "retries": reply.retries if reply is not None else 0,
             "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0},
-            "content": redact(content) if content is not None else None,
-            "error": None if error is None else {"reason": error.reason, "message": redact(str(error))},
+            "content": scrub(content) if content is not None else None,
+            "error": None if error is None else {"reason": error.reason, "message": scrub(str(error))},
             "parsed_as": parsed_as,
         }
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from es.secrets import LLM_API_KEY_ENVS, scrub
 from imagescore import ArgumentParser, UsageError, check_share, job_main, run_outcome
 from labeling.cache import WindowCache
 from labeling.judges import WindowOutcome
@@ -102,7 +103,7 @@ def build_judge(args):
         from scoring.model import load_model
         fetcher = _fetcher(args)
         return HandcraftedJudge(fetcher, load_model(args.score_model)), None, [fetcher]
-    from labeling.client import API_KEY_ENV_VARS, ChatClient, api_key_from_env
+    from labeling.client import ChatClient, api_key_from_env
     from labeling.judges import HttpJudge
     from labeling.prompt import load_prompt
     if not args.model:
@@ -115,7 +116,7 @@ def build_judge(args):
     prompt = load_prompt(args.prompt)
     if api_key_from_env() is None:
         log.warning("no API key in $%s or $%s: sending a placeholder, which only servers without auth "
-                    "(a local vLLM or Ollama) accept", *API_KEY_ENV_VARS)
+                    "(a local vLLM or Ollama) accept", *LLM_API_KEY_ENVS)
     client = ChatClient(args.base_url, args.model, timeout=args.timeout, retries=args.retries, rpm=args.rpm,
                         temperature=args.temperature, max_tokens=args.max_tokens)
     cache = None if args.no_cache else WindowCache(args.cache or os.path.join(args.output, "cache"))
@@ -192,7 +193,7 @@ def label(args) -> dict:
     extra = {"judge": judge.name, "model": judge.model, "prompt_version": judge.prompt_version,
              "inputs": files, "elapsed_s": round(time.monotonic() - started, 3)}
     if client is not None:
-        extra.update({"base_url": client.base_url, "image_size": args.image_size,
+        extra.update({"base_url": scrub(client.base_url), "image_size": args.image_size,
                       "http_attempts": client.attempts, "http_status_counts": dict(client.status_counts)})
     summary = summarize(windows_in=windows_in, labelled=labelled, dead=dead, label_rows_=labels,
                         responses=responses, repeats=args.repeats, price_in=args.price_per_1k_input,

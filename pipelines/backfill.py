@@ -26,6 +26,7 @@ from es.bulk_writer import WriteToElasticsearch, bulk_lines, update_action
 from es.client import EsConfig, EsError, make_client
 from es.guard import SCORE, ensure_guard_script
 from es.mapping import ensure_score_mapping
+from es.secrets import scrub
 from es.source import ReadItemsFromElasticsearch
 from imagescore import UsageError, job_main
 from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
@@ -167,8 +168,11 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
     if bo.source == "files":
         require_files(jo.input, "--input", jsonl=True)
     since = now - timedelta(days=bo.days)
-    es_config = EsConfig.from_env(url=eo.es_url, **(
-        {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
+    try:
+        es_config = EsConfig.from_env(url=eo.es_url, **(
+            {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
+    except ValueError as exc:  # --es-url (or $ES_URL) with credentials or a bad port, $ES_VERIFY_CERTS not a boolean
+        raise UsageError(scrub(str(exc))) from None
 
     if bo.source == "files":
         # Bytes, not text: one line in another encoding is a dead letter, not a failed job.

@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from es.client import EsConfig, EsError, make_client, scrubbed_errors
 from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
 from es.mapping import document_properties, ensure_score_mapping
+from es.secrets import scrub
 from imagescore import UsageError, job_main
 from pipelines import local_streaming
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
@@ -173,8 +174,11 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
     timers and the latency read; tests inject the runner's test clock."""
     so, io, mo, eo = (opts.view_as(c) for c in (StreamingOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(so, eo.es_url, is_local(opts))
-    es_config = EsConfig.from_env(url=eo.es_url, **(
-        {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
+    try:
+        es_config = EsConfig.from_env(url=eo.es_url, **(
+            {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
+    except ValueError as exc:  # --es-url (or $ES_URL) with credentials or a bad port, $ES_VERIFY_CERTS not a boolean
+        raise _fail(scrub(str(exc))) from None
 
     def read(label: str):
         return label >> ReadFromPubSub(topic=so.input_topic, subscription=so.input_subscription,

@@ -7,8 +7,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from es.secrets import scrub
 from pipelines.runners import local_runner
-from transforms.deadletter import Rejected, dead_letter, redact
+from transforms.deadletter import Rejected, dead_letter
 from transforms.items import ParseItems, parse_item
 
 GOOD = {"id": "m1", "image_urls": ["https://cdn.example.com/a.jpg", "https://cdn.example.com/b.jpg"],
@@ -70,7 +71,7 @@ def test_dead_letter_errors_never_carry_secrets_and_payloads_stay_replayable(mon
     record = dead_letter("index", "es_401", "auth failed with s3cr3t-api-key-value", payload, id="m1")
     assert "s3cr3t-api-key-value" not in record["error"]
     assert record["payload"] == payload  # seller data, kept byte for byte so it can be replayed
-    assert redact("x s3cr3t-api-key-value y") == "x <ES_API_KEY redacted> y"
+    assert scrub("x s3cr3t-api-key-value y") == "x <ES_API_KEY redacted> y"
 
 
 def test_undecodable_bytes_are_rejected_and_kept_recoverably():

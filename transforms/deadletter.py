@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from typing import Any
 
 import apache_beam as beam
 
-DEAD_LETTER = "deadletter"  # tag of the dead-letter output of every DoFn
+from es.secrets import scrub
 
-# Environment variables whose values must never leave the process in a record,
-# a log line or an error message.
-SECRET_ENV_VARS = ("ES_API_KEY", "ES_PASSWORD", "ES_USERNAME", "OPENAI_API_KEY", "LLM_API_KEY")
+DEAD_LETTER = "deadletter"  # tag of the dead-letter output of every DoFn
 
 
 class MessagePayload(str):
@@ -51,15 +48,6 @@ class Rejected(Exception):
         self.id = id  # the record's id when it was known before the failure
 
 
-def redact(text: str) -> str:
-    """Replace the value of every secret environment variable in ``text``."""
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, f"<{name} redacted>")
-    return text
-
-
 def _payload_text(payload: Any) -> str:
     if isinstance(payload, bytes):
         return payload.decode("utf-8")  # callers hand bytes that are not UTF-8 to dead_letter as base64
@@ -72,10 +60,13 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
                 id: str | None = None) -> dict:
     """Build one dead-letter record: ``id`` (when known), ``stage``, ``reason``, ``error``, ``payload``.
 
+    ``error`` is scrubbed of secrets (:func:`es.secrets.scrub`). ``payload`` is the input exactly as it
+    came, so that the record can be replayed: it is not scrubbed.
+
     A payload of bytes that are not UTF-8 is stored as base64, with ``payload_encoding: base64``.
     A :class:`MessagePayload` adds ``message_id`` and ``publish_time``.
     """
-    record = {"id": id, "stage": stage, "reason": reason, "error": redact(str(error))}
+    record = {"id": id, "stage": stage, "reason": reason, "error": scrub(str(error))}
     if isinstance(payload, MessagePayload):
         record.update(message_id=payload.message_id, publish_time=payload.publish_time)
         payload = str(payload)

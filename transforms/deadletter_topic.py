@@ -13,7 +13,8 @@ import base64
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
 
-from transforms.deadletter import redact
+from es.secrets import scrub
+
 
 #: Pub/Sub refuses attribute values longer than this many bytes.
 ATTRIBUTE_VALUE_LIMIT = 1024
@@ -43,7 +44,7 @@ def to_message(record: dict) -> PubsubMessage:
     for field, name in ATTRIBUTES.items():
         value = record.get(field)
         if value is not None and value != "":
-            attributes[name] = _clip(redact(str(value)))
+            attributes[name] = _clip(scrub(str(value)))
     return PubsubMessage(payload_bytes(record), attributes)
 
 
