@@ -28,15 +28,16 @@ EXTRAS = {
     "demo": ["scikit-image>=0.22"],
     # open_clip backbones pull torchvision, which on CPU-only machines here forces a CUDA torch.
     "open_clip": ["open_clip_torch>=2.24"],
+    # `imagescore serve-triton`: the real tritonserver binary ships inside this wheel (Linux x86-64, numpy<2).
+    "triton": ["nvidia-pytriton==0.7.0"],
 }
 EXTRAS["dev"] = sorted(
-    set(EXTRAS["demo"])
+    set(EXTRAS["demo"]) | set(EXTRAS["triton"])
     | {
         "pytest>=8",
         "pytest-randomly>=3.15",  # random test order; prints the seed that replays a failing order
         "pytest-timeout>=2.3",
         "markdown-it-py>=3",  # parses README.md for the walkthrough doc test
-        "nvidia-pytriton==0.7.0",  # ships the real tritonserver used by the Triton tests
         "ir-measures>=0.3",  # trec_eval-semantics oracle for the rerank-eval ranking metrics
         "scikit-learn>=1.3",  # its bundled china/flower photos are part of the handcrafted scorer's held-out split
         "PyWavelets>=1.4",  # its bundled aerial and stair-tower photos are in that held-out split too

@@ -43,6 +43,10 @@ class EsError(RuntimeError):
         self.status = status
 
 
+class EsVersionMismatch(EsError):
+    """The cluster runs another major version than the client; no retry or reindex helps."""
+
+
 def default_es_url() -> str:
     """``$ES_URL``, else a local cluster."""
     return os.environ.get(URL_ENV) or DEFAULT_URL
@@ -168,7 +172,35 @@ def scrubbed_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (ApiError, TransportError) as exc:
+        mismatch = version_mismatch(exc)
+        if mismatch:
+            raise EsVersionMismatch(f"{action} failed: {mismatch}", 400) from None
         raise EsError(f"{action} failed: {describe(exc)}", status_of(exc)) from None
+
+
+def usage_message(exc: EsError, config: EsConfig) -> str:
+    """One line for the user when a job's first request failed: what happened at which URL, and what to do."""
+    if exc.status is None:
+        return (f"Elasticsearch is not reachable at {config.safe_url()} ({exc}); check --es-url "
+                "(or $ES_URL) and that the cluster is up")
+    hint = {401: "; check ES_API_KEY or ES_USERNAME/ES_PASSWORD",
+            403: "; the credentials need the manage privilege on the index"}.get(exc.status, "")
+    return f"Elasticsearch at {config.safe_url()}: {exc}{hint}"
+
+
+def version_mismatch(exc: BaseException) -> str | None:
+    """What to install when the cluster refused the client's major version, else None.
+
+    A 9.x client sends ``compatible-with=9`` on every request; an 8.x cluster answers 400
+    ``media_type_header_exception`` ("Accept version must be either version 8 or 7").
+    """
+    if not (isinstance(exc, ApiError) and exc.meta.status == 400 and "media_type_header_exception" in str(exc.body)):
+        return None
+    from elasticsearch import __versionstr__ as client_version
+    major = client_version.split(".")[0]
+    return (f"the cluster refused elasticsearch-py {client_version}'s compatible-with={major} headers, so it runs "
+            f"another major version; install the client that matches the cluster, for an 8.x cluster: "
+            f"pip install 'elasticsearch>=8.18,<9'")
 
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})

@@ -15,7 +15,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from es.client import EsError, scrubbed_errors
+from es.client import EsError, EsVersionMismatch, scrubbed_errors
 
 SCORE_FIELD = "image_score"
 MODEL_FIELD = "image_score_model"
@@ -109,6 +109,8 @@ def ensure_score_mapping(client: Elasticsearch, index: str, *, owns_documents: b
     try:
         with scrubbed_errors(f"putting the image score mapping on index {index!r}"):
             client.indices.put_mapping(index=index, properties=properties)
+    except EsVersionMismatch:
+        raise
     except EsError as exc:
         if exc.status == 400:
             raise EsError(f"index {index!r}: a score field exists with another type, which needs a reindex "

@@ -11,6 +11,7 @@ checking that the rest of the pipeline recovers it).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -184,6 +185,8 @@ class HandcraftedJudge:
 def load_quality(path: str) -> dict[str, dict]:
     """``quality.jsonl`` from ``imagescore simulate`` keyed by item_id; a bad line is a usage error."""
     table: dict[str, dict] = {}
+    if not os.path.isfile(path):
+        raise ValueError(f"--quality {path!r} is not a file; pass quality.jsonl from `imagescore simulate`")
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():

@@ -148,9 +148,9 @@ def _safe_judge(judge, window: Window, repeats: int) -> WindowOutcome:
 def label(args) -> dict:
     """Run the labelling the parsed flags describe; returns the summary (also written to summary.json)."""
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     files = window_files(args.windows)
-    judge, client, closers = build_judge(args)
+    judge, client, closers = build_judge(args)  # a bad judge flag or file is refused before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     dead: list[dict] = []
     windows: list[Window] = []

@@ -25,6 +25,7 @@ from imagescore import ArgumentParser, UsageError, job_main
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
 from pipelines.options import job_options
+from transforms.inference import score_model_info
 from pipelines.report import counters
 
 THUMB = 128
@@ -166,6 +167,10 @@ def run(argv: list[str] | None = None) -> int:
     # The rest goes to the backfill: refuse a typo now, before the catalog is drawn.
     demo_flags = tuple(flag for action in parser._actions for flag in action.option_strings)
     days = job_options(beam_args, also_known=demo_flags).view_as(backfill.BackfillOptions).days
+    try:
+        score_model_info(args.model)  # a bad --model is refused before the catalog is drawn
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
 
     out = Path(args.output).resolve()
     root = out / "catalog"
@@ -181,7 +186,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"catalog: {len(entries)} items ({sum(e.expect == 'scored' for e in entries)} photos, "
               f"{sum(e.expect != 'scored' for e in entries)} broken or hostile) served from {server.url}")
         file_result = backfill.run(["--source", "files", "--input", str(items_path), "--output", str(out),
-                      "--model", args.model, "--allow-image-hosts", server.host_port,
+                      "--es-index", args.es_index, "--model", args.model, "--allow-image-hosts", server.host_port,
                       "--now", now.isoformat(), *beam_args])
         if args.es_url:
             indexed, refused = index_catalog(entries, args.es_url, args.es_index)

@@ -279,7 +279,7 @@ def run(argv: list[str] | None = None) -> int:
         result = readout(users, args.control, parse_split(args.split, variants), covariates=args.cuped,
                          alpha=args.alpha)
     except ValueError as exc:
-        raise UsageError(f"imagescore ab-readout: {exc}") from None
+        raise UsageError(str(exc)) from None
     result["excluded"] = excluded
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "readout.json"), "w") as fh:

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform-config", help="JSON of per-platform boosts (see the module help)")
     p.add_argument("--rescore-window", type=int, help="apply the boost as a rescore of this many top hits")
     p.add_argument("--es-url", help="run the search on this cluster and print the hits with explain (credentials from the environment)")
-    p.add_argument("--index", default="items", help="index (or pattern) to search")
+    p.add_argument("--es-index", dest="es_index", default="items", help="index (or pattern) to search")
     p.add_argument("--size", type=int, default=5, help="hits to show")
     return p
 
@@ -80,10 +80,17 @@ def explain_lines(explanation: dict, depth: int = 0) -> list[str]:
 
 
 def run_search(url: str, index: str, body: dict, size: int) -> dict:
-    from es.client import EsConfig, make_client, scrubbed_errors
-    client = make_client(EsConfig.from_env(url))
-    with scrubbed_errors(f"search of {index!r}"):
-        return client.search(index=index, **body, size=size, explain=True, include_named_queries_score=True).body
+    from es.client import EsConfig, EsError, make_client, scrubbed_errors, usage_message
+    config = EsConfig.from_env(url)
+    client = make_client(config)
+    try:
+        with scrubbed_errors(f"search of {index!r}"):
+            return client.search(index=index, **body, size=size, explain=True,
+                                 include_named_queries_score=True).body
+    except EsError as exc:
+        raise UsageError(usage_message(exc, config)) from None
+    finally:
+        client.close()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -92,7 +99,7 @@ def run(argv: list[str] | None = None) -> int:
     if not args.es_url:
         print(json.dumps(body, indent=2))
         return 0
-    response = run_search(args.es_url, args.index, body, args.size)
+    response = run_search(args.es_url, args.es_index, body, args.size)
     for hit in response["hits"]["hits"]:
         source = hit.get("_source", {})
         print(f"{hit['_id']}  score {hit['_score']}  image_score {source.get('image_score', 'missing')}  "

@@ -63,10 +63,12 @@ class Logs:
         return np.arange(len(self.serp)) - starts[self.serp] + 1
 
 
-def _files(pattern: str, what: str) -> list[str]:
+def _files(pattern: str, flag: str) -> list[str]:
+    """The files a comma-separated list of globs matches; a ValueError naming the flag when none does."""
     files = sorted({f for part in pattern.split(",") if part for f in glob.glob(part.strip())})
     if not files:
-        raise SystemExit(f"no {what} files match {pattern!r}")
+        raise ValueError(f"{flag} {pattern!r} matches no files; check the path, and quote the glob so the "
+                         "shell does not expand it")
     return files
 
 
@@ -161,8 +163,11 @@ def _read_columnar(path: str) -> dict[str, list | np.ndarray] | None:
 def load_logs(pattern: str) -> Logs:
     """Read search-log JSONL (one SERP per line, the simulate/collect log format) from a glob."""
     parts = []
-    for path in _files(pattern, "log"):
+    for path in _files(pattern, "--logs"):
         parts.append(_read_columnar(path) or _read_lines(path))
+    if not sum(len(p["serp_ids"]) for p in parts):
+        raise ValueError(f"--logs {pattern!r} holds no SERPs (the files are empty); point it at the search "
+                         "logs, one JSON object per SERP and line")
     offsets = np.cumsum([0] + [len(p["serp_ids"]) for p in parts])
     cat = {name: (np.concatenate([np.asarray(p[name]) for p in parts]) if parts else np.array([]))
            for name in _COLUMNS if name not in ("serp_ids", "serp")}
@@ -176,7 +181,7 @@ def load_logs(pattern: str) -> Logs:
 def load_scores(pattern: str) -> dict[str, float]:
     """``id`` -> ``image_score`` from JSONL files such as the backfill's ``scores*.jsonl``."""
     scores: dict[str, float] = {}
-    for path in _files(pattern, "score"):
+    for path in _files(pattern, "--scores"):
         with open(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():

@@ -214,7 +214,7 @@ def run(argv: list[str] | None = None) -> int:
                             seed=args.seed, rescore_window=args.rescore_window, rank_function=args.rank_function,
                             rank_params=json.loads(args.rank_params))
     except ValueError as exc:
-        raise UsageError(f"imagescore rerank-eval: {exc}") from None
+        raise UsageError(str(exc)) from None
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "rerank.json"), "w") as fh:
         json.dump(rows, fh, indent=1)

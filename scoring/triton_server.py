@@ -91,7 +91,9 @@ def start_triton(repository: str, workdir: str, model_names: Sequence[str] = ("i
 
     found = distribution()
     if found is None:
-        raise FileNotFoundError("tritonserver from the nvidia-pytriton wheel is not installed")
+        raise FileNotFoundError("tritonserver is not installed: it ships in the nvidia-pytriton wheel (Linux x86-64); "
+                                "install it with pip install 'imagescore[triton]' (in a checkout: "
+                                ".venv/bin/pip install -e '.[triton]' -c constraints.txt)")
     binary, libs_path, stub = found
     backends = os.path.join(workdir, "backends")
     shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(binary)), "backends"), backends, dirs_exist_ok=True)
@@ -178,21 +180,22 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     repository = os.path.abspath(args.repository)
     if not os.path.isdir(repository):
-        print(f"serve-triton: --repository {args.repository} is not a directory; write one with "
-              "`imagescore export-triton --backend python`", file=sys.stderr)
-        return 2
+        raise UsageError(f"--repository {args.repository} is not a directory; write one with "
+                         "`imagescore export-triton --backend python`")
     try:
         names = _model_names(repository)
     except FileNotFoundError as error:
-        print(f"serve-triton: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     workdir = tempfile.mkdtemp(prefix="imagescore-triton-")
     try:
         process, grpc_url, http_url, log_path = start_triton(
             repository, workdir, names, timeout_s=args.timeout, grpc_port=args.grpc_port,
             http_port=args.http_port, host=args.host)
-    except (FileNotFoundError, RuntimeError, TimeoutError) as error:
-        print(f"serve-triton: {error}", file=sys.stderr)
+    except FileNotFoundError as error:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise UsageError(str(error)) from None
+    except (RuntimeError, TimeoutError) as error:
+        print(f"imagescore serve-triton: FAILED: {error}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
         return 1
     for name in names:

@@ -62,7 +62,7 @@ def test_es_url_sends_the_search_with_explain_and_prints_the_tree(capsys):
                          {"value": 2.0, "description": "weight(title:bag)", "details": []},
                          {"value": 1.3, "description": "min of:", "details": []}]}}]}}
     with CannedSearch(response) as server:
-        assert query_cli.run(["--match", "bag", "--w", "0.6", "--es-url", server.url, "--index", "items",
+        assert query_cli.run(["--match", "bag", "--w", "0.6", "--es-url", server.url, "--es-index", "items",
                               "--size", "3"]) == 0
     (method, path, params, body), = server.requests
     assert method == "POST" and path == "/items/_search"

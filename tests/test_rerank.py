@@ -163,7 +163,7 @@ def test_bad_score_files_and_missing_globs_are_named(tmp_path):
     write_jsonl(tmp_path / "neg.jsonl", [{"id": "a", "image_score": -0.5}])
     with pytest.raises(ValueError, match=r"neg.jsonl:1 \(id 'a'\): image_score must be"):
         load_scores(str(tmp_path / "neg.jsonl"))
-    with pytest.raises(SystemExit, match="no score files match"):
+    with pytest.raises(ValueError, match=r"--scores .*nothing\*.jsonl' matches no files"):
         load_scores(str(tmp_path / "nothing*.jsonl"))
 
 

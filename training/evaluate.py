@@ -17,7 +17,7 @@ import numpy as np
 from imagescore import ArgumentParser, UsageError, job_main
 from training import baselines as B
 from training import metrics as M
-from training.data import Dataset, load_dataset
+from training.data import Dataset, load_dataset, match_files
 
 # Paper Table 1 (OPA %, CA %), Mercari's proprietary dataset.
 PAPER = {"Image Score (FL)": (67.75, 64.42), "Image Score (CE)": (67.45, 64.14), "CLIP Score": (49.75, 50.20),
@@ -145,13 +145,19 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.bootstrap < 1:
         raise UsageError("--bootstrap must be at least 1")
+    for run_dir in args.runs:
+        if not os.path.isfile(os.path.join(run_dir, "config.json")):
+            raise UsageError(f"--runs {run_dir!r} is not a training run directory (no config.json); pass the "
+                             "--output of `imagescore train`")
     try:
+        if args.ctr:  # every glob is checked before the dataset is read
+            match_files(args.ctr, "--ctr")
         data = load_dataset(args.windows, args.labels, args.embeddings)
+        rows, scores = evaluate_methods(data, runs=args.runs, ctr=args.ctr, clip_backbone=args.clip_backbone,
+                                        split=args.split, n_boot=args.bootstrap, seed=args.seed,
+                                        ctr_prior_strength=args.ctr_prior_strength)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    rows, scores = evaluate_methods(data, runs=args.runs, ctr=args.ctr, clip_backbone=args.clip_backbone,
-                                    split=args.split, n_boot=args.bootstrap, seed=args.seed,
-                                    ctr_prior_strength=args.ctr_prior_strength)
     table = table_markdown(rows, data, args.split)
     print(table)
     if args.output:
