@@ -16,3 +16,10 @@ pytest_plugins = [
 # Tests never reach a model hub; loading code must work from local directories alone.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The random-order seed on every run, ``-q`` included, so an order-dependent failure can be replayed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"random order seed {seed}: replay it with pytest -p randomly --randomly-seed={seed}")

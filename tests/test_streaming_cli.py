@@ -32,6 +32,10 @@ DLQ = "projects/p/topics/dead"
       "--id-attribute", "uid"], "--id-attribute is not supported on the local runner"),
     (["--input-subscription", SUB, "--deadletter-topic", DLQ, "--es-url", "http://127.0.0.1:9",
       "--aggregate-seconds", "-1"], "must not be negative"),
+    (["--input-subscription", SUB, "--deadletter-topic", DLQ, "--es-url", "http://127.0.0.1:9",
+      "--model-unavailable-seconds", "-1"], "must not be negative"),
+    (["--input-subscription", SUB, "--deadletter-topic", DLQ, "--es-url", "http://127.0.0.1:9",
+      "--es-max-buffer-seconds", "0"], "--es-max-buffer-seconds must be positive"),
 ])
 def test_refused_flags_name_the_problem(argv, message, monkeypatch):
     monkeypatch.delenv("ES_URL", raising=False)

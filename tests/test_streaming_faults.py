@@ -15,6 +15,7 @@ from pipelines import streaming
 from scoring.export_triton import export_triton
 from scoring.triton_server import distribution, start_triton, stop_triton
 from tests.fixtures.pubsub import publish, pull_all, unique
+from tests.fixtures.tools import missing_tool
 from tests.test_streaming_e2e import V, jpeg, record, wait_accounted
 
 BUDGET_S = 40  # longer than a restart of tritonserver on a loaded 2-core machine
@@ -23,7 +24,7 @@ BUDGET_S = 40  # longer than a restart of tritonserver on a loaded 2-core machin
 @pytest.fixture
 def own_triton(tmp_path):
     if distribution() is None:
-        pytest.skip("tritonserver is not installed (nvidia-pytriton wheel)")
+        missing_tool("tritonserver", "pip install 'imagescore[triton]'")
     repository = str(tmp_path / "models")
     export_triton("handcrafted", repository, name="image_score", backend="python")
     process, grpc_url, http_url, _ = start_triton(repository, str(tmp_path), ("image_score",))
