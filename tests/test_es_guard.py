@@ -1,6 +1,6 @@
 """The stale-update guard: one table of cases, run through the real writer and client.
 
-On the ES double the stored script runs as its Python rendering (tests/es_double_script.py);
+On the ES double the stored script runs as its Python rendering (tests/es_double/scripts.py);
 with ``$ES_URL`` set the same table runs the real Painless script on a real cluster.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from es.guard import (
     guard_params,
 )
 from pipelines.runners import local_runner
-from tests import es_double_script
+from tests.es_double import scripts as es_double_script
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
 V1, V2, V3, V4 = ("2026-11-20T10:00:00Z", "2026-11-20T11:00:00+01:00", "2026-11-20T10:30:00.5Z",
