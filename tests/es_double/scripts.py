@@ -26,7 +26,7 @@ from tests.es_double.errors import EsHttpError
 from tests.es_double.rest import Routes, check_params
 from tests.es_double.state import Cluster
 
-GUARD_SCRIPT_SHA256 = "2bbf90ef0ba8b543218d89d0262bb62f0070b39a25cc6294fa14f52d0fd6fa1f"
+GUARD_SCRIPT_SHA256 = "a5b928deaef24a90463616c3a206972a147f429a364cd41f382aabf1d4411995"
 PUT_SCRIPT_PARAMS = {"timeout", "master_timeout", "context"}
 UPDATE_FIELDS = {"script", "upsert", "scripted_upsert"}
 
@@ -55,8 +55,13 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
                def v = params.score ? s.image_score_version : s.updated_at;
                if (v != null && !(v instanceof String && v.length() == 27 && v.endsWith('Z')))
                { throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); }
-               if ((params.score && s.deleted == true) || (v != null && v.compareTo(params.version) >= 0))
+               int c = v == null ? -1 : v.compareTo(params.version);
+               if ((params.score && s.deleted == true) || c > 0
+                   || (c == 0 && (params.score || s.deleted == true || params.fields.deleted != true)))
                { ctx.op = 'noop'; } else { if (!params.score) { s.clear(); } s.putAll(params.fields); }
+
+    Older or equal versions are a ``noop``, but a delete wins a tie: in document mode a tombstone
+    with the same version as a live document replaces it.
     """
     score = params.get("score")
     if score is None:
@@ -80,7 +85,10 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
         if not isinstance(version, str):
             raise _runtime_error(script_id, "class_cast_exception",
                                  f"class {_java_type(version)} cannot be cast to class java.lang.String")
-        if stored >= version:  # String.compareTo: the versions are ASCII, so code points order them the same
+        if stored > version:  # String.compareTo: the versions are ASCII, so code points order them the same
+            return False
+        if stored == version and (score or source.get("deleted") is True
+                                  or not _is_tombstone(params.get("fields"), script_id)):
             return False
     fields = params.get("fields")
     if not isinstance(fields, dict):
@@ -90,6 +98,16 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
         source.clear()
     source.update(copy.deepcopy(fields))
     return True
+
+
+def _is_tombstone(fields: Any, script_id: str) -> bool:
+    """``params.fields.deleted == true``, with Painless's errors when ``fields`` is not a map."""
+    if fields is None:
+        raise _runtime_error(script_id, "null_pointer_exception", "cannot read [deleted] of null (params.fields)")
+    if not isinstance(fields, dict):
+        raise _runtime_error(script_id, "illegal_argument_exception",
+                             f"dynamic getter [{_java_type(fields)}, deleted] not found")
+    return fields.get("deleted") is True
 
 
 KNOWN_SCRIPTS = {GUARD_SCRIPT_SHA256: run_guard}
