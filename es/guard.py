@@ -19,12 +19,16 @@ The script, for the two write modes:
 * ``document``: the job owns the document. Compare with the stored ``updated_at``; if the
   incoming version is strictly newer, replace the whole source with ``params.fields``
   (the processed item, or a tombstone ``{updated_at, deleted: true}``), else ``noop``.
+  A delete wins a tie: a tombstone with the same version as a live document replaces it.
   Sent as a scripted upsert, so a missing document is created.
 * ``score``: another indexer owns the document. Compare with the stored score's version
   (``image_score_version``) and never write onto a tombstone; merge only the score fields.
   Sent without an upsert, so a missing document is a 404 (a counted skip).
 
-Older *or equal* answers ``noop``, so a replay changes nothing.
+Older *or equal* answers ``noop``, so a replay changes nothing. One tie goes the other way,
+because a delete wins it: a tombstone with the same version as a live document replaces it
+(counted ``deleted``). A replayed delete onto its own tombstone, or an update onto a tombstone
+of the same version, is still ``noop``.
 """
 from __future__ import annotations
 
@@ -52,13 +56,15 @@ SCORE = "score"
 WRITE_MODES = (DOCUMENT, SCORE)
 
 # The id carries a version: a changed script gets a new id, so a running job keeps the one it started with.
-GUARD_SCRIPT_ID = "imagescore-guard-v1"
+GUARD_SCRIPT_ID = "imagescore-guard-v2"
 GUARD_SCRIPT_SOURCE = (
     "def s = ctx._source; "
     "def v = params.score ? s.image_score_version : s.updated_at; "
     "if (v != null && !(v instanceof String && v.length() == 27 && v.endsWith('Z'))) "
     "{ throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); } "
-    "if ((params.score && s.deleted == true) || (v != null && v.compareTo(params.version) >= 0)) "
+    "int c = v == null ? -1 : v.compareTo(params.version); "
+    "if ((params.score && s.deleted == true) || c > 0 "
+    "|| (c == 0 && (params.score || s.deleted == true || params.fields.deleted != true))) "
     "{ ctx.op = 'noop'; } "
     "else { if (!params.score) { s.clear(); } s.putAll(params.fields); }"
 )

@@ -47,8 +47,8 @@ class _EsDouble:
     """The Elasticsearch double as a child process (``python -m tests.es_double``), from a source checkout."""
 
     def __init__(self) -> None:
-        if not (ROOT / "tests" / "es_double.py").is_file():
-            raise UsageError("no $ES_URL and no tests/es_double.py here (it runs from a source "
+        if not (ROOT / "tests" / "es_double" / "__main__.py").is_file():
+            raise UsageError("no $ES_URL and no tests/es_double/ here (it runs from a source "
                              "checkout); set ES_URL to a cluster")
         import socket
         with socket.socket() as sock:

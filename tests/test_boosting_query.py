@@ -12,7 +12,7 @@ import pytest
 from es.boosting import Boost, search_body
 from es.function_score import evaluate, search_scores
 from ranking import query as query_cli
-from tests.es_double_search import CannedSearch
+from tests.es_double.canned_search import CannedSearch
 
 
 def test_prints_the_boosted_search(capsys):

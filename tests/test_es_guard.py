@@ -1,6 +1,6 @@
 """The stale-update guard: one table of cases, run through the real writer and client.
 
-On the ES double the stored script runs as its Python rendering (tests/es_double_script.py);
+On the ES double the stored script runs as its Python rendering (tests/es_double/scripts.py);
 with ``$ES_URL`` set the same table runs the real Painless script on a real cluster.
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ from es.guard import (
     canonical_version,
     ensure_guard_script,
     guard_params,
+    guard_script,
 )
 from pipelines.runners import local_runner
-from tests import es_double_script
+from tests.es_double import scripts as es_double_script
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
 V1, V2, V3, V4 = ("2026-11-20T10:00:00Z", "2026-11-20T11:00:00+01:00", "2026-11-20T10:30:00.5Z",
@@ -116,6 +117,16 @@ CASES = [
     Case("replay of a document", [(DOCUMENT, item(V3))], (DOCUMENT, item(V3)), "stale", stored_item(V3)),
     Case("replay of a tombstone", [(DOCUMENT, tombstone(V3))], (DOCUMENT, tombstone(V3)), "stale",
          {"updated_at": c(V3), "deleted": True}),
+    # A delete wins a tie (V2 is V1's instant written another way): update then delete deletes,
+    # delete then delete and delete then update leave the tombstone.
+    Case("delete with the live document's version deletes it", [(DOCUMENT, item(V1))], (DOCUMENT, tombstone(V2)),
+         "deleted", {"updated_at": c(V2), "deleted": True}),
+    Case("delete onto a tombstone of the same version is stale", [(DOCUMENT, tombstone(V1))],
+         (DOCUMENT, tombstone(V2)), "stale", {"updated_at": c(V1), "deleted": True}),
+    Case("update with the tombstone's version stays deleted", [(DOCUMENT, item(V1)), (DOCUMENT, tombstone(V1))],
+         (DOCUMENT, item(V2, "relisted?")), "stale", {"updated_at": c(V1), "deleted": True}),
+    Case("score with a tombstone's version is stale", [(DOCUMENT, tombstone(V1))], (SCORE, score(V2)), "stale",
+         {"updated_at": c(V1), "deleted": True}),
     Case("replay of a score", [(SCORE, score(V3))], (SCORE, score(V3)), "stale",
          {**OTHER_INDEXER, **stored_score(V3)}, seed=OTHER_INDEXER),
 ]
@@ -237,6 +248,23 @@ def test_a_stored_version_in_another_form_fails_loudly(mode, stored, es_config, 
     assert failed == record and reason == "es_script_error" and "failed to execute script" in error
     assert "is not in the canonical form" in error  # the cause, two levels down
     assert es_client.get(index=guarded_index, id="it")["_source"] == {**stored, "title": "foreign"}
+
+
+def test_a_tie_with_no_fields_to_read_fails_that_document_only(es_config, es_client, guarded_index):
+    """At a tie the script reads ``params.fields.deleted``; without ``fields`` that is a script error."""
+    _write(es_config, guarded_index, DOCUMENT, [item(V3)])
+
+    def update(doc_id: str, params: dict) -> list[dict]:
+        return [{"update": {"_index": guarded_index, "_id": doc_id}},
+                {"script": guard_script(params), "scripted_upsert": True, "upsert": {}}]
+    _, params = guard_params(item(V3), DOCUMENT)
+    _, other = guard_params({**item(V3), "id": "other"}, DOCUMENT)
+    broken = {k: v for k, v in params.items() if k != "fields"}
+    failed, written = (i["update"] for i in es_client.bulk(operations=update("it", broken) + update("other", other))
+                       ["items"])
+    assert failed["status"] == 400 and failed["error"]["reason"] == "failed to execute script"
+    assert written["result"] == "created"
+    assert es_client.get(index=guarded_index, id="it")["_source"] == stored_item(V3)
 
 
 def test_guard_params_refuse_bad_modes_and_ids():

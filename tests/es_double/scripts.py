@@ -1,4 +1,4 @@
-"""Stored scripts and scripted updates for the ES double: the stale-update guard, and nothing else.
+"""Stored scripts (``/_scripts/<id>``) and scripted bulk updates: the stale-update guard, and nothing else.
 
 No Painless runs here. ``PUT /_scripts/<id>`` accepts only the guard script of
 ``es/guard.py``, recognised by the SHA-256 of its exact source, and refuses any other
@@ -13,10 +13,7 @@ an ``upsert``, is indexed from the ``upsert`` as it is without ``scripted_upsert
 the script on a copy of the ``upsert`` with ``ctx.op = 'create'`` with it. ``ctx.op = 'noop'``
 leaves everything as it was. A Painless runtime error (a stored value of the wrong type)
 is a 400 ``illegal_argument_exception`` "failed to execute script" caused by
-``script_exception``.
-
-This module does not import ``tests.es_double`` (which imports it): its errors are
-:class:`ScriptError`, which the double turns into its own.
+``script_exception``. ``bulk.py`` calls :func:`check_update_body` and :func:`apply_update`.
 """
 from __future__ import annotations
 
@@ -25,25 +22,23 @@ import hashlib
 import json
 from typing import Any
 
-GUARD_SCRIPT_SHA256 = "2bbf90ef0ba8b543218d89d0262bb62f0070b39a25cc6294fa14f52d0fd6fa1f"
+from tests.es_double.errors import EsHttpError
+from tests.es_double.rest import Routes, check_params
+from tests.es_double.state import Cluster
+
+GUARD_SCRIPT_SHA256 = "a5b928deaef24a90463616c3a206972a147f429a364cd41f382aabf1d4411995"
 PUT_SCRIPT_PARAMS = {"timeout", "master_timeout", "context"}
 UPDATE_FIELDS = {"script", "upsert", "scripted_upsert"}
 
-
-class ScriptError(Exception):
-    """An Elasticsearch-shaped error: ``status``, ``type``, ``reason`` and extra fields."""
-
-    def __init__(self, status: int, type_: str, reason: str, **extra: Any):
-        super().__init__(f"{status} {type_}: {reason}")
-        self.status, self.type, self.reason, self.extra = status, type_, reason, extra
+ROUTES = Routes()
 
 
 def source_sha256(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-def _runtime_error(script_id: str, cause: str, reason: str) -> ScriptError:
-    return ScriptError(400, "illegal_argument_exception", "failed to execute script", caused_by={
+def _runtime_error(script_id: str, cause: str, reason: str) -> EsHttpError:
+    return EsHttpError(400, "illegal_argument_exception", "failed to execute script", caused_by={
         "type": "script_exception", "reason": "runtime error", "script_stack": [], "script": script_id,
         "lang": "painless", "caused_by": {"type": cause, "reason": reason}})
 
@@ -60,8 +55,13 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
                def v = params.score ? s.image_score_version : s.updated_at;
                if (v != null && !(v instanceof String && v.length() == 27 && v.endsWith('Z')))
                { throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); }
-               if ((params.score && s.deleted == true) || (v != null && v.compareTo(params.version) >= 0))
+               int c = v == null ? -1 : v.compareTo(params.version);
+               if ((params.score && s.deleted == true) || c > 0
+                   || (c == 0 && (params.score || s.deleted == true || params.fields.deleted != true)))
                { ctx.op = 'noop'; } else { if (!params.score) { s.clear(); } s.putAll(params.fields); }
+
+    Older or equal versions are a ``noop``, but a delete wins a tie: in document mode a tombstone
+    with the same version as a live document replaces it.
     """
     score = params.get("score")
     if score is None:
@@ -85,7 +85,10 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
         if not isinstance(version, str):
             raise _runtime_error(script_id, "class_cast_exception",
                                  f"class {_java_type(version)} cannot be cast to class java.lang.String")
-        if stored >= version:  # String.compareTo: the versions are ASCII, so code points order them the same
+        if stored > version:  # String.compareTo: the versions are ASCII, so code points order them the same
+            return False
+        if stored == version and (score or source.get("deleted") is True
+                                  or not _is_tombstone(params.get("fields"), script_id)):
             return False
     fields = params.get("fields")
     if not isinstance(fields, dict):
@@ -97,6 +100,16 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
     return True
 
 
+def _is_tombstone(fields: Any, script_id: str) -> bool:
+    """``params.fields.deleted == true``, with Painless's errors when ``fields`` is not a map."""
+    if fields is None:
+        raise _runtime_error(script_id, "null_pointer_exception", "cannot read [deleted] of null (params.fields)")
+    if not isinstance(fields, dict):
+        raise _runtime_error(script_id, "illegal_argument_exception",
+                             f"dynamic getter [{_java_type(fields)}, deleted] not found")
+    return fields.get("deleted") is True
+
+
 KNOWN_SCRIPTS = {GUARD_SCRIPT_SHA256: run_guard}
 
 
@@ -104,56 +117,59 @@ KNOWN_SCRIPTS = {GUARD_SCRIPT_SHA256: run_guard}
 
 
 def _check_params(params: dict, allowed: set[str], script_id: str) -> None:
-    unknown = sorted(set(params) - allowed - {"error_trace", "filter_path", "human", "pretty"})
-    if unknown:
-        raise ScriptError(400, "illegal_argument_exception",
-                          f"request [/_scripts/{script_id}] contains unrecognized parameter: [{', '.join(unknown)}]")
+    check_params(params, allowed | {"filter_path"}, f"/_scripts/{script_id}")
 
 
-def put_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
+@ROUTES.route("PUT", "POST", path="/_scripts/*")
+def put_script(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[int, Any]:
+    script_id = parts[1]
     _check_params(params, PUT_SCRIPT_PARAMS, script_id)
     if params.get("context") not in (None, "update"):
-        raise ScriptError(400, "illegal_argument_exception",
+        raise EsHttpError(400, "illegal_argument_exception",
                           f"the ES double stores scripts for the [update] context only, not [{params['context']}]")
     try:
         spec = json.loads(body) if body else None
     except ValueError as exc:
-        raise ScriptError(400, "x_content_parse_exception", f"failed to parse request body: {exc}") from None
+        raise EsHttpError(400, "x_content_parse_exception", f"failed to parse request body: {exc}") from None
     if not isinstance(spec, dict) or set(spec) != {"script"} or not isinstance(spec["script"], dict):
-        raise ScriptError(400, "parsing_exception", "expected one field [script] holding an object "
+        raise EsHttpError(400, "parsing_exception", "expected one field [script] holding an object "
                           f"in the body of [PUT /_scripts/{script_id}]")
     script = spec["script"]
     unknown = sorted(set(script) - {"lang", "source"})
     if unknown:
-        raise ScriptError(400, "x_content_parse_exception",
+        raise EsHttpError(400, "x_content_parse_exception",
                           f"[script] unknown field [{unknown[0]}] (the ES double supports [lang] and [source])")
     if not script.get("lang"):
-        raise ScriptError(400, "illegal_argument_exception", "must specify lang for stored script")
+        raise EsHttpError(400, "illegal_argument_exception", "must specify lang for stored script")
     if script["lang"] != "painless":
-        raise ScriptError(400, "illegal_argument_exception", f"script_lang not supported [{script['lang']}]")
+        raise EsHttpError(400, "illegal_argument_exception", f"script_lang not supported [{script['lang']}]")
     source = script.get("source")
     if not isinstance(source, str) or not source:
-        raise ScriptError(400, "illegal_argument_exception", "must specify source for stored script")
+        raise EsHttpError(400, "illegal_argument_exception", "must specify source for stored script")
     if source_sha256(source) not in KNOWN_SCRIPTS:
-        raise ScriptError(400, "illegal_argument_exception",
+        raise EsHttpError(400, "illegal_argument_exception",
                           f"the ES double runs no Painless and does not know the source of script [{script_id}] "
                           f"(sha256 {source_sha256(source)}); it knows only es/guard.py's guard script. "
-                          "Teach tests/es_double_script.py the new script first", script=script_id)
-    scripts[script_id] = {"lang": "painless", "source": source}
+                          "Teach tests/es_double/scripts.py the new script first", script=script_id)
+    cluster.scripts[script_id] = {"lang": "painless", "source": source}
     return 200, {"acknowledged": True}
 
 
-def get_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
+@ROUTES.route("GET", path="/_scripts/*")
+def get_script(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[int, Any]:
+    script_id = parts[1]
     _check_params(params, {"master_timeout"}, script_id)
-    if script_id not in scripts:
+    if script_id not in cluster.scripts:
         return 404, {"_id": script_id, "found": False}
-    return 200, {"_id": script_id, "found": True, "script": dict(scripts[script_id])}
+    return 200, {"_id": script_id, "found": True, "script": dict(cluster.scripts[script_id])}
 
 
-def delete_script(scripts: dict[str, dict], script_id: str, params: dict, body: bytes) -> tuple[int, Any]:
+@ROUTES.route("DELETE", path="/_scripts/*")
+def delete_script(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[int, Any]:
+    script_id = parts[1]
     _check_params(params, {"timeout", "master_timeout"}, script_id)
-    if scripts.pop(script_id, None) is None:
-        raise ScriptError(404, "resource_not_found_exception", f"stored script [{script_id}] does not exist")
+    if cluster.scripts.pop(script_id, None) is None:
+        raise EsHttpError(404, "resource_not_found_exception", f"stored script [{script_id}] does not exist")
     return 200, {"acknowledged": True}
 
 
@@ -163,50 +179,50 @@ def delete_script(scripts: dict[str, dict], script_id: str, params: dict, body: 
 def check_update_body(body: dict, line: int) -> None:
     """Refuse a scripted-update body outside the subset: ``{script: {id, params}, upsert, scripted_upsert}``."""
     if "doc" in body and "script" in body:
-        raise ScriptError(400, "action_request_validation_exception",
+        raise EsHttpError(400, "action_request_validation_exception",
                           "Validation Failed: 1: can't provide both script and doc;")
     unknown = sorted(set(body) - UPDATE_FIELDS)
     if unknown:
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [UpdateRequest] unknown field "
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [UpdateRequest] unknown field "
                           f"[{unknown[0]}] (the ES double supports [script], [upsert], [scripted_upsert] here)")
     script = body.get("script")
     if script is None:
-        raise ScriptError(400, "action_request_validation_exception",
+        raise EsHttpError(400, "action_request_validation_exception",
                           "Validation Failed: 1: script or doc is missing;")
     if not isinstance(script, dict):
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [script] must be an object")
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [script] must be an object")
     if "source" in script:
-        raise ScriptError(400, "illegal_argument_exception",
+        raise EsHttpError(400, "illegal_argument_exception",
                           "[script] with [source]: the ES double runs no inline scripts; store the script and "
                           "send [script: {id, params}]")
     if "lang" in script:
-        raise ScriptError(400, "illegal_argument_exception", "lang cannot be specified for stored scripts")
+        raise EsHttpError(400, "illegal_argument_exception", "lang cannot be specified for stored scripts")
     unknown = sorted(set(script) - {"id", "params"})
     if unknown:
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [script] unknown field [{unknown[0]}]")
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [script] unknown field [{unknown[0]}]")
     if not isinstance(script.get("id"), str) or not script["id"]:
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [script] needs a string [id]")
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [script] needs a string [id]")
     if not isinstance(script.get("params", {}), dict):
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [script] [params] must be an object")
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [script] [params] must be an object")
     if "upsert" in body and not isinstance(body["upsert"], dict):
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [upsert] must be an object")
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [upsert] must be an object")
     if not isinstance(body.get("scripted_upsert", False), bool):
-        raise ScriptError(400, "x_content_parse_exception", f"[{line}:2] [scripted_upsert] must be a boolean")
+        raise EsHttpError(400, "x_content_parse_exception", f"[{line}:2] [scripted_upsert] must be a boolean")
     if body.get("scripted_upsert") and "upsert" not in body:
-        raise ScriptError(400, "action_request_validation_exception",
+        raise EsHttpError(400, "action_request_validation_exception",
                           "Validation Failed: 1: the ES double needs an [upsert] document with [scripted_upsert];")
 
 
 def apply_update(scripts: dict[str, dict], doc_id: str, old: dict | None, body: dict) -> tuple[str, dict | None]:
     """``("created" | "updated" | "noop", new source or None)`` for a checked scripted-update body."""
     if old is None and "upsert" not in body:
-        raise ScriptError(404, "document_missing_exception", f"[{doc_id}]: document missing")
+        raise EsHttpError(404, "document_missing_exception", f"[{doc_id}]: document missing")
     if old is None and not body.get("scripted_upsert"):
         return "created", copy.deepcopy(body["upsert"])
     script_id = body["script"]["id"]
     stored = scripts.get(script_id)
     if stored is None:
-        raise ScriptError(404, "resource_not_found_exception", f"unable to find script [{script_id}] in cluster state")
+        raise EsHttpError(404, "resource_not_found_exception", f"unable to find script [{script_id}] in cluster state")
     source = copy.deepcopy(old if old is not None else body["upsert"])
     if not KNOWN_SCRIPTS[source_sha256(stored["source"])](source, body["script"].get("params", {}), script_id):
         return "noop", None
