@@ -225,6 +225,7 @@ def test_search_5xx_is_retried(es_double, es_config, es_client, es_index):
     expected = seed_backfill_index(es_client, es_index, n=10)
     es_double.fail_requests(503, times=2, path=r"^/_search$")
     read_and_check(es_config, es_index, expected, slices=2)
+    assert es_double.unfired_faults() == 0  # both 503s were answered, and retried past
 
 
 def test_expired_pit_is_an_error_not_a_silent_short_read(es_double, es_config, es_client, es_index):

@@ -196,6 +196,12 @@ class EsDouble:
             self._faults.append(Fault(status, times, re.compile(path) if path else None, method, None,
                                       error_type, reason))
 
+    def unfired_faults(self) -> int:
+        """How many injected request faults have not fired yet (a forever fault counts as one): lets a test
+        check that the failures it injected really happened."""
+        with self.cluster.lock:
+            return sum(1 if f.remaining is None else f.remaining for f in self._faults)
+
     def fail_connections(self, times: int | None = 1, path: str | None = None, method: str | None = None) -> None:
         """Drop the connection of the next ``times`` matching requests without answering (after reading them)."""
         with self.cluster.lock:
