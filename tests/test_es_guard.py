@@ -26,7 +26,7 @@ from es.guard import (
     ensure_guard_script,
     guard_params,
 )
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from tests import es_double_script
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}
