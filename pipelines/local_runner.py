@@ -250,7 +250,7 @@ def _finish_bundle(self):
     if reads is not None and reads.draining:
         # The read is over: nothing left to schedule and no watermark hold, so the watermark goes to the end.
         result.unprocessed_bundles = []
-        result.keyed_watermark_holds = {}
+        result.keyed_watermark_holds = {None: None}   # None lifts the hold
     return result
 
 
