@@ -157,3 +157,22 @@ def test_failed_pulls_are_logged_counted_and_retried(pubsub, es_url, es_index, i
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert failed and subscription in failed[0] and "NotFound" in failed[0] and "retrying in" in failed[0]
     assert any("works again after" in r.getMessage() for r in caplog.records)
+
+
+def test_a_drain_that_runs_out_names_what_is_still_in_flight(pubsub, es_url, es_index, image_server, capsys):
+    """With no time to drain, what was pulled (and so acknowledged) and not yet written is counted in flight."""
+    topic, (subscription,) = pubsub.create(unique("short"), unique("short-job"))
+    dead, _ = pubsub.create(unique("short-dead"))
+    url = image_server.route("/short.jpg", body=jpeg((20, 200, 90), 20), content_type="image/jpeg")
+    _, job = streaming.launch([
+        "--input-subscription", subscription, "--deadletter-topic", dead, "--es-url", es_url,
+        "--es-index", es_index, "--allow-image-hosts", image_server.host_port, "--aggregate-seconds", "30"])
+    try:
+        publish(pubsub, topic, [record(f"s{n}", V[1], url) for n in range(3)])
+        wait_for(job, lambda t: t["messages_pulled"] >= 3)   # held by the 30 s aggregation window
+    finally:
+        totals = job.drain(0)
+    assert totals["messages_pulled"] == 3 and accounted(totals) == 0
+    print_summary(totals, job.result)
+    assert "stream: 3 read, 0 accounted for (3 still in flight when the job stopped" in capsys.readouterr().out
+    assert not patches_installed()
