@@ -28,7 +28,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from pipelines.runners import local_runner  # noqa: E402
+from pipelines.local_runner import local_runner  # noqa: E402
 from scoring.backbone import load_backbone  # noqa: E402
 from transforms.embed_handler import BackboneModelHandler  # noqa: E402
 

@@ -37,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 from es.mapping import document_properties  # noqa: E402
 from pipelines import streaming  # noqa: E402
+from pipelines.local_runner import LocalRun, accounted, latency_ms  # noqa: E402
 from pipelines.pubsub_emulator import PubSubEmulator  # noqa: E402
 from scoring.model import model_info  # noqa: E402
 from tests.fixtures.es import start_double  # noqa: E402
@@ -66,12 +67,12 @@ def _version(n: int) -> str:
     return f"2026-01-{1 + n // 86400:02d}T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}.000000Z"
 
 
-def _job(emulator, es_url, images, args, subscription: str, dead_topic: str) -> streaming.LocalRun:
-    result, _ = streaming.launch([
+def _job(emulator, es_url, images, args, subscription: str, dead_topic: str) -> LocalRun:
+    _, job = streaming.launch([
         "--input-subscription", subscription, "--deadletter-topic", dead_topic, "--es-url", es_url,
         "--es-index", INDEX, "--allow-image-hosts", images.host_port, "--aggregate-seconds", "1",
         "--es-max-docs", str(args.es_max_docs), "--es-max-buffer-seconds", "1"])
-    return streaming.LocalRun(result)
+    return job
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -120,10 +121,10 @@ def run(argv: list[str] | None = None) -> int:
             future.result(timeout=120)
         job = _job(emulator, double.url, images, args, backlog_sub, dead_topic)
         started = time.monotonic()
-        totals = job.wait(stop=lambda t: streaming.accounted(t) >= len(backlog), max_seconds=args.seconds, every=1)
+        totals = job.wait(stop=lambda t: accounted(t) >= len(backlog), max_seconds=args.seconds, every=1)
         elapsed = time.monotonic() - started
         totals = job.cancel()
-        done = streaming.accounted(totals)
+        done = accounted(totals)
         looked_up = totals.get("score_reused", 0) + totals.get("analyzer_fetched", 0) + sum(
             v for k, v in totals.items() if k.startswith("deadletter_analyzer_"))
         saved = totals.get("score_reused", 0) / max(1, looked_up)
@@ -151,8 +152,8 @@ def run(argv: list[str] | None = None) -> int:
             publisher.publish(topic, make_update(rng.choice(ids), 100_000 + paced)).result(timeout=30)
             paced += 1
             time.sleep(max(0.0, start + paced / args.rate - time.monotonic()))
-        job.wait(stop=lambda t: streaming.accounted(t) >= paced, max_seconds=60, every=1)
-        p50, p99 = streaming.latency_ms(job.result)
+        job.wait(stop=lambda t: accounted(t) >= paced, max_seconds=60, every=1)
+        p50, p99 = latency_ms(job.result)
         job.cancel()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"RESULT bench=stream_latency rate={args.rate} messages={paced} p50_ms={p50:.0f} p99_ms={p99:.0f} "

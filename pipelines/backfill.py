@@ -32,7 +32,7 @@ from imagescore import UsageError, job_main
 from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
                                help_requested, job_options, max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
-from pipelines.runners import runner_for
+from pipelines.local_runner import runner_for
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy

@@ -33,7 +33,7 @@ from imagescore import UsageError, job_main, run_outcome
 from pipelines.options import (JobIOOptions, OutcomeOptions, help_requested, job_options, max_deadletter_share,
                                require_files)
 from pipelines.report import counters, top_reasons
-from pipelines.runners import runner_for
+from pipelines.local_runner import runner_for
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.items import json_object

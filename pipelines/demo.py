@@ -2,7 +2,7 @@
 
 It builds a reproducible catalog (see :mod:`pipelines.catalog`), serves its
 images from 127.0.0.1, runs the backfill on Beam's in-process FnApiRunner
-(the local runner, :mod:`pipelines.runners`) with the default model into
+(the local runner, :mod:`pipelines.local_runner`) with the default model into
 files, and draws a contact sheet of the images ranked by score.
 """
 from __future__ import annotations

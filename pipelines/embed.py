@@ -34,7 +34,7 @@ from imagescore import UsageError, job_main
 from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions, help_requested, job_options,
                                max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
-from pipelines.runners import runner_for
+from pipelines.local_runner import runner_for
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.decode import DecodeImages

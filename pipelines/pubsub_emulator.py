@@ -32,6 +32,27 @@ def gcloud_path() -> str | None:
     return shutil.which("gcloud")
 
 
+def subscriber_client():
+    """A ``SubscriberClient`` that takes Pub/Sub's largest messages (10 MB) from the emulator too.
+
+    For the emulator (``PUBSUB_EMULATOR_HOST``) the client library opens a plain gRPC
+    channel with gRPC's default 4 MiB receive limit, so a pull that returns a bigger
+    message fails with RESOURCE_EXHAUSTED; here the channel has no receive limit, as the
+    library's channel to the real service has.
+    """
+    from google.cloud import pubsub_v1
+
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=[("grpc.max_receive_message_length", -1),
+                                                   ("grpc.max_send_message_length", -1)])
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
 @dataclasses.dataclass
 class PubSubEmulator:
     """A running emulator: its ``host`` (``127.0.0.1:PORT``), project and process."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from imagescore import ArgumentParser, UsageError, job_main
 from pipelines import streaming
+from pipelines.local_runner import accounted, print_progress, print_summary
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.pubsub_emulator import PubSubEmulator
 from pipelines.update_stream import UpdateStream, build_update_stream
@@ -137,20 +138,6 @@ def _pull_dead_letters(emulator: PubSubEmulator, subscription: str, expected: in
     return received
 
 
-_last_line = [""]
-
-
-def _progress(totals: dict, run: streaming.LocalRun) -> None:
-    """One line rewritten in place on a terminal; elsewhere a new line only when something changed."""
-    p50, p99 = streaming.latency_ms(run.result)
-    line = streaming.progress_line(totals, p50, p99)
-    if sys.stdout.isatty():
-        print("\r" + line.ljust(150), end="", flush=True)
-    elif line != _last_line[0]:
-        print(line, flush=True)
-    _last_line[0] = line
-
-
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imagescore-stream-demo-"))
@@ -179,11 +166,10 @@ def run(argv: list[str] | None = None) -> int:
             print(f"stream-demo: Pub/Sub emulator {emulator.host}, Elasticsearch {es_url}, model {model}")
             print(f"stream-demo: {stream.total} messages in {len(stream.rounds)} rounds: "
                   + ", ".join(f"{n} {kind}" for kind, n in sorted(stream.kinds.items())))
-            result, _ = streaming.launch([
+            result, job = streaming.launch([
                 "--input-subscription", subscription, "--deadletter-topic", dead_topic, "--es-url", es_url,
                 "--es-index", INDEX, "--allow-image-hosts", images.host_port, "--model", model,
                 "--aggregate-seconds", str(args.aggregate_seconds)])
-            job = streaming.LocalRun(result)
             started.append(job.cancel)
             from google.cloud import pubsub_v1
             publisher = pubsub_v1.PublisherClient()
@@ -194,9 +180,9 @@ def run(argv: list[str] | None = None) -> int:
                     future.result(timeout=60)
                 published += len(batch)
                 print(f"\nstream-demo: round {number}: published {len(batch)} messages")
-                totals = job.wait(stop=lambda t, n=published: streaming.accounted(t) >= n,
-                                  max_seconds=args.timeout, progress=lambda t: _progress(t, job))
-                if streaming.accounted(totals) < published:
+                totals = job.wait(stop=lambda t, n=published: accounted(t) >= n,
+                                  max_seconds=args.timeout, progress=lambda t: print_progress(job, t))
+                if accounted(totals) < published:
                     print(f"\nstream-demo: round {number} not accounted for within {args.timeout:g}s",
                           file=sys.stderr)
                     break
@@ -204,15 +190,15 @@ def run(argv: list[str] | None = None) -> int:
             letters = _pull_dead_letters(emulator, dead_subscription, job.totals().get("deadlettered", 0))
             totals = job.cancel()
             started.remove(job.cancel)
-            streaming.print_summary(totals, result)
+            print_summary(totals, result)
             reasons = Counter(f"{m.attributes.get('stage')}/{m.attributes.get('reason')}" for m in letters)
             print("stream-demo: dead letters on the topic: "
                   + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())))
             problems = check_index(es_url, INDEX, stream)
-            balanced = totals.get("messages_read", 0) == streaming.accounted(totals) == published
+            balanced = totals.get("messages_read", 0) == accounted(totals) == published
             print(f"stream-demo: accounting {'holds' if balanced else 'DOES NOT hold'}: "
                   f"{published} published = {totals.get('messages_read', 0)} read = "
-                  f"{streaming.accounted(totals)} superseded + written + stale + deleted + missing + dead-lettered")
+                  f"{accounted(totals)} superseded + written + stale + deleted + missing + dead-lettered")
             if problems:
                 print(f"stream-demo: {len(problems)} item(s) differ from their newest version:\n  "
                       + "\n  ".join(problems[:20]))

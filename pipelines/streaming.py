@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -31,15 +28,15 @@ from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
 from es.mapping import document_properties, ensure_score_mapping
 from es.secrets import scrub
 from imagescore import UsageError, job_main
-from pipelines import local_streaming
+from pipelines.local_runner import LOCAL_STREAMING_RUNNER, DirectRunnerPatches, LocalRun, print_progress, \
+    print_summary, run_until
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
-from pipelines.report import counters, ship_packages
-from pipelines.runners import LOCAL_STREAMING_RUNNER
+from pipelines.report import ship_packages
 from transforms.aggregator import KeepNewest
 from transforms.analyzer import Analyze, FeedRecord
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.deadletter_topic import PublishDeadLetters
-from transforms.feeder import LATENCY_HISTOGRAM, Feed
+from transforms.feeder import Feed
 from transforms.fetch import FetchPolicy
 from transforms.inference import make_score_handler, score_model_info
 from transforms.items import json_object
@@ -48,8 +45,6 @@ from transforms.updates import MESSAGE_ID, PUBLISH_TIME, ParseUpdates, iso, mess
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "aggregator", "analyzer", "feeder")
-#: the outcomes every published message ends in exactly one of (score_reused is a kind of written)
-OUTCOMES = ("superseded", "written", "stale", "deleted", "missing", "deadlettered")
 
 
 class StreamingOptions(PipelineOptions):
@@ -79,10 +74,16 @@ class StreamingOptions(PipelineOptions):
                             default=300.0, help="retry a Triton model that is down this long, then dead-letter "
                                                 "the batch as model_unavailable")
         parser.add_argument("--max-run-seconds", dest="max_run_seconds", type=float,
-                            help="stop a local run after this many seconds and print the counters")
+                            help="drain a local run after this many seconds and print the counters")
         parser.add_argument("--local-pull-seconds", dest="local_pull_seconds", type=float, default=1.0,
                             help="local runner only: longest Pub/Sub pull; timers fire between pulls "
                                  "(Beam's direct runner waits 30 s, apache/beam#25442)")
+        parser.add_argument("--local-max-messages", dest="local_max_messages", type=int, default=20,
+                            help="local runner only: the most messages one Pub/Sub pull takes (acknowledged at "
+                                 "once, so what a SIGKILL can lose beyond what is being processed)")
+        parser.add_argument("--drain-seconds", dest="drain_seconds", type=float, default=60.0,
+                            help="local runner only: on SIGTERM, Ctrl-C or --max-run-seconds, stop pulling and "
+                                 "finish what was read for up to this long; what is left is reported in flight")
         parser.add_argument("--id-attribute", dest="id_attribute",
                             help="message attribute with a unique id, for Dataflow's exactly-once dedup "
                                  "(refused on the local runner, which does not support it)")
@@ -115,6 +116,10 @@ def _validate(so: StreamingOptions, es_url: str | None, local: bool) -> None:
     if so.aggregate_seconds < 0 or so.es_max_buffer_seconds <= 0 or so.model_unavailable_seconds < 0:
         raise _fail("--aggregate-seconds and --model-unavailable-seconds must not be negative, "
                     "--es-max-buffer-seconds must be positive")
+    if local and (so.local_pull_seconds <= 0 or so.local_max_messages < 1 or so.drain_seconds < 0):
+        raise _fail(f"--local-pull-seconds must be positive (got {so.local_pull_seconds:g}), --local-max-messages "
+                    f"at least 1 (got {so.local_max_messages}), --drain-seconds not negative "
+                    f"(got {so.drain_seconds:g})")
 
 
 def document_message(record: FeedRecord) -> PubsubMessage:
@@ -238,138 +243,46 @@ def prepare(argv: list[str]) -> PipelineOptions:
     std.streaming = True
     if std.runner in (None, "DirectRunner"):
         std.runner = LOCAL_STREAMING_RUNNER  # DirectRunner would try to download Prism first
-    if is_local(opts):
-        local_streaming.install(pull_seconds=opts.view_as(StreamingOptions).local_pull_seconds)
     ship_packages(opts)
     return opts
 
 
-def launch(argv: list[str], clock: Callable[[], float] = time.time):
-    """Build and start the job; returns ``(result, local)``."""
+def launch(argv: list[str], clock: Callable[[], float] = time.time) -> tuple[beam.runners.runner.PipelineResult,
+                                                                              LocalRun | None]:
+    """Build and start the job; returns ``(result, job)``, where ``job`` watches a local run (it holds the
+    direct runner's patches until it is cancelled or drained) and is None on any other runner."""
     opts = prepare(argv)
+    so = opts.view_as(StreamingOptions)
+    patches = DirectRunnerPatches(opts, pull_seconds=so.local_pull_seconds, max_messages=so.local_max_messages) \
+        if is_local(opts) else None   # made before the Pipeline, which copies the options it tags
     pipeline = beam.Pipeline(options=opts)
     build(pipeline, opts, clock)
-    return pipeline.run(), is_local(opts)
-
-
-def latency_ms(result) -> tuple[float | None, float | None]:
-    """``(p50, p99)`` publish-to-write latency in ms from the job's histogram, ``None`` before any write."""
-    histograms = result.metrics().query(
-        beam.metrics.MetricsFilter().with_namespace("imagescore").with_name(LATENCY_HISTOGRAM))
-    for found in histograms.get("histograms", []):
-        data = found.committed if found.committed is not None else found.attempted
-        histogram = getattr(data, "histogram", None)
-        if histogram is not None and histogram.total_count():
-            return histogram.p50(), histogram.p99()
-    return None, None
-
-
-def progress_line(totals: dict[str, int], p50: float | None, p99: float | None) -> str:
-    latency = f"p50 {p50 / 1000:.1f}s p99 {p99 / 1000:.1f}s" if p50 is not None else "p50 - p99 -"
-    return (f"read {totals.get('messages_read', 0)}  scored {totals.get('scored', 0)}  "
-            f"reused {totals.get('score_reused', 0)}  written {totals.get('written', 0)}  "
-            f"stale {totals.get('stale', 0)}  deleted {totals.get('deleted', 0)}  "
-            f"superseded {totals.get('superseded', 0)}  dead-lettered {totals.get('deadlettered', 0)}  {latency}")
-
-
-def accounted(totals: dict[str, int]) -> int:
-    """How many read messages have reached a final outcome (the accounting invariant's right side)."""
-    return sum(totals.get(name, 0) for name in OUTCOMES)
-
-
-class LocalRun:
-    """A started local streaming run: wait on its counters, then cancel it.
-
-    The direct runner never finishes a streaming pipeline by itself; this is how the
-    CLI, the demo, tests and benchmarks stop it. A pipeline failure is raised from
-    :meth:`wait`.
-    """
-
-    def __init__(self, result):
-        self.result = result
-        self._failure: list[BaseException] = []
-        self._waiter = threading.Thread(target=self._wait_for_result, name="stream-wait", daemon=True)
-        self._waiter.start()
-
-    def _wait_for_result(self) -> None:
-        try:
-            self.result.wait_until_finish()
-        except BaseException as exc:  # noqa: BLE001 -- raised in the caller's thread by wait()
-            self._failure.append(exc)
-
-    def totals(self) -> dict[str, int]:
-        return counters(self.result)
-
-    def wait(self, *, stop: Callable[[dict], bool] | None = None, max_seconds: float | None = None,
-             progress: Callable[[dict], None] | None = None, every: float = 1.0) -> dict[str, int]:
-        """Until ``stop(totals)``, ``max_seconds``, Ctrl-C/SIGTERM (KeyboardInterrupt) or the end of the run."""
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            while self._waiter.is_alive():
-                self._waiter.join(every)
-                totals = self.totals()
-                if progress is not None:
-                    progress(totals)
-                if (stop is not None and stop(totals)) or (deadline is not None and time.monotonic() >= deadline):
-                    return totals
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        if self._failure:
-            raise self._failure[0]
-        return self.totals()
-
-    def cancel(self) -> dict[str, int]:
-        self.result.cancel()
-        self._waiter.join(5)
-        return self.totals()
-
-
-def _interrupt(*_) -> None:
-    raise KeyboardInterrupt
-
-
-def run_until(result, *, max_seconds: float | None = None, stop: Callable[[dict], bool] | None = None,
-              progress: Callable[[dict], None] | None = None, every: float = 1.0) -> dict[str, int]:
-    """Watch a local run until ``max_seconds``, ``stop(totals)``, Ctrl-C or SIGTERM; cancel it; return the counters."""
-    watched = LocalRun(result)
+    if patches is None:
+        return pipeline.run(), None
+    patches.__enter__()
     try:
-        watched.wait(stop=stop, max_seconds=max_seconds, progress=progress, every=every)
-    except KeyboardInterrupt:
-        print("\nstream: stopping (Ctrl-C / SIGTERM)", file=sys.stderr)
-    finally:
-        totals = watched.cancel()
-    return totals
-
-
-def print_summary(totals: dict[str, int], result=None) -> None:
-    print("\n== stream: counters ==")
-    width = max((len(name) for name in totals), default=0)
-    for name in sorted(totals):
-        print(f"  {name.ljust(width)}  {totals[name]:>10,}")
-    p50, p99 = latency_ms(result) if result is not None else (None, None)
-    print(f"stream: {progress_line(totals, p50, p99)}")
-    read, done = totals.get("messages_read", 0), accounted(totals)
-    print(f"stream: {read:,} read, {done:,} accounted for"
-          + ("" if read == done else f" ({read - done:,} still in flight when the job stopped)"))
+        result = pipeline.run()
+    except BaseException:
+        patches.__exit__(None, None, None)
+        raise
+    return result, LocalRun(result, patches)
 
 
 def run(argv: list[str] | None = None):
-    """Parse flags, start the job; locally, watch it until --max-run-seconds or Ctrl-C, then print counters."""
+    """Parse flags, start the job; locally, watch it until --max-run-seconds, SIGTERM or Ctrl-C, drain it, and
+    print the counters."""
     if help_requested(argv, "imagescore stream", __doc__.split("\n\n")[0], StreamingOptions, ImageOptions,
                       ModelOptions, ElasticsearchOptions):
         return None
     argv = list(argv or [])
-    result, local = launch(argv)
-    if not local:
+    result, job = launch(argv)
+    if job is None:
         print(f"stream: launched on {PipelineOptions(argv).view_as(StandardOptions).runner}; "
               "drain it to stop (see docs/streaming.md)")
         return result
-    max_seconds = PipelineOptions(argv).view_as(StreamingOptions).max_run_seconds
-    totals = run_until(result, max_seconds=max_seconds)
+    so = PipelineOptions(argv).view_as(StreamingOptions)
+    totals = run_until(job, max_seconds=so.max_run_seconds, drain_seconds=so.drain_seconds,
+                       progress=lambda t: print_progress(job, t))
     print_summary(totals, result)
     return result
 

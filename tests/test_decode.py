@@ -10,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import EpsImagePlugin, Image, features
 
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from transforms.deadletter import DEAD_LETTER, Rejected
 from transforms.decode import (
     ALLOWED_FORMATS,

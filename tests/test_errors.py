@@ -20,7 +20,7 @@ from PIL import Image
 
 import imagescore
 from pipelines.options import job_options
-from pipelines.runners import LOCAL_BATCH_RUNNER
+from pipelines.local_runner import LOCAL_BATCH_RUNNER
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-20T12:00:00+00:00"

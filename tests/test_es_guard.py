@@ -27,7 +27,7 @@ from es.guard import (
     guard_params,
     guard_script,
 )
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from tests.es_double import scripts as es_double_script
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}

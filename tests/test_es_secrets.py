@@ -18,7 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from es.bulk_writer import WriteToElasticsearch, write_batch
 from es.client import EsConfig, EsError, make_client
 from es.source import ReadItemsFromElasticsearch
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 
 API_KEY = "sk-fake-api-key-7c1e9b22"
 USERNAME = "scorer-bot-31f0"

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from es.bulk_writer import write_batch
 from es.client import EsError
 from es.source import ReadItemsFromElasticsearch, backfill_query
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from tests.fixtures.es import seed_items
 
 MODEL = "handcrafted-v4"

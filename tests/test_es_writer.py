@@ -18,7 +18,7 @@ from es.bulk_writer import (
 )
 from es.client import EsConfig, EsError
 from es.guard import GUARD_SCRIPT_ID, canonical_version
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from tests.fixtures.es import seed_items
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_retry_time": 10.0}

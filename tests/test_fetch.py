@@ -20,7 +20,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from urllib3.response import HTTPResponse
 
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from tests.fixtures.image_server import TINY_PNG, ImageServer
 from transforms import address_guard, watchdog
 from transforms import fetch as fetch_module

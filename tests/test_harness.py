@@ -8,7 +8,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability import prism_runner
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.runners import LOCAL_BATCH_RUNNER, LocalBatchRunner, local_runner, runner_for
+from pipelines.local_runner import LOCAL_BATCH_RUNNER, LocalBatchRunner, local_runner, runner_for
 from tests.fixtures.tools import missing_tool
 
 

@@ -7,7 +7,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from scoring.model import load_model, model_info, resolve_device
 from transforms.inference import ScoreModelHandler
 

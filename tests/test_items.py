@@ -8,7 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from es.secrets import scrub
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from transforms.deadletter import Rejected, dead_letter
 from transforms.items import ParseItems, parse_item
 

@@ -18,7 +18,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines import local_streaming
+from pipelines.local_runner import DirectRunnerPatches
 from transforms.aggregator import KeepNewest
 from transforms.deadletter import DEAD_LETTER
 from transforms.updates import ParseUpdates
@@ -43,8 +43,14 @@ def item(item_id: str, updated_at: str | None, price: float = 1.0, **extra) -> d
     return record
 
 
+@pytest.fixture(autouse=True)
+def direct_runner_patches():
+    """The direct runner's counter fix, for each test's pipelines; undone after."""
+    with DirectRunnerPatches():
+        yield
+
+
 def streaming_pipeline() -> beam.Pipeline:
-    local_streaming.install()
     opts = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
     opts.view_as(StandardOptions).streaming = True
     return beam.Pipeline(options=opts)

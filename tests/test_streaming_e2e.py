@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipelines import streaming
+from pipelines.local_runner import accounted
 from pipelines.replay import replay_subscription
 from tests.fixtures.pubsub import publish, pull_all, unique
 
@@ -54,17 +55,17 @@ def streaming_env(pubsub, es_url, image_server):
 
 
 def start_job(env, es_url, es_index, image_server):
-    result, local = streaming.launch([
+    _, job = streaming.launch([
         "--input-subscription", env["raw_sub"], "--deadletter-topic", env["dlq_topic"], "--es-url", es_url,
         "--es-index", es_index, "--allow-image-hosts", image_server.host_port, "--aggregate-seconds", "1",
         "--es-max-buffer-seconds", "0.5", "--min-batch-size", "1", "--max-batch-size", "8"])
-    assert local
-    return streaming.LocalRun(result)
+    assert job is not None
+    return job
 
 
 def wait_accounted(job, published: int, timeout: float = 150.0) -> dict:
-    totals = job.wait(stop=lambda t: streaming.accounted(t) >= published, max_seconds=timeout, every=0.5)
-    assert streaming.accounted(totals) == published, f"not every message accounted for: {totals}"
+    totals = job.wait(stop=lambda t: accounted(t) >= published, max_seconds=timeout, every=0.5)
+    assert accounted(totals) == published, f"not every message accounted for: {totals}"
     assert totals["messages_read"] == published
     return totals
 
@@ -186,11 +187,11 @@ def test_stages_run_apart_between_topics(pubsub, es_client, es_url, es_index, im
             argv = ["--stage", stage, "--input-subscription", topics[f"{source}_sub"], *common]
             if target:
                 argv += ["--output-topic", topics[target]]
-            jobs.append(streaming.LocalRun(streaming.launch(argv)[0]))
+            jobs.append(streaming.launch(argv)[1])
         publish(pubsub, topics["raw"], [record("s1", V[1], url, price=1), record("s1", V[2], url, price=2),
                                         b"not json", record("s2", V[1], "http://10.1.2.3/x.jpg")])
         publish(pubsub, topics["documents"], [b'{"document": "not an object"}'])
-        totals = jobs[2].wait(stop=lambda t: streaming.accounted(t) >= 2, max_seconds=120, every=0.5)
+        totals = jobs[2].wait(stop=lambda t: accounted(t) >= 2, max_seconds=120, every=0.5)
         letters = pull_all(pubsub, check_sub, 3)
         upstream = [job.totals() for job in jobs[:2]]
     finally:

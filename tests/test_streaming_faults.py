@@ -48,12 +48,11 @@ def test_triton_restart_and_es_faults_lose_nothing(pubsub, es_double, es_url, es
     dlq_topic, (check_sub,) = pubsub.create(unique("dlq"), unique("check"))
     url = image_server.route("/p.jpg", body=jpeg((90, 160, 30), 40), content_type="image/jpeg")
     es_double.seed(es_index, {f"{p}{i}": {"created_at": "2026-01-01T00:00:00Z"} for p in "abc" for i in range(6)})
-    result, _ = streaming.launch([
+    _, job = streaming.launch([
         "--input-subscription", raw_sub, "--deadletter-topic", dlq_topic, "--es-url", es_url,
         "--es-index", es_index, "--allow-image-hosts", image_server.host_port, "--aggregate-seconds", "0.5",
         "--es-max-buffer-seconds", "0.5", "--model", f"triton://{own_triton['grpc']}/image_score",
         "--model-unavailable-seconds", str(BUDGET_S), "--min-batch-size", "1", "--max-batch-size", "4"])
-    job = streaming.LocalRun(result)
     try:
         es_double.fail_bulk_items(429, times=4)   # a storm of per-item rejections, within the writer's 5 retries
         es_double.fail_requests(503, times=2, path=r"/_bulk$")       # and whole requests refused

@@ -25,7 +25,7 @@ from tritonclient.grpc import InferenceServerClient, InferInput, model_config_pb
 from tritonclient.utils import InferenceServerException
 
 from imagescore import guarded
-from pipelines.runners import local_runner
+from pipelines.local_runner import local_runner
 from scoring import export_triton as et
 from scoring.model import ScoreModel, load_model
 from scoring.photos import DEGRADATIONS, degrade, draw_product, sample_photos

@@ -39,6 +39,8 @@ from transforms.updates import iso
 
 STAGE = "feeder"
 LATENCY_HISTOGRAM = "publish_to_write_ms_histogram"
+#: 100 ms buckets up to one hour (a backlog or an outage delays writes past minutes); longer counts as the last bucket
+LATENCY_BUCKET = LinearBucket(0, 100, 36_000)
 
 
 def _unbatch(keyed_batch):
@@ -57,8 +59,8 @@ class _CountOutcomeFn(beam.DoFn):
         self._clock = clock
         self._count = beam.metrics.Metrics.counter("imagescore", outcome)
         self._latency = beam.metrics.Metrics.distribution("imagescore", "publish_to_write_ms")
-        # 50 ms buckets up to 2 minutes, for p50/p99 (a distribution has only min, max and mean)
-        self._histogram = beam.metrics.Metrics.histogram("imagescore", LATENCY_HISTOGRAM, LinearBucket(0, 50, 2400))
+        # for p50/p99 (a distribution has only min, max and mean)
+        self._histogram = beam.metrics.Metrics.histogram("imagescore", LATENCY_HISTOGRAM, LATENCY_BUCKET)
 
     def process(self, doc_id, timestamp=beam.DoFn.TimestampParam):
         self._count.inc()
@@ -66,7 +68,8 @@ class _CountOutcomeFn(beam.DoFn):
         if published > 0:
             latency = max(0, int((self._clock() - published) * 1000))
             self._latency.update(latency)
-            self._histogram.update(latency)
+            # past the last bucket Beam logs a warning per record and p99 becomes inf
+            self._histogram.update(min(latency, LATENCY_BUCKET.range_to() - 1))
         yield doc_id
 
 
