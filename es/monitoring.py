@@ -84,8 +84,9 @@ def search_body(fields: list[str], bins: int, max_groups: int) -> dict[str, Any]
             "scored": {"value_count": {"field": SCORE_FIELD}},
             "in_range": {"filter": {"range": {SCORE_FIELD: {"gte": 0, "lte": 1}}},
                          "aggs": _groups(fields, bins, max_groups)},
-            "models": {"terms": {"field": MODEL_FIELD, "size": max_groups, "missing": MISSING_KEY},
-                       "aggs": {"newest": {"max": {"field": SCORED_AT_FIELD}}}},
+            "models": {"filter": {"exists": {"field": SCORE_FIELD}}, "aggs": {"model": {
+                "terms": {"field": MODEL_FIELD, "size": max_groups, "missing": MISSING_KEY},
+                "aggs": {"newest": {"max": {"field": SCORED_AT_FIELD}}}}}},
             "scored_at": {"percentiles": {"field": SCORED_AT_FIELD, "percents": [50.0]}},
             "oldest": {"min": {"field": SCORED_AT_FIELD}},
             "stale": {"filter": {"script": {"script": {"source": STALE_SCRIPT, "lang": "painless"}}}},
@@ -144,7 +145,7 @@ def parse_response(response: dict, fields: list[str], bins: int, max_groups: int
     aggs = response["aggregations"]
     groups: list = []
     _walk(aggs["in_range"], fields, {}, bins, max_groups, groups)
-    models_agg = aggs["models"]
+    models_agg = aggs["models"]["model"]
     if models_agg.get("sum_other_doc_count"):
         raise TooManyGroups(f"the index holds more than --max-groups {max_groups} values of {MODEL_FIELD}; "
                             "raise --max-groups")
