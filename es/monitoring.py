@@ -18,7 +18,7 @@ index did when it stored the score. A score written as exactly ``i/N`` is stored
 **Stale scores.** A score is stale when it belongs to an older item version than the
 document's: ``image_score_version < updated_at``. No query compares two fields of one document,
 so this one count uses a ``script`` query (:data:`STALE_SCRIPT`) inside a ``filter``
-aggregation. ``date`` doc values have millisecond resolution, so versions less than a
+aggregation; an index that does not map one of the two fields has no stale scores. ``date`` doc values have millisecond resolution, so versions less than a
 millisecond apart compare equal (not stale).
 
 **Quantiles** are Elasticsearch's ``percentiles`` (TDigest): exact (linear interpolation
@@ -47,6 +47,7 @@ BIN_SCRIPT = (
     "return b;"
 )
 STALE_SCRIPT = (
+    f"doc.containsKey('{SCORE_VERSION_FIELD}') && doc.containsKey('{VERSION_FIELD}') && "
     f"doc['{SCORE_VERSION_FIELD}'].size() != 0 && doc['{VERSION_FIELD}'].size() != 0 && "
     f"doc['{SCORE_VERSION_FIELD}'].value.toInstant().toEpochMilli() < "
     f"doc['{VERSION_FIELD}'].value.toInstant().toEpochMilli()"

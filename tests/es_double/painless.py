@@ -20,7 +20,7 @@ from tests.es_double.mappings import NUMERIC_TYPES, FieldRef
 from tests.es_double.state import Index
 
 BIN_SCRIPT_SHA256 = "b9dc2c92c610f1a28c7efd5d62eef11ebaebe153befe5e9a29d089aa1a567c90"
-STALE_SCRIPT_SHA256 = "808f1ab13d1aed910ff0d79e226a7bcab33f5bbec9a88ce8ad7f391426d782c5"
+STALE_SCRIPT_SHA256 = "6659585f2ad319c367eba6ff574435dc7d0ba7e0e4d960b6ed565f22245163c1"
 
 
 def f32(value: float) -> float:
@@ -69,6 +69,10 @@ class Doc:
             raise _script_error(self.script, f"No field found for [{name}] in mapping")
         return doc_values(ref, self.source)
 
+    def contains_key(self, name: str) -> bool:
+        """``doc.containsKey(name)``: whether the index maps the field."""
+        return self.index.field(name) is not None
+
     def value(self, name: str) -> Any:
         values = self[name]
         if not values:
@@ -93,6 +97,8 @@ def _bins(doc: Doc, params: dict) -> Any:
 
 def _stale(doc: Doc, params: dict) -> Any:
     """es/monitoring.py STALE_SCRIPT: the score's item version is older than the document's."""
+    if not (doc.contains_key("image_score_version") and doc.contains_key("updated_at")):
+        return False
     version, updated = doc["image_score_version"], doc["updated_at"]
     return bool(version and updated and version[0] < updated[0])
 
