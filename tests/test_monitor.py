@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from ranking import monitor
 from ranking.monitor import bin_edges, bin_index, drift_stats
 from tests.fixtures.es import NEEDS_DOUBLE
 from tests.test_errors import cli, error_line, write_jsonl
@@ -268,6 +267,3 @@ def test_the_double_refuses_an_inline_script_it_does_not_know(es_double, es_clie
     assert "runs only the score monitor's scripts" in caught.value.body["error"]["reason"]
     assert NEEDS_DOUBLE  # the fixture skips against a real cluster, where the script would run
 
-
-def test_monitor_module_docs_name_the_exit_codes():
-    assert monitor.DRIFT_EXIT == 3
