@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rerank-eval": ("ranking.rerank_eval", "replay logged SERPs under boosting formulas and weights"),
     "ab-readout": ("ranking.ab", "read out an A/B test in the paper's Table 2 layout"),
     "simulate-ab": ("ranking.ab_simulate", "simulate an A/B test with per-platform effects (and optional SRM)"),
+    "monitor": ("ranking.monitor", "coverage and drift of the image score per model and segment (index or files)"),
     "stream": ("pipelines.streaming", "streaming indexing from Pub/Sub: aggregator -> analyzer -> feeder"),
     "stream-demo": ("pipelines.stream_demo", "run the streaming job on a local Pub/Sub emulator and check the index"),
     "replay": ("pipelines.replay", "republish dead letters (a Pub/Sub subscription or deadletter*.jsonl files)"),

@@ -6,7 +6,7 @@ import imagescore
 FLAGS = {"demo": "--output", "backfill": "--deadletter", "collect": "--logs", "label": "--judge",
          "analyze": "--labels", "simulate": "--quality-effect", "embed": "--backbone", "train": "--grid",
          "evaluate": "--runs", "export-triton": "--repository", "query": "--formula", "rerank-eval": "--scores",
-         "ab-readout": "--control", "simulate-ab": "--srm-loss",
+         "ab-readout": "--control", "simulate-ab": "--srm-loss", "monitor": "--psi-alert",
          "stream": "--deadletter-topic", "stream-demo": "--triton", "replay": "--subscription", "serve-triton": "--grpc-port"}
 
 

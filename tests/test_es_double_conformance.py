@@ -496,3 +496,130 @@ def test_a_backfill_rerun_a_moment_later_skips_what_the_first_scored(es_config, 
     assert sorted(out["written"]) == sorted(expected)
     wait(1.5)
     read_and_check(es_config, es_index, set(), slices=2)
+
+
+# --------------------------------------------------------------------------- aggregations (the score monitor)
+
+
+def _seed_numbers(es_client, index: str, numbers: list, mapping: str = "integer") -> None:
+    es_client.indices.create(index=index, mappings={"properties": {"number": {"type": mapping},
+                                                                   "tag": {"type": "keyword"}}})
+    es_client.bulk(refresh=True, operations=[x for i, n in enumerate(numbers)
+                                             for x in ({"index": {"_index": index, "_id": str(i)}}, {"number": n})])
+
+
+def test_histogram_extended_bounds_and_min_doc_count(es_client, names):
+    """aggregations/histogram.yml "histogram with extended_bounds" (52, 51, 101, 150 at interval 50 over
+    bounds 0..200: five buckets, empty ones included) and "histogram with min_doc_count" (1, 51, 61, 71 at
+    interval 20: min_doc_count 1 drops the empty 20 bucket, 2 keeps only 60)."""
+    index = names()
+    _seed_numbers(es_client, index, [52, 51, 101, 150])
+    histo = es_client.search(index=index, size=0, aggs={"histo": {"histogram": {
+        "field": "number", "interval": 50, "extended_bounds": {"min": 0, "max": 200}}}})["aggregations"]["histo"]
+    assert [(b["key"], b["doc_count"]) for b in histo["buckets"]] == [(0, 0), (50, 2), (100, 1), (150, 1), (200, 0)]
+    other = names()
+    _seed_numbers(es_client, other, [1, 51, 61, 71])
+    for min_doc_count, expected in ((0, [(0, 1), (20, 0), (40, 1), (60, 2)]), (1, [(0, 1), (40, 1), (60, 2)]),
+                                    (2, [(60, 2)])):
+        histo = es_client.search(index=other, size=0, aggs={"histo": {"histogram": {
+            "field": "number", "interval": 20, "min_doc_count": min_doc_count}}})["aggregations"]["histo"]
+        assert [(b["key"], b["doc_count"]) for b in histo["buckets"]] == expected
+
+
+def test_terms_size_missing_and_sum_other_doc_count(es_client, names):
+    """https://www.elastic.co/guide/en/elasticsearch/reference/current/search-aggregations-bucket-terms-aggregation.html:
+    buckets by doc_count (ties by key), ``size`` keeps the top ones and ``sum_other_doc_count`` counts the
+    documents of the rest; ``missing`` puts documents without the field in a bucket of that key
+    ("missing value" section, ``"missing": "N/A"``)."""
+    index = names()
+    es_client.indices.create(index=index, mappings={"properties": {"tag": {"type": "keyword"}}})
+    tags = ["a", "a", "a", "b", "b", "c", None, None]
+    es_client.bulk(refresh=True, operations=[x for i, t in enumerate(tags) for x in (
+        {"index": {"_index": index, "_id": str(i)}}, {"tag": t} if t else {"other": 1})])
+    terms = es_client.search(index=index, size=0, aggs={"t": {"terms": {"field": "tag", "size": 2, "missing": "N/A"}}})
+    answer = terms["aggregations"]["t"]
+    assert [(b["key"], b["doc_count"]) for b in answer["buckets"]] == [("a", 3), ("N/A", 2)]
+    assert answer["sum_other_doc_count"] == 3 and answer["doc_count_error_upper_bound"] == 0
+    plain = es_client.search(index=index, size=0, aggs={"t": {"terms": {"field": "tag"}}})["aggregations"]["t"]
+    assert [(b["key"], b["doc_count"]) for b in plain["buckets"]] == [("a", 3), ("b", 2), ("c", 1)]
+
+
+def test_percentiles_interpolate_between_the_sorted_values(es_client, names):
+    """aggregations/percentiles_tdigest_metric.yml: a ``percentiles`` on a numeric field, keyed by the percent as
+    ``"25.0"``; ``percents: []`` and a keyword field are bad requests ("Invalid params test"). Since 8.9 the
+    default digest keeps every value of a small sample (HybridDigest, elastic/elasticsearch#96904) and answers
+    ``Dist.quantile`` (libs/tdigest): linear interpolation at q * (n - 1). On 10, 20, 30, 40, 50 the 25th,
+    50th and 75th percentiles fall on values (20, 30, 40) and the 10th interpolates to 14."""
+    index = names()
+    _seed_numbers(es_client, index, [50, 10, 40, 20, 30])
+    values = es_client.search(index=index, size=0, aggs={"p": {"percentiles": {
+        "field": "number", "percents": [10, 25, 50, 75, 100]}}})["aggregations"]["p"]["values"]
+    assert values == {"10.0": pytest.approx(14.0), "25.0": 20.0, "50.0": 30.0, "75.0": 40.0, "100.0": 50.0}
+    for body in ({"field": "number", "percents": []}, {"field": "tag"}):
+        with pytest.raises(BadRequestError):
+            es_client.search(index=index, size=0, aggs={"p": {"percentiles": body}})
+
+
+def test_filter_value_count_min_and_max(es_client, names):
+    """aggregations/filter.yml (a ``filter`` bucket counts the documents its query matches and runs its
+    sub-aggregations on them), value_count_metric.yml, min_metric.yml and max_metric.yml (on 1, 51, 101,
+    151: value_count 4, min 1, max 151; over a range filter >= 50: 3 values, min 51)."""
+    index = names()
+    _seed_numbers(es_client, index, [1, 51, 101, 151])
+    aggs = es_client.search(index=index, size=0, aggs={
+        "count": {"value_count": {"field": "number"}}, "low": {"min": {"field": "number"}},
+        "high": {"max": {"field": "number"}},
+        "big": {"filter": {"range": {"number": {"gte": 50}}}, "aggs": {
+            "count": {"value_count": {"field": "number"}}, "low": {"min": {"field": "number"}}}},
+        "none": {"filter": {"term": {"tag": "nothing"}}, "aggs": {"low": {"min": {"field": "number"}}}}})["aggregations"]
+    assert aggs["count"]["value"] == 4 and aggs["low"]["value"] == 1.0 and aggs["high"]["value"] == 151.0
+    assert aggs["big"]["doc_count"] == 3 and aggs["big"]["count"]["value"] == 3 and aggs["big"]["low"]["value"] == 51.0
+    assert aggs["none"]["doc_count"] == 0 and aggs["none"]["low"]["value"] is None  # min of nothing is null
+
+
+def test_a_date_max_and_percentiles_carry_epoch_millis_and_a_string(es_client, names):
+    """https://www.elastic.co/guide/en/elasticsearch/reference/current/search-aggregations-metrics-max-aggregation.html
+    (and min, percentiles): on a ``date`` field the value is epoch milliseconds, with ``value_as_string``
+    in the field's format."""
+    index = names()
+    es_client.indices.create(index=index, mappings={"properties": {"at": {"type": "date"}}})
+    es_client.bulk(refresh=True, operations=[
+        {"index": {"_index": index, "_id": "1"}}, {"at": "2025-01-01T00:00:00Z"},
+        {"index": {"_index": index, "_id": "2"}}, {"at": "2025-01-03T00:00:00Z"}])
+    aggs = es_client.search(index=index, size=0, aggs={"newest": {"max": {"field": "at"}},
+                                                       "mid": {"percentiles": {"field": "at", "percents": [50]}}})
+    newest = aggs["aggregations"]["newest"]
+    assert newest["value"] == 1735862400000.0 and newest["value_as_string"] == "2025-01-03T00:00:00.000Z"
+    assert aggs["aggregations"]["mid"]["values"]["50.0"] == 1735776000000.0
+
+
+def test_a_float_field_aggregates_the_float32_it_stores(es_client, names):
+    """https://www.elastic.co/guide/en/elasticsearch/reference/current/number.html: ``float`` is a
+    single-precision 32-bit IEEE 754 value, so 0.35 is stored (and aggregated) as 0.3499999940395355."""
+    index = names()
+    _seed_numbers(es_client, index, [0.35], mapping="float")
+    aggs = es_client.search(index=index, size=0, aggs={"m": {"max": {"field": "number"}}})["aggregations"]
+    assert aggs["m"]["value"] == pytest.approx(0.3499999940395355, abs=1e-15)
+
+
+def test_the_monitors_scripts_bin_and_compare_versions(es_client, names):
+    """https://www.elastic.co/guide/en/elasticsearch/reference/current/query-dsl-script-query.html (a ``script``
+    query filters on a Painless expression over doc values) and
+    https://www.elastic.co/guide/en/elasticsearch/reference/current/search-aggregations-bucket-histogram-aggregation.html
+    (a histogram on a ``script``): the score monitor's two scripts, from es/monitoring.py, on a real cluster
+    and the double alike."""
+    from es.monitoring import BIN_SCRIPT, STALE_SCRIPT
+    index = names()
+    es_client.indices.create(index=index, mappings={"properties": {
+        "image_score": {"type": "float"}, "image_score_version": {"type": "date"}, "updated_at": {"type": "date"}}})
+    rows = [{"image_score": i / 20, "updated_at": "2025-01-02T00:00:00.000Z",
+             "image_score_version": "2025-01-01T00:00:00.000Z" if i < 3 else "2025-01-02T00:00:00.000Z"}
+            for i in range(21)]
+    es_client.bulk(refresh=True, operations=[x for i, r in enumerate(rows)
+                                             for x in ({"index": {"_index": index, "_id": str(i)}}, r)])
+    answer = es_client.search(index=index, size=0, aggs={
+        "bins": {"histogram": {"script": {"source": BIN_SCRIPT, "lang": "painless", "params": {"bins": 20}},
+                               "interval": 1, "min_doc_count": 0, "extended_bounds": {"min": 0, "max": 19}}},
+        "stale": {"filter": {"script": {"script": {"source": STALE_SCRIPT, "lang": "painless"}}}}})["aggregations"]
+    assert [b["doc_count"] for b in answer["bins"]["buckets"]] == [1] * 19 + [2]  # 7/20 in bin 7, 1.0 in the last
+    assert answer["stale"]["doc_count"] == 3

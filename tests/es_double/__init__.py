@@ -17,7 +17,9 @@ clock; ``_count``; ``_bulk`` with ``index`` and ``update`` (``doc``, ``doc_as_up
 ``detect_noop``) and ``require_alias``; ``_pit`` open and close (a new ``pit_id`` on every
 page); ``_search`` with ``pit``, ``slice``, ``sort``, ``search_after``, ``size``, ``from``,
 ``_source``, ``track_total_hits`` and the ``bool``/``range``/``term``/``exists``/``match_all``
-queries; ``rank_feature`` fields; stored scripts (``/_scripts/<id>``) and scripted bulk
+queries; aggregations (``terms``, ``histogram``, ``percentiles``, ``filter``, ``value_count``, ``min``,
+``max``: ``aggregations.py``) and the score monitor's inline Painless scripts (``painless.py``, in a
+``script`` query or a ``histogram``); ``rank_feature`` fields; stored scripts (``/_scripts/<id>``) and scripted bulk
 updates (``script``, ``upsert``, ``scripted_upsert``), for the one stored script the project
 uses, which ``scripts.py`` runs as Python. Faults can be injected (error answers, dropped
 connections, per-item bulk errors such as 429 storms) and authentication can be required.
@@ -32,7 +34,7 @@ beside its code in the module's route table (``rest.Routes``):
   mappings, settings, refresh), ``documents.py`` (``_doc``, ``_mget``), ``bulk.py``, ``search.py``
   (``_search``, ``_count``, ``_pit``), ``scripts.py`` (``_scripts`` and the guard script as Python)
 * helpers: ``rest.py`` (route tables, parameter and body checks), ``errors.py``, ``faults.py``,
-  ``dates.py``, ``mappings.py``, ``queries.py``
+  ``dates.py``, ``mappings.py``, ``queries.py``, ``aggregations.py``, ``painless.py``
 * ``canned_search.py``: not the double, a one-answer ``_search`` stand-in for ``imagescore query``
 
 Run it by hand with ``python -m tests.es_double --port 9200``.

@@ -1,4 +1,5 @@
-"""Queries: ``bool``, ``term``, ``range``, ``exists`` and ``match_all``, compiled to a match function.
+"""Queries: ``bool``, ``term``, ``range``, ``exists``, ``match_all`` and ``script`` (the scripts ``painless.py``
+knows), compiled to a match function.
 
 Anything else is refused by name when the query is compiled, before any document is read.
 """
@@ -11,6 +12,7 @@ from typing import Any
 from tests.es_double.dates import DateFormat, date_math
 from tests.es_double.errors import NOT_IMPLEMENTED, illegal_argument, parsing_error
 from tests.es_double.mappings import NUMERIC_TYPES
+from tests.es_double.painless import compile_script
 from tests.es_double.state import Index
 
 
@@ -60,6 +62,11 @@ def compile_query(query: Any) -> Matcher:
             ref = index.field(name)
             return ref is not None and bool(ref.values(source))
         return match_exists
+    if kind == "script":
+        if not isinstance(body, dict) or set(body) - {"script", "boost"} or "script" not in body:
+            raise parsing_error("[script] query malformed, [script] is required")
+        script = compile_script(body["script"], "script")
+        return lambda index, source: bool(script(index, source))
     raise parsing_error(f"unknown query [{kind}]; {NOT_IMPLEMENTED}")
 
 

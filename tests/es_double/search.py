@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tests.es_double.aggregations import compile_aggs, run_aggs
 from tests.es_double.errors import NOT_IMPLEMENTED, EsHttpError, illegal_argument, parsing_error, unknown_field
 from tests.es_double.mappings import NUMERIC_TYPES, FieldRef
 from tests.es_double.queries import compile_query
@@ -210,7 +211,8 @@ def search(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[in
     expand_wildcards(params)
     started = time.monotonic()
     spec = json_body(body, required=False)
-    known = ["query", "size", "from", "sort", "search_after", "pit", "slice", "track_total_hits", "_source"]
+    known = ["query", "size", "from", "sort", "search_after", "pit", "slice", "track_total_hits", "_source", "aggs",
+             "aggregations"]
     for key in spec:
         if key not in known:
             raise parsing_error(f"Unknown key for a {token(spec[key])} in [{key}].")
@@ -231,6 +233,10 @@ def search(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[in
                                f"was [{size + offset}]. See the scroll api for a more efficient way to request large "
                                "data sets.")
     query = compile_query(spec.get("query", {"match_all": {}}))
+    if "aggs" in spec and "aggregations" in spec:
+        raise parsing_error("Found two aggregation definitions: [aggs] and [aggregations]")
+    aggs = compile_aggs(spec.get("aggs", spec.get("aggregations"))) if ("aggs" in spec or "aggregations" in spec) \
+        else None
     sort = _sort_spec(spec.get("sort"))
     search_after = spec.get("search_after")
     # SearchRequest#rewrite: a PIT search gets the _shard_doc tiebreaker unless its sort already ends with it
@@ -249,6 +255,7 @@ def search(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[in
             if query(index, doc.source):
                 matches.append((index, doc_id, doc, [_sort_value(k, shard, doc_id, doc, index) for k in keys]))
     total = len(matches)  # hits.total counts every match, before search_after and paging
+    aggregations = run_aggs(aggs, [(m[0], m[2].source) for m in matches]) if aggs is not None else None
     if keys:
         matches.sort(key=lambda m: _order_key(keys, m[3]))
         if after is not None:
@@ -272,6 +279,8 @@ def search(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[in
         raise parsing_error(f"[track_total_hits] must be a boolean or a non-negative integer, got [{track}]")
     response: dict[str, Any] = {"took": int((time.monotonic() - started) * 1000), "timed_out": False,
                                 "_shards": shards(len(sources)), "hits": hits_body}
+    if aggregations is not None:
+        response["aggregations"] = aggregations  # over every match, before search_after and paging
     if pit is not None:
         response["pit_id"] = cluster.next_pit_id(pit)  # Elasticsearch may answer with a new id; use the latest
     return 200, response
