@@ -8,9 +8,10 @@
 
 Every input record ends in exactly one place: a score, a counted skip, or a
 dead letter (a model error dead-letters its batch, stage ``inference``; the other
-batches go on). The flags build their objects in ``pipelines/options.py``; the index
-is prepared by ``es.index_setup.prepare_index``. Run it with ``python -m pipelines.backfill`` or ``imagescore
-backfill``; both take ordinary Beam flags (``--runner``, ``--project``, ...).
+batches go on). The shared options build the fetch policy, the model handler and
+the Elasticsearch config, and prepare the index (``es.index_setup.prepare_index``).
+Run it with ``python -m pipelines.backfill`` or ``imagescore backfill``; both take
+ordinary Beam flags (``--runner``, ``--project``, ...).
 """
 from __future__ import annotations
 
