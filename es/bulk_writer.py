@@ -67,7 +67,7 @@ from es.client import (
     describe,
 )
 from es.client_dofn import EsClientDoFn
-from es.guard import SCORE, WRITE_MODES, BadRecord, guard_params, guard_script, is_tombstone
+from es.guard import BadRecord, WriteMode, guard_params, guard_script, is_tombstone
 from es.secrets import scrub
 
 WRITTEN = "written"
@@ -212,15 +212,16 @@ def _caused_by_type(info: dict) -> str | None:
     return caused_by.get("type") if isinstance(caused_by, dict) else None
 
 
-def update_action(record: dict, index: str, mode: str, retry_on_conflict: int = 3) -> dict:
+def update_action(record: dict, index: str, mode: WriteMode | str, retry_on_conflict: int = 3) -> dict:
     """The bulk-helper action for one record: a guarded scripted ``update`` of document ``record["id"]``.
 
     Raises :class:`~es.guard.BadRecord`. Also used to write the same updates as NDJSON files.
     """
+    mode = WriteMode.of(mode)
     doc_id, params = guard_params(record, mode)
     action = {"_op_type": "update", "_index": index, "_id": doc_id, "retry_on_conflict": retry_on_conflict,
               "script": guard_script(params)}
-    if mode != SCORE:
+    if mode is not WriteMode.SCORE:
         action.update(scripted_upsert=True, upsert={})
     return action
 
@@ -237,7 +238,7 @@ class _BulkWriteFn(EsClientDoFn):
 
     node_class = _MeteredNode
 
-    def __init__(self, config: EsConfig, index: str, settings: WriteSettings, mode: str):
+    def __init__(self, config: EsConfig, index: str, settings: WriteSettings, mode: WriteMode):
         self._config = config
         self._index = index
         self._settings = settings
@@ -382,15 +383,13 @@ class WriteToElasticsearch(beam.PTransform):
 
     def __init__(self, config: EsConfig, index: str, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
                  max_retries: int = 5, initial_backoff: float = 0.5, max_backoff: float = 30.0,
-                 max_retry_time: float = 120.0, label: str | None = None, *, mode: str):
+                 max_retry_time: float = 120.0, label: str | None = None, *, mode: WriteMode | str):
         super().__init__(label)
         if not index or any(c in index for c in ' "*\\/,|<>?#'):
             raise ValueError(f"{index!r} is not a concrete index name; the writer needs one index or alias")
-        if mode not in WRITE_MODES:
-            raise ValueError(f"write mode must be one of {WRITE_MODES}, got {mode!r}")
         self._config = config
         self._index = index
-        self._mode = mode
+        self._mode = WriteMode.of(mode)
         self._settings = WriteSettings(max_docs, max_bytes, max_retries, initial_backoff, max_backoff,
                                        max_retry_time)
 
@@ -399,15 +398,13 @@ class WriteToElasticsearch(beam.PTransform):
             _BulkWriteFn(self._config, self._index, self._settings, self._mode)).with_outputs(*OUTPUT_TAGS)
 
 
-def write_batch(config: EsConfig, index: str, records: Iterable[dict], *, mode: str,
+def write_batch(config: EsConfig, index: str, records: Iterable[dict], *, mode: WriteMode | str,
                 **settings: Any) -> dict[str, list]:
     """Write ``records`` outside Beam (one bundle); returns a list per output tag (``written``, ``deleted``, ...).
 
     For scripts and tests; the same code path as the transform.
     """
-    if mode not in WRITE_MODES:
-        raise ValueError(f"write mode must be one of {WRITE_MODES}, got {mode!r}")
-    fn = _BulkWriteFn(config, index, WriteSettings(**settings), mode)
+    fn = _BulkWriteFn(config, index, WriteSettings(**settings), WriteMode.of(mode))
     fn.setup()
     out: dict[str, list] = {tag: [] for tag in OUTPUT_TAGS}
     try:

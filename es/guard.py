@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -51,9 +52,25 @@ from es.mapping import (
     rank_feature_value,
 )
 
-DOCUMENT = "document"
-SCORE = "score"
-WRITE_MODES = (DOCUMENT, SCORE)
+
+class WriteMode(StrEnum):
+    """The two write modes (see above). A ``str`` enum: ``WriteMode.SCORE == "score"``, so flags,
+    JSON and log lines carry the plain value."""
+
+    DOCUMENT = "document"
+    SCORE = "score"
+
+    @classmethod
+    def of(cls, value: str) -> WriteMode:
+        """``value`` as a mode, or a ``ValueError`` naming the modes: the one check every writer runs."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"write mode must be one of {WRITE_MODES}, got {value!r}") from None
+
+
+DOCUMENT, SCORE = WriteMode.DOCUMENT, WriteMode.SCORE
+WRITE_MODES = tuple(mode.value for mode in WriteMode)
 
 # The id carries a version: a changed script gets a new id, so a running job keeps the one it started with.
 GUARD_SCRIPT_ID = "imagescore-guard-v2"
@@ -98,20 +115,30 @@ def canonical_version(value: Any, field: str = VERSION_FIELD) -> str:
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _score_fields(record: dict, doc_id: str) -> dict[str, Any]:
+def score_fields(score: float, model_id: str, image_url: str, scored_at: datetime | None = None) -> dict[str, Any]:
+    """The :data:`SCORE_RECORD_FIELDS` of one inference, built once for every job that writes a score.
+
+    ``scored_at`` (default: now) is written in the canonical form of the versions, so every
+    score of every job spells its time the same way.
+    """
+    return {SCORE_FIELD: float(score), MODEL_FIELD: model_id,
+            SCORED_AT_FIELD: canonical_version(scored_at or datetime.now(timezone.utc), SCORED_AT_FIELD),
+            SCORED_URL_FIELD: image_url}
+
+
+def _checked_score_fields(record: dict, doc_id: str) -> dict[str, Any]:
     score = record.get(SCORE_FIELD)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
         raise BadRecord(f"record {doc_id!r}: {SCORE_FIELD} must be a finite number, got {score!r}")
     return {SCORE_FIELD: float(score), RANK_FIELD: rank_feature_value(score)}
 
 
-def guard_params(record: Any, mode: str) -> tuple[str, dict[str, Any]]:
+def guard_params(record: Any, mode: WriteMode | str) -> tuple[str, dict[str, Any]]:
     """``(document id, script params)`` for one record in ``mode``; raises :class:`BadRecord`.
 
     The record contracts are in ``es/bulk_writer.py`` and ``docs/stale-guard.md``.
     """
-    if mode not in WRITE_MODES:
-        raise ValueError(f"write mode must be one of {WRITE_MODES}, got {mode!r}")
+    mode = WriteMode.of(mode)
     doc_id = record.get("id") if isinstance(record, dict) else None
     if not isinstance(doc_id, str) or not doc_id:
         raise BadRecord(f"record has no string 'id' (got {type(doc_id).__name__}); it cannot name a document")
@@ -124,7 +151,7 @@ def guard_params(record: Any, mode: str) -> tuple[str, dict[str, Any]]:
         score_version = canonical_version(score_version, SCORE_VERSION_FIELD) if score_version is not None else None
     except BadRecord as exc:
         raise BadRecord(f"record {doc_id!r}: {exc}") from None
-    if mode == SCORE:
+    if mode is WriteMode.SCORE:
         unknown = sorted(set(record) - {"id", VERSION_FIELD, *SCORE_RECORD_FIELDS})
         absent = [name for name in SCORE_RECORD_FIELDS if record.get(name) is None]
         if unknown or absent:
@@ -132,7 +159,7 @@ def guard_params(record: Any, mode: str) -> tuple[str, dict[str, Any]]:
                             f"{', '.join(SCORE_RECORD_FIELDS)}; " + (f"unexpected {unknown}" if unknown else "")
                             + ("; " if unknown and absent else "") + (f"missing {absent}" if absent else ""))
         fields = {name: record[name] for name in SCORE_RECORD_FIELDS}
-        fields.update(_score_fields(record, doc_id))
+        fields.update(_checked_score_fields(record, doc_id))
         fields[SCORE_VERSION_FIELD] = version
         return doc_id, {"score": True, "version": version, "fields": fields}
     deleted = record.get(DELETED_FIELD, False)
@@ -144,7 +171,7 @@ def guard_params(record: Any, mode: str) -> tuple[str, dict[str, Any]]:
     fields = {k: v for k, v in record.items() if k not in ("id", DELETED_FIELD)}
     fields[VERSION_FIELD] = version
     if SCORE_FIELD in fields:
-        fields.update(_score_fields(record, doc_id))
+        fields.update(_checked_score_fields(record, doc_id))
         fields[SCORE_VERSION_FIELD] = score_version or version
     return doc_id, {"score": False, "version": version, "fields": fields}
 

@@ -1,32 +1,32 @@
 """Backfill: score every recent item's thumbnail and write ``image_score``.
 
     items (Elasticsearch PIT slices | JSONL files)
-      -> ParseItems -> window filter -> FetchImages -> DecodeImages
-      -> RunInference(ScoreModelHandler) -> score records
+      -> ParseItems -> window filter
+      -> ScoreImages (FetchImages -> DecodeImages -> RunInference(--model handler)) -> score records
       -> WriteToElasticsearch (score mode, through the stale-update guard) | scores*.jsonl + bulk*.ndjson
     every reject -> deadletter*.jsonl
 
 Every input record ends in exactly one place: a score, a counted skip, or a
-dead letter. Run it with ``python -m pipelines.backfill`` or ``imagescore
-backfill``; both take ordinary Beam flags (``--runner``, ``--project``, ...).
+dead letter (a model error dead-letters its batch, stage ``inference``; the other
+batches go on). The shared options build the fetch policy, the model handler and
+the Elasticsearch config, and prepare the index (``es.index_setup.prepare_index``).
+Run it with ``python -m pipelines.backfill`` or ``imagescore backfill``; both take
+ordinary Beam flags (``--runner``, ``--project``, ...).
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-import sys
 from datetime import datetime, timedelta, timezone
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from es.bulk_writer import WriteToElasticsearch, bulk_lines, update_action
-from es.client import EsConfig, EsError, make_client
-from es.guard import SCORE, ensure_guard_script
-from es.mapping import ensure_score_mapping
-from es.secrets import scrub
+from es.guard import WriteMode
+from es.mapping import VERSION_FIELD
 from es.source import ReadItemsFromElasticsearch
 from imagescore import UsageError, job_main
 from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
@@ -34,10 +34,8 @@ from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions,
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
-from transforms.decode import DecodeImages
-from transforms.fetch import FetchImages, FetchPolicy
-from transforms.inference import make_score_handler, score_model_info
 from transforms.items import Item, ParseItems, parse_time
+from transforms.score_images import SCORED, ScoreImages, ScoreRecordFn
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +58,14 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--now", help="the reference time for --days (ISO 8601; default: now). For reproducible runs")
 
 
-def _scored_at() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def score_record(item: Item, score: float, model_id: str) -> dict:
-    """The record written to ``scores*.jsonl`` and, through the stale-update guard, to Elasticsearch.
+def score_record(item: Item, score_fields: dict) -> dict:
+    """The record written to ``scores*.jsonl`` and, through the stale-update guard, to Elasticsearch:
+    ``id``, ``updated_at`` and the score fields (:func:`es.guard.score_fields`).
 
     ``updated_at`` is the item version the score was computed from (``created_at`` for an
     item that was never updated), so the guard keeps a score streaming wrote from a newer one.
     """
-    return {"id": item.id, "updated_at": (item.updated_at or item.created_at).isoformat(),
-            "image_score": float(score), "image_score_model": model_id, "image_scored_at": _scored_at(),
-            "image_score_image_url": item.thumbnail}
+    return {"id": item.id, VERSION_FIELD: (item.updated_at or item.created_at).isoformat(), **score_fields}
 
 
 class _KeepRecent(beam.DoFn):
@@ -89,48 +82,14 @@ class _KeepRecent(beam.DoFn):
             self._skipped.inc()
 
 
-class _ToScoreRecord(beam.DoFn):
-    def __init__(self):
-        self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
-
-    def process(self, keyed_result):
-        item, result = keyed_result
-        self._scored.inc()
-        yield score_record(item, result.inference, result.model_id)
-
-
 def _bulk_lines(record: dict, index: str) -> str:
-    return bulk_lines(update_action(record, index, SCORE))
+    return bulk_lines(update_action(record, index, WriteMode.SCORE))
 
 
 def _dead_letter_from_write(failure) -> dict:
     record, reason, error = failure
     count_dead_letter("index", reason)
     return dead_letter("index", reason, error, record, id=record.get("id"))
-
-
-def _ensure_mapping(config: EsConfig, index: str) -> None:
-    """Map the score fields and store the guard script before any write.
-
-    The mapping makes ``image_score_model`` a keyword the source can filter on; every write
-    runs the stored guard script (``es/guard.py``). It is also the job's first request, so a
-    cluster that is not there, a missing index or refused credentials stop the job here with
-    one line naming the URL and the index."""
-    client = make_client(config)
-    try:
-        ensure_score_mapping(client, index)
-        ensure_guard_script(client)
-    except EsError as exc:
-        if exc.status is None:
-            raise UsageError(f"Elasticsearch is not reachable at {config.safe_url()} ({exc}); check --es-url "
-                             "(or $ES_URL) and that the cluster is up") from None
-        if exc.status in (400, 401, 403, 404):
-            hint = {401: "; check ES_API_KEY or ES_USERNAME/ES_PASSWORD",
-                    403: "; the credentials need the manage privilege on the index"}.get(exc.status, "")
-            raise UsageError(f"Elasticsearch at {config.safe_url()}: {exc}{hint}") from None
-        raise
-    finally:
-        client.close()
 
 
 def _validate(opts: BackfillOptions, io_opts: JobIOOptions, es_url: str | None) -> None:
@@ -152,8 +111,10 @@ def _validate(opts: BackfillOptions, io_opts: JobIOOptions, es_url: str | None) 
     max_deadletter_share(opts)
 
 
-def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
-    """Add the backfill to ``pipeline``; split out of :func:`run` so tests can drive it with TestPipeline."""
+def build(pipeline: beam.Pipeline, opts: PipelineOptions, handler: ModelHandler | None = None) -> None:
+    """Add the backfill to ``pipeline``; split out of :func:`run` so tests can drive it with TestPipeline.
+
+    ``handler`` replaces the one ``--model`` names (tests use it to make a model fail)."""
     bo, jo, io, mo, eo = (opts.view_as(c) for c in (
         BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(bo, jo, eo.es_url)
@@ -161,18 +122,11 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
         now = parse_time(bo.now, "--now") if bo.now else datetime.now(timezone.utc)
     except Rejected as exc:
         raise UsageError(str(exc)) from None
-    try:
-        model_id, input_size = score_model_info(mo.model)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+    model_id, input_size = mo.model_info()
     if bo.source == "files":
         require_files(jo.input, "--input", jsonl=True)
     since = now - timedelta(days=bo.days)
-    try:
-        es_config = EsConfig.from_env(url=eo.es_url, **(
-            {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
-    except ValueError as exc:  # --es-url (or $ES_URL) with credentials or a bad port, $ES_VERIFY_CERTS not a boolean
-        raise UsageError(scrub(str(exc))) from None
+    es_config = eo.es_config()
 
     if bo.source == "files":
         # Bytes, not text: one line in another encoding is a dead letter, not a failed job.
@@ -184,19 +138,11 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
 
     parsed = payloads | "Parse" >> ParseItems()
     recent = parsed.items | "KeepRecent" >> beam.ParDo(_KeepRecent(since))
-    policy = FetchPolicy(allowed_hosts=io.allow_image_hosts, allowed_schemes=io.allow_image_schemes,
-                         max_bytes=io.max_image_bytes, total_timeout=io.fetch_timeout,
-                         concurrency=io.fetch_concurrency)
-    fetched = recent | "Fetch" >> FetchImages(policy)
-    decoded = fetched.images | "Decode" >> DecodeImages(input_size, max_pixels=io.max_image_pixels)
-    handler = KeyedModelHandler(make_score_handler(
-        mo.model, mo.device, min_batch_size=mo.min_batch_size, max_batch_size=mo.max_batch_size,
-        large_model=mo.large_model, triton_timeout_s=mo.triton_timeout, triton_retries=mo.triton_retries))
-    records = (decoded.decoded
-               | "Score" >> RunInference(handler)
-               | "ToRecord" >> beam.ParDo(_ToScoreRecord()))
+    scored = recent | "Score" >> ScoreImages(handler or mo.score_handler(), input_size, io.fetch_policy(),
+                                             io.max_image_pixels)
+    records = scored[SCORED] | "ToRecord" >> beam.ParDo(ScoreRecordFn(score_record))
 
-    dead = [parsed[DEAD_LETTER], fetched[DEAD_LETTER], decoded[DEAD_LETTER]]
+    dead = [parsed[DEAD_LETTER], scored[DEAD_LETTER]]
     if jo.output:
         out = jo.output.rstrip("/")
         _ = (records | "ScoresJson" >> beam.Map(json.dumps, sort_keys=True)
@@ -205,9 +151,9 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions) -> None:
              | "WriteBulk" >> beam.io.WriteToText(f"{out}/bulk", file_name_suffix=".ndjson"))
         deadletter_dir = (bo.deadletter or f"{out}/deadletter").rstrip("/")
     else:
-        _ensure_mapping(es_config, eo.es_index)
+        eo.prepare_index(WriteMode.SCORE)
         written = records | "WriteIndex" >> WriteToElasticsearch(
-            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes, mode=SCORE)
+            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes, mode=WriteMode.SCORE)
         dead.append(written.failed | "WriteFailures" >> beam.Map(_dead_letter_from_write))
         deadletter_dir = bo.deadletter.rstrip("/")
     _ = (dead | "AllDeadLetters" >> beam.Flatten()

@@ -2,9 +2,9 @@
 
     windows*.jsonl|parquet (collect) | JSONL {item_id, image_url}
       -> entries -> dedupe by (item_id, image_url), minus those already embedded
-      -> FetchImages -> DecodeImages(backbone.input_size)
-      -> RunInference(BackboneModelHandler) -> DIR/embeddings-*.parquet
-    every reject -> DIR/deadletter-*.jsonl
+      -> ScoreImages (FetchImages -> DecodeImages(backbone.input_size) -> RunInference(BackboneModelHandler))
+      -> DIR/embeddings-*.parquet
+    every reject (a model error: its batch, stage ``inference``) -> DIR/deadletter-*.jsonl
 
 Resumable: rows already in ``DIR/embeddings-*.parquet`` with this run's
 ``backbone_id`` are skipped (counted), so a rerun after a failure or with
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -27,7 +26,6 @@ from typing import Any, Iterator
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from imagescore import UsageError, job_main
@@ -37,10 +35,9 @@ from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
-from transforms.decode import DecodeImages
 from transforms.embed_handler import BackboneModelHandler
-from transforms.fetch import FetchImages, FetchPolicy
 from transforms.items import Item, json_object, parse_time
+from transforms.score_images import SCORED, ScoreImages
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +155,8 @@ def already_embedded_files(output: str) -> list[str]:
     return [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
 
 
-def _to_row(key: tuple[str, str], result) -> dict:
-    item_id, image_url = key
+def _to_row(item: Item, result) -> dict:
+    item_id, image_url = _key(item)
     return {"item_id": item_id, "image_url": image_url,
             "embedding": result.inference.astype("float32").tolist(), "backbone_id": result.model_id}
 
@@ -224,22 +221,14 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, run_id: str | None = N
     pending = ({"todo": todo, "done": done} | "Join" >> beam.CoGroupByKey()
                | "Pending" >> beam.ParDo(_PendingFn()))
 
-    policy = FetchPolicy(allowed_hosts=io.allow_image_hosts, allowed_schemes=io.allow_image_schemes,
-                         max_bytes=io.max_image_bytes, total_timeout=io.fetch_timeout,
-                         concurrency=io.fetch_concurrency)
-    fetched = pending | "Fetch" >> FetchImages(policy)
-    decoded = fetched[FetchImages.MAIN] | "Decode" >> DecodeImages(input_size, max_pixels=io.max_image_pixels)
-    handler = KeyedModelHandler(BackboneModelHandler(
-        eo.backbone, mo.device, eo.normalize, min_batch_size=mo.min_batch_size, max_batch_size=mo.max_batch_size,
-        large_model=mo.large_model))
-    _ = (decoded[DecodeImages.MAIN]
-         | "KeyImages" >> beam.MapTuple(lambda item, image: (_key(item), image))
-         | "Embed" >> RunInference(handler)
+    handler = BackboneModelHandler(eo.backbone, mo.device, eo.normalize, **mo.batching())
+    embedded = pending | "Embed" >> ScoreImages(handler, input_size, io.fetch_policy(), io.max_image_pixels)
+    _ = (embedded[SCORED]
          | "ToRow" >> beam.MapTuple(_to_row)
          | "CountEmbedded" >> beam.ParDo(_CountEmbedded())
          | "WriteEmbeddings" >> beam.io.WriteToParquet(f"{out}/embeddings-{run_id}", SCHEMA,
                                                        file_name_suffix=".parquet"))
-    _ = ((read[DEAD_LETTER], fetched[DEAD_LETTER], decoded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+    _ = ((read[DEAD_LETTER], embedded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
          | "DeadLetterJson" >> beam.Map(json.dumps, sort_keys=True)
          | "WriteDeadLetters" >> beam.io.WriteToText(f"{out}/deadletter-{run_id}", file_name_suffix=".jsonl"))
     return {"backbone_id": backbone_id, "input_size": input_size, "previous_files": previous, "run_id": run_id}

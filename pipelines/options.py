@@ -1,19 +1,32 @@
-"""Pipeline options shared by the indexing jobs (backfill now, streaming later).
+"""Pipeline options shared by the Beam jobs (backfill, streaming, embed, collect).
 
 Each group is a ``PipelineOptions`` subclass, so Beam parses them from the
 same argv as ``--runner``/``--project`` and Dataflow flex templates pass them
 through unchanged. Secrets are never options: Elasticsearch credentials come
 from the environment (see ``es.client``).
+
+Each group also builds what its flags describe, once for every job, with a bad
+value refused as a one-line :class:`~imagescore.UsageError` naming the flag:
+``ImageOptions.fetch_policy()``, ``ModelOptions.model_info()`` and
+``score_handler()``, ``ElasticsearchOptions.es_config()`` and ``prepare_index()``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
+from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from es.client import EsConfig
+from es.secrets import scrub
+from es.guard import WriteMode
+from es.index_setup import IndexSetupError, prepare_index
 from imagescore import DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
 from scoring.model import DEFAULT_MODEL
+from transforms.fetch import FetchPolicy
+from transforms.inference import make_score_handler, score_model_info
 
 
 class JobIOOptions(PipelineOptions):
@@ -45,6 +58,22 @@ class ImageOptions(PipelineOptions):
         parser.add_argument("--fetch-timeout", dest="fetch_timeout", type=float, default=30.0,
                             help="total seconds allowed for one image, retries included")
 
+    def fetch_policy(self) -> FetchPolicy:
+        """The fetcher's limits from these flags; a bad value is a UsageError naming its flag."""
+        try:
+            return FetchPolicy(allowed_hosts=self.allow_image_hosts, allowed_schemes=self.allow_image_schemes,
+                               max_bytes=self.max_image_bytes, total_timeout=self.fetch_timeout,
+                               concurrency=self.fetch_concurrency)
+        except ValueError as exc:
+            message = str(exc)
+            for field, flag in _FETCH_POLICY_FLAGS.items():
+                message = message.replace(f"FetchPolicy.{field}", flag)
+            raise UsageError(message) from None
+
+
+_FETCH_POLICY_FLAGS = {"max_bytes": "--max-image-bytes", "total_timeout": "--fetch-timeout",
+                       "concurrency": "--fetch-concurrency"}
+
 
 class ModelOptions(PipelineOptions):
     """Which model scores the images and how RunInference batches them."""
@@ -65,6 +94,29 @@ class ModelOptions(PipelineOptions):
         parser.add_argument("--triton-retries", dest="triton_retries", type=int, default=5,
                             help="retries of a batch on UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED")
 
+    def batching(self) -> dict[str, Any]:
+        """RunInference's batching flags, as a model handler's keyword arguments."""
+        return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size,
+                "large_model": self.large_model}
+
+    def model_info(self) -> tuple[str, int]:
+        """``(model_id, input_size)`` of ``--model`` (a ``triton://`` spec asks the server); a model that
+        cannot be found or reached is a UsageError naming ``--model``."""
+        try:
+            return score_model_info(self.model)
+        except (ValueError, ConnectionError, OSError) as exc:
+            message = str(exc)
+            raise UsageError(message if "--model" in message else f"--model {self.model!r}: {message}") from None
+
+    def score_handler(self, model_unavailable_s: float | None = None) -> ModelHandler:
+        """The model handler that scores with ``--model`` (local PyTorch, or Triton over gRPC).
+
+        ``model_unavailable_s`` (streaming) bounds Triton retries by time instead of by count.
+        """
+        return make_score_handler(self.model, self.device, triton_timeout_s=self.triton_timeout,
+                                  triton_retries=self.triton_retries, model_unavailable_s=model_unavailable_s,
+                                  **self.batching())
+
 
 class ElasticsearchOptions(PipelineOptions):
     """Where scores go. Credentials come from ES_API_KEY or ES_USERNAME/ES_PASSWORD, never from flags."""
@@ -82,6 +134,23 @@ class ElasticsearchOptions(PipelineOptions):
         parser.add_argument("--es-max-bytes", dest="es_max_bytes", type=int, default=5 * 1024 * 1024,
                             help="bytes per bulk request at most")
 
+    def es_config(self) -> EsConfig | None:
+        """Where the cluster is (``--es-url``, else ``$ES_URL``) and how to trust it; ``None`` without a URL."""
+        if not self.es_url:
+            return None
+        try:
+            return EsConfig.from_env(url=self.es_url, **(
+                {} if self.es_verify_certs is None else {"verify_certs": False}))
+        except ValueError as exc:
+            raise UsageError(f"--es-url: {scrub(str(exc))}") from None
+
+    def prepare_index(self, mode: WriteMode | str) -> None:
+        """Map ``--es-index`` and store the guard script before any write (:func:`es.index_setup.prepare_index`);
+        a cluster that is not there, a missing index or refused credentials are a one-line UsageError."""
+        try:
+            prepare_index(self.es_config(), self.es_index, mode)
+        except IndexSetupError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def help_requested(argv: list[str] | None, prog: str, description: str, *option_classes: type) -> bool:

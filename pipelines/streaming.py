@@ -23,10 +23,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from es.client import EsConfig, EsError, make_client, scrubbed_errors
-from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
-from es.mapping import document_properties, ensure_score_mapping
-from es.secrets import scrub
+from es.guard import WRITE_MODES, WriteMode
 from imagescore import UsageError, job_main
 from pipelines.local_runner import LOCAL_STREAMING_RUNNER, DirectRunnerPatches, LocalRun, print_progress, \
     print_summary, run_until
@@ -37,8 +34,6 @@ from transforms.analyzer import Analyze, FeedRecord
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.deadletter_topic import PublishDeadLetters
 from transforms.feeder import Feed
-from transforms.fetch import FetchPolicy
-from transforms.inference import make_score_handler, score_model_info
 from transforms.items import json_object
 from transforms.updates import MESSAGE_ID, PUBLISH_TIME, ParseUpdates, iso, message_origin
 
@@ -63,7 +58,7 @@ class StreamingOptions(PipelineOptions):
                             help="projects/P/topics/T for every stage's dead letters (required)")
         parser.add_argument("--stage", dest="stage", choices=STAGES, default="all",
                             help="run every stage in one job (default) or one stage alone, between topics")
-        parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=DOCUMENT,
+        parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=WriteMode.DOCUMENT.value,
                             help="document (default): upsert the whole processed item, deletes leave tombstones; "
                                  "score: write only the score fields to documents another indexer owns")
         parser.add_argument("--aggregate-seconds", dest="aggregate_seconds", type=float, default=5.0,
@@ -156,34 +151,12 @@ class _ParseDocumentFn(beam.DoFn):
         yield FeedRecord(document, payload, message_id, published)
 
 
-def _ensure_index(config: EsConfig, index: str, mode: str) -> None:
-    """Map the fields and store the guard script before any write. In document mode the job owns
-    its documents, so it also creates a missing index."""
-    client = make_client(config)
-    try:
-        if mode == DOCUMENT:
-            with scrubbed_errors(f"checking index {index!r} at {config.safe_url()}"):
-                exists = client.indices.exists(index=index)
-            if not exists:
-                with scrubbed_errors(f"creating index {index!r}"):
-                    client.options(ignore_status=400).indices.create(
-                        index=index, mappings={"properties": document_properties()})
-        ensure_score_mapping(client, index, owns_documents=mode == DOCUMENT)
-        ensure_guard_script(client)
-    finally:
-        client.close()
-
-
 def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], float] = time.time) -> None:
     """Add the streaming job (or one ``--stage``) to ``pipeline``. ``clock`` is what the processing-time
     timers and the latency read; tests inject the runner's test clock."""
     so, io, mo, eo = (opts.view_as(c) for c in (StreamingOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(so, eo.es_url, is_local(opts))
-    try:
-        es_config = EsConfig.from_env(url=eo.es_url, **(
-            {} if eo.es_verify_certs is None else {"verify_certs": False})) if eo.es_url else None
-    except ValueError as exc:  # --es-url (or $ES_URL) with credentials or a bad port, $ES_VERIFY_CERTS not a boolean
-        raise _fail(scrub(str(exc))) from None
+    es_config = eo.es_config()
 
     def read(label: str):
         return label >> ReadFromPubSub(topic=so.input_topic, subscription=so.input_subscription,
@@ -202,19 +175,10 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
         dead.append(parsed[DEAD_LETTER])
         newest = parsed.updates
     if so.stage in ("all", "analyzer"):
-        try:
-            model_id, input_size = score_model_info(mo.model)
-        except (ValueError, ConnectionError, OSError) as exc:
-            raise _fail(f"--model {mo.model!r}: {exc}") from None
-        handler = make_score_handler(
-            mo.model, mo.device, min_batch_size=mo.min_batch_size, max_batch_size=mo.max_batch_size,
-            large_model=mo.large_model, triton_timeout_s=mo.triton_timeout, triton_retries=mo.triton_retries,
-            model_unavailable_s=so.model_unavailable_seconds)
-        policy = FetchPolicy(allowed_hosts=io.allow_image_hosts, allowed_schemes=io.allow_image_schemes,
-                             max_bytes=io.max_image_bytes, total_timeout=io.fetch_timeout,
-                             concurrency=io.fetch_concurrency)
-        analyzed = newest | "Analyze" >> Analyze(handler, model_id, input_size, policy, io.max_image_pixels,
-                                                 es_config, eo.es_index)
+        model_id, input_size = mo.model_info()
+        handler = mo.score_handler(model_unavailable_s=so.model_unavailable_seconds)
+        analyzed = newest | "Analyze" >> Analyze(handler, model_id, input_size, io.fetch_policy(),
+                                                 io.max_image_pixels, es_config, eo.es_index)
         dead.append(analyzed[DEAD_LETTER])
         documents = analyzed["documents"]
         if so.stage == "analyzer":
@@ -226,10 +190,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
         dead.append(parsed[DEAD_LETTER])
         documents = parsed.documents
     if so.stage in ("all", "feeder"):
-        try:
-            _ensure_index(es_config, eo.es_index, so.write)
-        except EsError as exc:
-            raise _fail(str(exc)) from None
+        eo.prepare_index(so.write)
         dead.append(documents | "Feed" >> Feed(es_config, eo.es_index, max_docs=eo.es_max_docs,
                                                max_bytes=eo.es_max_bytes, buffer_seconds=so.es_max_buffer_seconds,
                                                clock=clock, mode=so.write))

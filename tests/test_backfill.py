@@ -9,16 +9,23 @@ import json
 from collections import Counter
 from datetime import datetime, timezone
 
+import apache_beam as beam
+import numpy as np
 import pytest
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from PIL import Image
 
 from imagescore import UsageError
 from es.guard import GUARD_SCRIPT_ID, canonical_version
 from es.mapping import score_properties
 from pipelines import backfill
 from pipelines.catalog import LISTING_SHOTS, ImageServer, build_catalog, write_catalog
+from pipelines.options import job_options
 from pipelines.report import counters
+from pipelines.runners import runner_for
 from tests.fixtures.catalog_scores import expected_scores
 from scoring.photos import LISTING_OBJECTS
+from transforms.triton_handler import ModelUnavailable
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -214,3 +221,55 @@ def test_setup_py_is_shipped_only_to_dataflow_workers_without_an_image(argv, shi
     opts = PipelineOptions(argv)
     ship_packages(opts)
     assert (opts.view_as(SetupOptions).setup_file == SETUP_PY) is shipped
+
+
+class _NoRedHandler(ModelHandler):
+    """Scores an image by its brightness, one image per batch; a red image makes the batch raise,
+    a blue one as a Triton server that stayed down does."""
+
+    def load_model(self):
+        return None
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def run_inference(self, batch, model, inference_args=None):
+        for image in batch:
+            red, green, blue = image.reshape(-1, 3).mean(axis=0)
+            if red > 200 and max(green, blue) < 50:
+                raise ValueError("this model cannot score red images")
+            if blue > 200 and max(red, green) < 50:
+                raise ModelUnavailable("Triton stayed unavailable for 300 s")
+        return [PredictionResult(image, float(image.mean()) / 255, "no-red-v1") for image in batch]
+
+
+def test_a_model_error_dead_letters_its_batch_and_the_other_items_are_scored(tmp_path):
+    colours = {"grey": (128, 128, 128), "white": (250, 250, 250), "red": (255, 0, 0), "blue": (0, 0, 255)}
+    lines = {}
+    for name, colour in colours.items():
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.full((64, 64, 3), colour, dtype=np.uint8)).save(path)
+        lines[name] = json.dumps({"id": name, "image_urls": [f"file://{path}"], "created_at": "2026-11-19T00:00:00Z"})
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(line + "\n" for line in lines.values()))
+    out = tmp_path / "out"
+    opts = job_options(["--source", "files", "--input", str(items), "--output", str(out),
+                                 "--allow-image-schemes", "file", "--now", NOW.isoformat()])
+    pipeline = beam.Pipeline(runner=runner_for(opts), options=opts)
+    backfill.build(pipeline, opts, handler=_NoRedHandler())
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    scores = {s["id"]: s for s in _jsonl(f"{out}/scores*.jsonl")}
+    assert sorted(scores) == ["grey", "white"]
+    assert scores["white"]["image_score"] > scores["grey"]["image_score"]
+    assert {s["image_score_model"] for s in scores.values()} == {"no-red-v1"}
+    assert all(s["image_scored_at"] == canonical_version(s["image_scored_at"]) for s in scores.values())
+    dead = {d["id"]: d for d in _jsonl(f"{out}/deadletter/deadletter*.jsonl")}
+    assert {name: (d["stage"], d["reason"]) for name, d in dead.items()} == {
+        "red": ("inference", "inference_error"), "blue": ("inference", "model_unavailable")}
+    assert all(d["payload"] == lines[name] for name, d in dead.items())
+    assert "cannot score red" in dead["red"]["error"]
+    totals = counters(result)
+    assert totals["scored"] == 2 and totals["deadlettered"] == 2
+    assert totals["deadletter_inference_inference_error"] == totals["deadletter_inference_model_unavailable"] == 1

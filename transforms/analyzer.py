@@ -6,10 +6,10 @@
   fetch plus an inference per edit would decide the job's cost. The stored fields are
   read in batches with ``_mget``; the reuse is counted ``score_reused``. When the
   lookup fails (cluster unreachable) the update is scored again: correct, only dearer.
-* Anything else is fetched, decoded and scored by the backfill's transforms and model
-  handlers (``--model``), and failures leave as dead letters of stage ``analyzer``.
-  A model that stays unreachable past ``--model-unavailable-seconds`` dead-letters its
-  batch as ``model_unavailable``, to be replayed; the job keeps running.
+* Anything else is fetched, decoded and scored by :class:`~transforms.score_images.ScoreImages`,
+  the backfill's chain, with the ``--model`` handler; failures leave as dead letters of stage
+  ``analyzer``. A model that stays unreachable past ``--model-unavailable-seconds``
+  dead-letters its batch as ``model_unavailable``, to be replayed; the job keeps running.
 
 The output is a :class:`FeedRecord`: the item's fields, ``updated_at`` (the version),
 and ``image_score``, ``image_score_model``, ``image_scored_at``,
@@ -18,11 +18,11 @@ computed for).
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler
 
 from es.client import EsConfig, EsError, call_with_retries
 from es.client_dofn import EsClientDoFn
@@ -35,10 +35,9 @@ from es.mapping import (
     SCORED_AT_FIELD,
     SCORED_URL_FIELD,
 )
-from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
-from transforms.decode import DecodeImages
-from transforms.fetch import FetchImages, FetchPolicy
-from transforms.triton_handler import ModelUnavailable
+from transforms.deadletter import DEAD_LETTER
+from transforms.fetch import FetchPolicy
+from transforms.score_images import SCORED, ScoreImages, ScoreRecordFn
 from transforms.updates import Update, iso
 
 STAGE = "analyzer"
@@ -75,9 +74,9 @@ def feed_record(update: Update, score_fields: dict | None) -> FeedRecord:
     return FeedRecord(fields, update.payload, update.message_id, update.publish_time)
 
 
-def scored_fields(score: float, model_id: str, update: Update) -> dict:
-    return {SCORE: float(score), MODEL: model_id, SCORED_AT: iso(datetime.now(timezone.utc)),
-            IMAGE_URL: update.thumbnail, SCORE_VERSION: iso(update.version)}
+def scored_document(update: Update, score_fields: dict) -> FeedRecord:
+    """The document of a freshly scored update: its fields, the score fields, and the version scored."""
+    return feed_record(update, {**score_fields, SCORE_VERSION: iso(update.version)})
 
 
 def reusable(stored: dict | None, update: Update, model_id: str) -> bool:
@@ -120,28 +119,6 @@ class _LookupStoredFn(EsClientDoFn):
                 yield update
 
 
-class _ToFeedRecordFn(beam.DoFn):
-    def __init__(self):
-        self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
-
-    def process(self, keyed_result):
-        update, result = keyed_result
-        self._scored.inc()
-        yield feed_record(update, scored_fields(result.inference, result.model_id, update))
-
-
-def _inference_dead_letters(failure):
-    """RunInference's failed batches -> one dead letter per update, ``model_unavailable`` when the
-    model stayed unreachable (replay them once it is back)."""
-    batch, error = failure
-    exc = error[1] if isinstance(error, tuple) and len(error) > 1 else error
-    reason = "model_unavailable" if isinstance(exc, ModelUnavailable) or "ModelUnavailable" in str(error) \
-        else "inference_error"
-    for update, _ in (batch if isinstance(batch, list) else [batch]):
-        count_dead_letter(STAGE, reason)
-        yield dead_letter(STAGE, reason, exc, update.payload, id=update.id)
-
-
 class Analyze(beam.PTransform):
     """``Update`` -> :class:`FeedRecord` on ``documents``, rejects on ``deadletter``."""
 
@@ -169,13 +146,7 @@ class Analyze(beam.PTransform):
                              REUSED, main="to_score"))
             documents.append(looked_up[REUSED])
             to_score = looked_up.to_score
-        fetched = to_score | "Fetch" >> FetchImages(self._policy, stage=STAGE)
-        decoded = fetched.images | "Decode" >> DecodeImages(self._input_size, max_pixels=self._max_pixels,
-                                                             stage=STAGE)
-        scored, failed = (decoded.decoded
-                          | "Score" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
-        documents.append(scored | "ToDocument" >> beam.ParDo(_ToFeedRecordFn()))
-        dead = [fetched[DEAD_LETTER], decoded[DEAD_LETTER],
-                failed.failed_inferences | "InferenceFailures" >> beam.FlatMap(_inference_dead_letters)]
-        return {"documents": documents | "AllDocuments" >> beam.Flatten(),
-                DEAD_LETTER: dead | "AllAnalyzerDeadLetters" >> beam.Flatten()}
+        scored = to_score | "Score" >> ScoreImages(self._handler, self._input_size, self._policy,
+                                                   self._max_pixels, stage=STAGE)
+        documents.append(scored[SCORED] | "ToDocument" >> beam.ParDo(ScoreRecordFn(scored_document)))
+        return {"documents": documents | "AllDocuments" >> beam.Flatten(), DEAD_LETTER: scored[DEAD_LETTER]}

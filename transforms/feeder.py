@@ -32,7 +32,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from es.bulk_writer import DELETED, FAILED, MISSING, STALE, WRITTEN, WriteToElasticsearch
 from es.client import EsConfig
-from es.guard import DOCUMENT, SCORE, SCORE_RECORD_FIELDS, WRITE_MODES
+from es.guard import SCORE_RECORD_FIELDS, WriteMode
 from transforms.analyzer import FeedRecord
 from transforms.deadletter import count_dead_letter, dead_letter
 from transforms.updates import iso
@@ -108,13 +108,12 @@ class Feed(beam.PTransform):
     """Documents -> Elasticsearch; returns the dead letters (stage ``feeder``)."""
 
     def __init__(self, config: EsConfig, index: str, *, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
-                 buffer_seconds: float = 1.0, clock: Callable[[], float] = time.time, mode: str = DOCUMENT):
+                 buffer_seconds: float = 1.0, clock: Callable[[], float] = time.time,
+                 mode: WriteMode | str = WriteMode.DOCUMENT):
         super().__init__()
         if buffer_seconds <= 0:
             raise ValueError(f"--es-max-buffer-seconds must be positive, got {buffer_seconds}")
-        if mode not in WRITE_MODES:
-            raise ValueError(f"--write must be one of {WRITE_MODES}, got {mode!r}")
-        self._mode = mode
+        self._mode = WriteMode.of(mode)
         self._config = config
         self._index = index
         self._max_docs = max_docs
@@ -123,7 +122,7 @@ class Feed(beam.PTransform):
         self._clock = clock
 
     def expand(self, documents):
-        if self._mode == SCORE:
+        if self._mode is WriteMode.SCORE:
             documents = documents | "ToScoreRecord" >> beam.ParDo(_ToScoreRecordFn(self._clock))
         written = (documents
                    | "KeyForBatching" >> beam.WithKeys(self._index)

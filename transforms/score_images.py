@@ -1,0 +1,97 @@
+"""The scoring chain every job shares: fetch the thumbnail, decode it, run the model.
+
+    Item (or Update) -> FetchImages -> DecodeImages(input_size)
+      -> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+      -> ``scored``: (element, PredictionResult)     ``deadletter``: every failure, one per element
+
+The backfill, the streaming analyzer and the embeddings job apply it; they differ only
+in the handler (a score model or a frozen backbone) and in what they make of a result.
+A model that raises on a batch dead-letters that batch's elements, each with its original
+payload, as ``model_unavailable`` (a Triton server that stayed down past its budget:
+replay them once it is back) or ``inference_error``; the other batches go on. Fetch and
+decode failures keep those transforms' reasons.
+
+Elements are anything with ``id``, ``thumbnail`` and ``payload`` (:class:`~transforms.items.Item`,
+:class:`~transforms.updates.Update`). :class:`ScoreRecordFn` turns a scored element into the
+record a job writes, with the score fields built once (:func:`es.guard.score_fields`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from es.guard import score_fields
+from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
+from transforms.decode import DEFAULT_MAX_PIXELS, DecodeImages
+from transforms.fetch import FetchImages, FetchPolicy
+from transforms.triton_handler import ModelUnavailable
+
+SCORED = "scored"
+INFERENCE_STAGE = "inference"
+
+
+class _InferenceDeadLettersFn(beam.DoFn):
+    """A batch RunInference failed on -> one dead letter per element, with the element's original payload."""
+
+    def __init__(self, stage: str):
+        self._stage = stage
+
+    def process(self, failure):
+        batch, error = failure
+        # Beam hands over (exception type, repr(exception), traceback lines)
+        exc = error[1] if isinstance(error, tuple) and len(error) > 1 else error
+        unavailable = isinstance(exc, ModelUnavailable) or "ModelUnavailable" in str(error)
+        reason = "model_unavailable" if unavailable else "inference_error"
+        for element, _ in (batch if isinstance(batch, list) else [batch]):
+            count_dead_letter(self._stage, reason)
+            yield dead_letter(self._stage, reason, exc, element.payload, id=element.id)
+
+
+class ScoreImages(beam.PTransform):
+    """Elements -> ``scored`` (element, PredictionResult) and ``deadletter`` (fetch, decode, inference).
+
+    ``stage`` names the dead letters of all three steps (the analyzer's ``analyzer``); by
+    default they are ``fetch``, ``decode`` and ``inference``.
+    """
+
+    def __init__(self, handler: ModelHandler, input_size: int, policy: FetchPolicy = FetchPolicy(),
+                 max_pixels: int = DEFAULT_MAX_PIXELS, stage: str | None = None):
+        super().__init__()
+        self._handler = handler
+        self._input_size = input_size
+        self._policy = policy
+        self._max_pixels = max_pixels
+        self._stage = stage
+
+    def expand(self, elements):
+        stages = {} if self._stage is None else {"stage": self._stage}
+        fetched = elements | "Fetch" >> FetchImages(self._policy, **stages)
+        decoded = fetched[FetchImages.MAIN] | "Decode" >> DecodeImages(
+            self._input_size, max_pixels=self._max_pixels, **stages)
+        scored, failed = (decoded[DecodeImages.MAIN]
+                          | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
+        inference_failures = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(
+            _InferenceDeadLettersFn(self._stage or INFERENCE_STAGE))
+        dead = ((fetched[DEAD_LETTER], decoded[DEAD_LETTER], inference_failures)
+                | "AllDeadLetters" >> beam.Flatten())
+        return {SCORED: scored, DEAD_LETTER: dead}
+
+
+class ScoreRecordFn(beam.DoFn):
+    """(element, PredictionResult) -> ``build(element, score fields)``, counted ``scored``.
+
+    ``build`` adds what the job writes beside the score fields (the backfill its score record,
+    the analyzer the item's document); it must be picklable (a module-level function).
+    """
+
+    def __init__(self, build: Callable[[Any, dict[str, Any]], Any]):
+        self._build = build
+        self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
+
+    def process(self, keyed_result: tuple[Any, PredictionResult]):
+        element, result = keyed_result
+        self._scored.inc()
+        yield self._build(element, score_fields(result.inference, result.model_id, element.thumbnail))
