@@ -35,11 +35,12 @@ from es.mapping import (
     SCORED_AT_FIELD,
     SCORED_URL_FIELD,
 )
+from es.timestamps import iso
 from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
 from transforms.decode import DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
+from transforms.messages import FeedRecord, Update, element_dead_letter
 from transforms.triton_handler import ModelUnavailable
-from transforms.updates import Update, iso
 
 STAGE = "analyzer"
 REUSED = "reused"
@@ -49,20 +50,6 @@ SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION = (
 STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION)
 #: fields only the analyzer and the writer set; an incoming message's values for them are dropped
 DERIVED_FIELDS = frozenset({*STORED_FIELDS, RANK_FIELD, DELETED_FIELD})
-
-
-class FeedRecord(dict):
-    """A document for the writer that remembers the message it came from, so a write
-    failure can still be dead-lettered with the original payload, id and publish time."""
-
-    def __init__(self, fields: dict, payload: str, message_id: str, publish_time: datetime):
-        super().__init__(fields)
-        self.payload = str(payload)
-        self.message_id = message_id
-        self.publish_time = publish_time
-
-    def __reduce__(self):
-        return FeedRecord, (dict(self), self.payload, self.message_id, self.publish_time)
 
 
 def feed_record(update: Update, score_fields: dict | None) -> FeedRecord:
@@ -106,28 +93,46 @@ class _LookupStoredFn(EsClientDoFn):
     def process(self, batch: list[Update]):
         try:
             stored = self._stored(sorted({update.id for update in batch}))
-        except EsError:  # the lookup is an optimisation: score everything again
+        except Exception:  # noqa: BLE001 -- the lookup is an optimisation: score everything again
             self._failed.inc(len(batch))
             stored = {}
         for update in batch:
-            previous = stored.get(update.id)
-            if reusable(previous, update, self._model_id):
-                self._reused.inc()
-                fields = {name: previous[name] for name in (SCORE, MODEL, SCORED_AT, IMAGE_URL)}
-                fields[SCORE_VERSION] = previous.get(SCORE_VERSION) or iso(update.version)
-                yield beam.pvalue.TaggedOutput(REUSED, feed_record(update, fields))
-            else:
+            try:
+                previous = stored.get(update.id)
+                if reusable(previous, update, self._model_id):
+                    fields = {name: previous[name] for name in (SCORE, MODEL, SCORED_AT, IMAGE_URL)}
+                    fields[SCORE_VERSION] = previous.get(SCORE_VERSION) or iso(update.version)
+                    reused = feed_record(update, fields)
+                else:
+                    reused = None
+            except Exception:  # noqa: BLE001 -- a stored document of an odd shape: score it again
+                self._failed.inc()
+                reused = None
+            if reused is None:
                 yield update
+            else:
+                self._reused.inc()
+                yield beam.pvalue.TaggedOutput(REUSED, reused)
 
 
 class _ToFeedRecordFn(beam.DoFn):
+    """Scored updates and deletes -> documents; an element that fails is a dead letter of stage ``analyzer``."""
+
     def __init__(self):
         self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
 
-    def process(self, keyed_result):
-        update, result = keyed_result
+    def process(self, element):
+        try:
+            if isinstance(element, Update):  # a delete: the tombstone
+                yield feed_record(element, None)
+                return
+            update, result = element
+            record = feed_record(update, scored_fields(result.inference, result.model_id, update))
+        except Exception as exc:  # noqa: BLE001 -- one element never fails the job
+            yield element_dead_letter(STAGE, exc, element)
+            return
         self._scored.inc()
-        yield feed_record(update, scored_fields(result.inference, result.model_id, update))
+        yield record
 
 
 def _inference_dead_letters(failure):
@@ -137,9 +142,13 @@ def _inference_dead_letters(failure):
     exc = error[1] if isinstance(error, tuple) and len(error) > 1 else error
     reason = "model_unavailable" if isinstance(exc, ModelUnavailable) or "ModelUnavailable" in str(error) \
         else "inference_error"
-    for update, _ in (batch if isinstance(batch, list) else [batch]):
+    for element in (batch if isinstance(batch, list) else [batch]):
+        update = element[0] if isinstance(element, tuple) else element
         count_dead_letter(STAGE, reason)
-        yield dead_letter(STAGE, reason, exc, update.payload, id=update.id)
+        if isinstance(update, Update):
+            yield dead_letter(STAGE, reason, exc, update.payload, id=update.id)
+        else:
+            yield dead_letter(STAGE, reason, exc, repr(element))
 
 
 class Analyze(beam.PTransform):
@@ -158,8 +167,9 @@ class Analyze(beam.PTransform):
 
     def expand(self, updates):
         split = updates | "SplitDeletes" >> beam.Partition(lambda update, _: 0 if update.deleted else 1, 2)
-        tombstones = split[0] | "Tombstone" >> beam.Map(feed_record, None)
-        documents = [tombstones]
+        tombstones = split[0] | "Tombstone" >> beam.ParDo(_ToFeedRecordFn()).with_outputs(
+            DEAD_LETTER, main="documents")
+        documents = [tombstones.documents]
         to_score = split[1]
         if self._es_config is not None:
             looked_up = (split[1]
@@ -174,8 +184,10 @@ class Analyze(beam.PTransform):
                                                              stage=STAGE)
         scored, failed = (decoded.decoded
                           | "Score" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
-        documents.append(scored | "ToDocument" >> beam.ParDo(_ToFeedRecordFn()))
-        dead = [fetched[DEAD_LETTER], decoded[DEAD_LETTER],
+        to_documents = scored | "ToDocument" >> beam.ParDo(_ToFeedRecordFn()).with_outputs(
+            DEAD_LETTER, main="documents")
+        documents.append(to_documents.documents)
+        dead = [tombstones[DEAD_LETTER], to_documents[DEAD_LETTER], fetched[DEAD_LETTER], decoded[DEAD_LETTER],
                 failed.failed_inferences | "InferenceFailures" >> beam.FlatMap(_inference_dead_letters)]
         return {"documents": documents | "AllDocuments" >> beam.Flatten(),
                 DEAD_LETTER: dead | "AllAnalyzerDeadLetters" >> beam.Flatten()}
