@@ -100,7 +100,7 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
     A :class:`MessagePayload` adds ``message_id`` and ``publish_time``. It never raises: text
     fields with lone surrogates are escaped (see :func:`escape_surrogates`).
     """
-    record = {"id": None if id is None else _text(id), "stage": stage, "reason": reason,
+    record = {"id": None if id is None else _text(id), "stage": _text(stage), "reason": _text(reason),
               "error": redact(_text(error))}
     if isinstance(payload, MessagePayload):
         record.update(message_id=None if payload.message_id is None else _text(payload.message_id),
