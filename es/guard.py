@@ -51,6 +51,7 @@ from es.mapping import (
     VERSION_FIELD,
     rank_feature_value,
 )
+from es.timestamps import iso, parse_iso
 
 
 class WriteMode(StrEnum):
@@ -95,24 +96,14 @@ class BadRecord(ValueError):
 
 
 def canonical_version(value: Any, field: str = VERSION_FIELD) -> str:
-    """``value`` (an ISO 8601 string or an aware datetime) in the guard's canonical form.
+    """``value`` (an ISO 8601 string or an aware datetime) in the guard's canonical form (:func:`iso`).
 
     Naive times are taken as UTC, as the item parser does. Raises :class:`BadRecord`.
     """
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRecord(f"{field} {value!r} is not an ISO 8601 timestamp (e.g. 2026-01-31T12:00:00Z); "
-                            "fix the producer and replay the record") from None
-    else:
-        raise BadRecord(f"{field} must be an ISO 8601 string (the item version), got {type(value).__name__} "
-                        f"{value!r}; fix the producer and replay the record")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        return iso(parse_iso(value, field))
+    except ValueError as exc:
+        raise BadRecord(f"{exc}; fix the producer and replay the record") from None
 
 
 def score_fields(score: float, model_id: str, image_url: str, scored_at: datetime | None = None) -> dict[str, Any]:

@@ -140,9 +140,10 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, handler: ModelHandler 
     recent = parsed.items | "KeepRecent" >> beam.ParDo(_KeepRecent(since))
     scored = recent | "Score" >> ScoreImages(handler or mo.score_handler(), input_size, io.fetch_policy(),
                                              io.max_image_pixels)
-    records = scored[SCORED] | "ToRecord" >> beam.ParDo(ScoreRecordFn(score_record))
+    to_records = scored[SCORED] | "ToRecord" >> ScoreRecordFn.apply(score_record, "score")
+    records = to_records.records
 
-    dead = [parsed[DEAD_LETTER], scored[DEAD_LETTER]]
+    dead = [parsed[DEAD_LETTER], scored[DEAD_LETTER], to_records[DEAD_LETTER]]
     if jo.output:
         out = jo.output.rstrip("/")
         _ = (records | "ScoresJson" >> beam.Map(json.dumps, sort_keys=True)

@@ -145,7 +145,7 @@ def build_catalog(root: Path, base_url: str, *, seed: int = 7, products: int = 1
         entries.append(CatalogEntry(item(item_id, [url], title=note), expect, note))
     entries += [
         CatalogEntry('{"id": "bad-json", "image_urls": [', "malformed_json", "a truncated JSON line"),
-        CatalogEntry(item("", [f"{base_url}/images/prod-000.jpg"]), "missing_id", "an empty id"),
+        CatalogEntry(item("", [f"{base_url}/images/prod-000.jpg"]), "bad_id", "an empty id"),
         CatalogEntry(item("no-images", []), "no_images", "no image URLs"),
         CatalogEntry(json.dumps({"id": "bad-date", "image_urls": [f"{base_url}/images/prod-000.jpg"],
                                  "created_at": "last tuesday"}), "bad_date", "created_at that is not a date"),

@@ -23,7 +23,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import apache_beam as beam
@@ -36,7 +36,7 @@ from pipelines.report import counters, top_reasons
 from pipelines.local_runner import runner_for
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
-from transforms.items import json_object
+from transforms.items import json_object, parse_time
 
 log = logging.getLogger("imagescore.collect")
 STAGE = "collect"
@@ -71,11 +71,7 @@ def _is_number(value: Any) -> bool:
 
 def parse_ts(value: str, what: str = "ts") -> datetime:
     """An ISO-8601 timestamp as an aware UTC datetime; a naive one is taken as UTC (logs are UTC by convention)."""
-    try:
-        ts = datetime.fromisoformat(value)
-    except (TypeError, ValueError) as exc:
-        raise Rejected("bad_timestamp", f"{what} {value!r} is not an ISO-8601 timestamp: {exc}") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return parse_time(value, what, reason="bad_timestamp")
 
 
 def _parse_item(raw: Any, serp_id: str, index: int) -> dict:

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 from PIL import Image, ImageDraw
 
+from es.timestamps import parse_iso
 from imagescore import ArgumentParser, UsageError, job_main
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
@@ -137,7 +138,7 @@ def es_summary(indexed: list[dict], refused: Counter, totals: dict[str, int], si
     """Lines that account for every catalog item in the Elasticsearch run: not indexed, not read back,
     written, not found when writing, or dead-lettered (by reason)."""
     read = totals.get("items_read", 0)
-    old = sorted(r["id"] for r in indexed if datetime.fromisoformat(r["created_at"]) < since)
+    old = sorted(r["id"] for r in indexed if parse_iso(r["created_at"], "created_at") < since)
     unexplained = len(indexed) - read - len(old)
     lines = [f"  catalog {len(indexed) + sum(refused.values())} items: indexed {len(indexed)}"
              + (f", not indexed {sum(refused.values())} (an item indexer refuses them: {_reasons(refused)})"

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 from imagescore import ArgumentParser, UsageError, job_main
 from transforms.deadletter_topic import payload_bytes, to_record
-from transforms.updates import MESSAGE_ID, PUBLISH_TIME
+from transforms.messages import MESSAGE_ID, PUBLISH_TIME
 
 PULL_BATCH = 100
 

@@ -14,13 +14,12 @@ on ``BundleBasedDirectRunner`` with ``--streaming`` (never a run-time download).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
+from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from es.guard import WRITE_MODES, WriteMode
@@ -30,12 +29,17 @@ from pipelines.local_runner import LOCAL_STREAMING_RUNNER, DirectRunnerPatches, 
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
 from pipelines.report import ship_packages
 from transforms.aggregator import KeepNewest
-from transforms.analyzer import Analyze, FeedRecord
-from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
+from transforms.analyzer import Analyze
+from transforms.deadletter import DEAD_LETTER
 from transforms.deadletter_topic import PublishDeadLetters
 from transforms.feeder import Feed
-from transforms.items import json_object
-from transforms.updates import MESSAGE_ID, PUBLISH_TIME, ParseUpdates, iso, message_origin
+from transforms.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ParseDocuments,
+    ParseUpdates,
+    document_message,
+    update_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,9 @@ class StreamingOptions(PipelineOptions):
         parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=WriteMode.DOCUMENT.value,
                             help="document (default): upsert the whole processed item, deletes leave tombstones; "
                                  "score: write only the score fields to documents another indexer owns")
+        parser.add_argument("--max-message-bytes", dest="max_message_bytes", type=int,
+                            default=DEFAULT_MAX_MESSAGE_BYTES,
+                            help="dead-letter a message larger than this as message_too_large (default 1 MiB)")
         parser.add_argument("--aggregate-seconds", dest="aggregate_seconds", type=float, default=5.0,
                             help="keep only the newest update per item over this many seconds")
         parser.add_argument("--es-max-buffer-seconds", dest="es_max_buffer_seconds", type=float, default=1.0,
@@ -108,6 +115,8 @@ def _validate(so: StreamingOptions, es_url: str | None, local: bool) -> None:
     if so.id_attribute and local:
         raise _fail("--id-attribute is not supported on the local runner (BundleBasedDirectRunner refuses "
                     "id_label); drop it locally, or run on Dataflow, which deduplicates by it")
+    if so.max_message_bytes <= 0:
+        raise _fail(f"--max-message-bytes must be positive, got {so.max_message_bytes}")
     if so.aggregate_seconds < 0 or so.es_max_buffer_seconds <= 0 or so.model_unavailable_seconds < 0:
         raise _fail("--aggregate-seconds and --model-unavailable-seconds must not be negative, "
                     "--es-max-buffer-seconds must be positive")
@@ -117,38 +126,6 @@ def _validate(so: StreamingOptions, es_url: str | None, local: bool) -> None:
                     f"(got {so.drain_seconds:g})")
 
 
-def document_message(record: FeedRecord) -> PubsubMessage:
-    """Analyzer -> feeder: ``{"document": ..., "payload": original text}``, origin in the attributes."""
-    data = json.dumps({"document": dict(record), "payload": record.payload}, sort_keys=True).encode("utf-8")
-    return PubsubMessage(data, {MESSAGE_ID: record.message_id, PUBLISH_TIME: iso(record.publish_time),
-                                "item_id": str(record.get("id"))})
-
-
-class _ParseDocumentFn(beam.DoFn):
-    """Feeder input (``--stage feeder``) -> :class:`FeedRecord`, or a dead letter with the exact bytes."""
-
-    def __init__(self):
-        self._read = beam.metrics.Metrics.counter("imagescore", "messages_read")
-
-    def process(self, message: PubsubMessage, timestamp=beam.DoFn.TimestampParam):
-        self._read.inc()
-        message_id, published = message_origin(message, timestamp)
-        try:
-            envelope, _ = json_object(message.data or b"", f"document message {message_id}")
-            document, payload = envelope.get("document"), envelope.get("payload")
-            if not isinstance(document, dict) or not isinstance(document.get("id"), str) or \
-                    not isinstance(payload, str):
-                raise Rejected("malformed_document", f"document message {message_id} must hold "
-                                                     "{'document': {'id': ...}, 'payload': '...'}")
-        except Exception as exc:  # noqa: BLE001 -- a bad message never fails the bundle
-            reason = exc.reason if isinstance(exc, Rejected) else "unexpected_error"
-            count_dead_letter("feeder", reason)
-            letter = dead_letter("feeder", reason, exc, message.data or b"",
-                                 id=(message.attributes or {}).get("item_id"))
-            letter.update(message_id=message_id, publish_time=iso(published))
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
-            return
-        yield FeedRecord(document, payload, message_id, published)
 
 
 def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], float] = time.time) -> None:
@@ -164,14 +141,18 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
 
     dead = []
     if so.stage in ("all", "aggregator"):
-        parsed = pipeline | read("ReadUpdates") | "ParseUpdates" >> ParseUpdates("aggregator")
+        parsed = pipeline | read("ReadUpdates") | "ParseUpdates" >> ParseUpdates(
+            "aggregator", max_bytes=so.max_message_bytes)
         dead.append(parsed[DEAD_LETTER])
-        newest = parsed.updates | "Aggregate" >> KeepNewest(so.aggregate_seconds, clock)
+        aggregated = parsed.updates | "Aggregate" >> KeepNewest(so.aggregate_seconds, clock)
+        dead.append(aggregated[DEAD_LETTER])
+        newest = aggregated.updates
         if so.stage == "aggregator":
-            _ = (newest | "ToNewestMessage" >> beam.Map(lambda update: update.original_message())
+            _ = (newest | "ToNewestMessage" >> beam.Map(update_message)
                  | "PublishNewest" >> WriteToPubSub(so.output_topic, with_attributes=True))
     if so.stage == "analyzer":
-        parsed = pipeline | read("ReadNewest") | "ParseNewest" >> ParseUpdates("analyzer")
+        parsed = pipeline | read("ReadNewest") | "ParseNewest" >> ParseUpdates(
+            "analyzer", max_bytes=so.max_message_bytes)
         dead.append(parsed[DEAD_LETTER])
         newest = parsed.updates
     if so.stage in ("all", "analyzer"):
@@ -185,8 +166,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
             _ = (documents | "ToDocumentMessage" >> beam.Map(document_message)
                  | "PublishDocuments" >> WriteToPubSub(so.output_topic, with_attributes=True))
     if so.stage == "feeder":
-        parsed = (pipeline | read("ReadDocuments")
-                  | "ParseDocuments" >> beam.ParDo(_ParseDocumentFn()).with_outputs(DEAD_LETTER, main="documents"))
+        parsed = pipeline | read("ReadDocuments") | "ParseDocuments" >> ParseDocuments()
         dead.append(parsed[DEAD_LETTER])
         documents = parsed.documents
     if so.stage in ("all", "feeder"):

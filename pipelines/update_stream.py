@@ -21,15 +21,16 @@ import json
 import random
 from datetime import datetime, timedelta, timezone
 
+from es.timestamps import iso
 from pipelines.catalog import CatalogEntry
 
-AGGREGATOR_REASONS = frozenset({"malformed_json", "missing_id", "no_images", "bad_date", "bad_encoding",
-                                "bad_field"})
+AGGREGATOR_REASONS = frozenset({"malformed_json", "missing_id", "bad_id", "no_images", "bad_date", "bad_version",
+                                "bad_encoding", "bad_field", "message_too_large"})
 BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def _at(seconds: float) -> str:
-    return (BASE + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(BASE + timedelta(seconds=seconds))
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tea_tasting as tt
 from scipy import stats
+from es.timestamps import parse_iso
 from imagescore import ArgumentParser, UsageError, job_main
 
 METRICS = {"bcr": "converted", "bcr_via_search": "converted_via_search",
@@ -81,10 +82,9 @@ def exposure_times(column: pa.ChunkedArray) -> pa.Array:
     out = []
     for text in texts.to_pylist():  # mixed spellings: one by one, naming the first bad value
         try:
-            ts = datetime.fromisoformat(text)
+            ts = parse_iso(text, "exposed_at")
         except ValueError:
             raise ValueError(f"exposed_at {text!r} is not an ISO-8601 time (e.g. 2024-03-01T12:00:00Z)") from None
-        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
         out.append(round(ts.timestamp() * 1_000_000))
     return pa.array(out, pa.int64())
 

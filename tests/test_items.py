@@ -32,7 +32,7 @@ def test_numeric_id_and_naive_time_are_accepted():
 @pytest.mark.parametrize("payload, reason, record_id", [
     ("{not json", "malformed_json", None),
     ("[1, 2]", "malformed_json", None),
-    (json.dumps({**GOOD, "id": ""}), "missing_id", None),
+    (json.dumps({**GOOD, "id": ""}), "bad_id", None),
     (json.dumps({k: v for k, v in GOOD.items() if k != "id"}), "missing_id", None),
     (json.dumps({**GOOD, "id": True}), "missing_id", None),
     (json.dumps({**GOOD, "image_urls": []}), "no_images", "m1"),
@@ -41,7 +41,7 @@ def test_numeric_id_and_naive_time_are_accepted():
     (json.dumps({**GOOD, "created_at": "yesterday"}), "bad_date", "m1"),
     (json.dumps({**GOOD, "created_at": 1700000000}), "bad_date", "m1"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "created_at"}), "bad_date", "m1"),
-    (json.dumps({**GOOD, "updated_at": "2026-13-01"}), "bad_date", "m1"),
+    (json.dumps({**GOOD, "updated_at": "2026-13-01"}), "bad_version", "m1"),
     (json.dumps({**GOOD, "price": "cheap"}), "bad_field", "m1"),
 ])
 def test_bad_records_are_rejected_with_reason(payload, reason, record_id):

@@ -21,7 +21,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.local_runner import DirectRunnerPatches
 from transforms.aggregator import KeepNewest
 from transforms.deadletter import DEAD_LETTER
-from transforms.updates import ParseUpdates
+from transforms.messages import ParseUpdates
 
 
 def zero() -> float:
@@ -79,7 +79,7 @@ def test_aggregator_keeps_newest_by_version_then_publish_time_then_message_id():
               .advance_watermark_to_infinity())
     p = streaming_pipeline()
     parsed = p | stream | ParseUpdates("aggregator")
-    newest = parsed.updates | KeepNewest(5.0, clock=zero)
+    newest = (parsed.updates | KeepNewest(5.0, clock=zero)).updates
     assert_that(newest | beam.Map(lambda u: (u.id, u.fields["price"], u.message_id)),
                 equal_to([("a", 2, "6"), ("b", 2, "9"), ("c", 1, "100"), ("d", 2, "21"), ("a", 9, "30")]))
     result = p.run()
@@ -104,7 +104,7 @@ def test_parse_routes_bad_messages_to_dead_letters_with_exact_bytes():
     assert_that(parsed[DEAD_LETTER] | "Dead" >> beam.Map(
         lambda r: (r["reason"], r["id"], r["message_id"], r.get("payload_encoding"))),
         equal_to([("malformed_json", None, "1", None), ("bad_encoding", None, "2", "base64"),
-                  ("missing_id", None, "3", None), ("bad_date", "e", "4", None), ("bad_field", "f", "5", None)]),
+                  ("missing_id", None, "3", None), ("bad_version", "e", "4", None), ("bad_field", "f", "5", None)]),
         label="dead")
     assert_that(parsed.updates | "Good" >> beam.Map(lambda u: (u.id, u.deleted)),
                 equal_to([("g", True), ("h", False)]), label="good")
@@ -115,7 +115,7 @@ def test_parse_routes_bad_messages_to_dead_letters_with_exact_bytes():
 
 def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_config, es_index, es_client):
     from es.guard import ensure_guard_script
-    from transforms.analyzer import FeedRecord
+    from transforms.messages import FeedRecord
     from transforms.feeder import Feed
 
     ensure_guard_script(es_client)

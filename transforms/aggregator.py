@@ -10,6 +10,10 @@ Newest means the larger ``updated_at``; ties go to the later publish time, then
 the larger message id. Beam's ``Deduplicate`` keeps the *first* element, which is
 the wrong rule here. A stale update that arrives in a later window is passed on:
 the writer's stale-update guard refuses it against the indexed version.
+
+Only updates that passed :func:`transforms.messages.parse_update` arrive here, so their
+ids encode as keys; should an element still fail, it leaves as a dead letter of stage
+``aggregator`` (on the ``deadletter`` output) instead of failing the job.
 """
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.updates import Update
+from transforms.deadletter import DEAD_LETTER
+from transforms.messages import Update, element_dead_letter
+
+STAGE = "aggregator"
 
 
 class _KeepNewestFn(beam.DoFn):
@@ -37,27 +44,37 @@ class _KeepNewestFn(beam.DoFn):
 
     def process(self, element: tuple[str, Update], newest=beam.DoFn.StateParam(NEWEST),
                 flush=beam.DoFn.TimerParam(FLUSH)):
-        _, update = element
-        kept = newest.read()
-        if kept is None:
-            newest.write(update)
-            flush.set(Timestamp.of(self._clock() + self._seconds))
+        update = element[1]
+        try:
+            kept = newest.read()
+            if kept is None:
+                newest.write(update)
+                flush.set(Timestamp.of(self._clock() + self._seconds))
+                return
+            newer = update.order_key > kept.order_key
+        except Exception as exc:  # noqa: BLE001 -- one element never fails the job
+            yield element_dead_letter(STAGE, exc, update)
             return
         self._superseded.inc()
-        if update.order_key > kept.order_key:
+        if newer:
             newest.write(update)
 
     @on_timer(FLUSH)
     def emit(self, newest=beam.DoFn.StateParam(NEWEST)):
         update = newest.read()
         newest.clear()
-        if update is not None:
+        if update is None:
+            return
+        try:
             # The publish time stays the element's time, so the feeder can measure publish-to-write latency.
             yield TimestampedValue(update, Timestamp.from_utc_datetime(update.publish_time))
+        except Exception as exc:  # noqa: BLE001 -- one element never fails the job
+            yield element_dead_letter(STAGE, exc, update)
 
 
 class KeepNewest(beam.PTransform):
-    """``Update`` -> the newest ``Update`` per item id within ``seconds`` of its first arrival."""
+    """``Update`` -> the newest ``Update`` per item id within ``seconds`` of its first arrival (``updates``),
+    and the dead letters of stage ``aggregator`` (``deadletter``)."""
 
     def __init__(self, seconds: float = 5.0, clock: Callable[[], float] = time.time):
         super().__init__()
@@ -69,4 +86,5 @@ class KeepNewest(beam.PTransform):
     def expand(self, updates):
         return (updates
                 | "KeyById" >> beam.Map(lambda update: (update.id, update))
-                | "KeepNewest" >> beam.ParDo(_KeepNewestFn(self._seconds, self._clock)))
+                | "KeepNewest" >> beam.ParDo(_KeepNewestFn(self._seconds, self._clock)).with_outputs(
+                    DEAD_LETTER, main="updates"))

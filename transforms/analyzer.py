@@ -35,10 +35,11 @@ from es.mapping import (
     SCORED_AT_FIELD,
     SCORED_URL_FIELD,
 )
+from es.timestamps import iso
 from transforms.deadletter import DEAD_LETTER
 from transforms.fetch import FetchPolicy
+from transforms.messages import FeedRecord, Update, element_dead_letter
 from transforms.score_images import SCORED, ScoreImages, ScoreRecordFn
-from transforms.updates import Update, iso
 
 STAGE = "analyzer"
 REUSED = "reused"
@@ -48,20 +49,6 @@ SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION = (
 STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION)
 #: fields only the analyzer and the writer set; an incoming message's values for them are dropped
 DERIVED_FIELDS = frozenset({*STORED_FIELDS, RANK_FIELD, DELETED_FIELD})
-
-
-class FeedRecord(dict):
-    """A document for the writer that remembers the message it came from, so a write
-    failure can still be dead-lettered with the original payload, id and publish time."""
-
-    def __init__(self, fields: dict, payload: str, message_id: str, publish_time: datetime):
-        super().__init__(fields)
-        self.payload = str(payload)
-        self.message_id = message_id
-        self.publish_time = publish_time
-
-    def __reduce__(self):
-        return FeedRecord, (dict(self), self.payload, self.message_id, self.publish_time)
 
 
 def feed_record(update: Update, score_fields: dict | None) -> FeedRecord:
@@ -105,18 +92,38 @@ class _LookupStoredFn(EsClientDoFn):
     def process(self, batch: list[Update]):
         try:
             stored = self._stored(sorted({update.id for update in batch}))
-        except EsError:  # the lookup is an optimisation: score everything again
+        except Exception:  # noqa: BLE001 -- the lookup is an optimisation: score everything again
             self._failed.inc(len(batch))
             stored = {}
         for update in batch:
-            previous = stored.get(update.id)
-            if reusable(previous, update, self._model_id):
-                self._reused.inc()
-                fields = {name: previous[name] for name in (SCORE, MODEL, SCORED_AT, IMAGE_URL)}
-                fields[SCORE_VERSION] = previous.get(SCORE_VERSION) or iso(update.version)
-                yield beam.pvalue.TaggedOutput(REUSED, feed_record(update, fields))
-            else:
+            try:
+                previous = stored.get(update.id)
+                if reusable(previous, update, self._model_id):
+                    fields = {name: previous[name] for name in (SCORE, MODEL, SCORED_AT, IMAGE_URL)}
+                    fields[SCORE_VERSION] = previous.get(SCORE_VERSION) or iso(update.version)
+                    reused = feed_record(update, fields)
+                else:
+                    reused = None
+            except Exception:  # noqa: BLE001 -- a stored document of an odd shape: score it again
+                self._failed.inc()
+                reused = None
+            if reused is None:
                 yield update
+            else:
+                self._reused.inc()
+                yield beam.pvalue.TaggedOutput(REUSED, reused)
+
+
+class _TombstoneFn(beam.DoFn):
+    """A delete -> its tombstone; an element that fails is a dead letter of stage ``analyzer``."""
+
+    def process(self, update: Update):
+        try:
+            record = feed_record(update, None)
+        except Exception as exc:  # noqa: BLE001 -- one element never fails the job
+            yield element_dead_letter(STAGE, exc, update)
+            return
+        yield record
 
 
 class Analyze(beam.PTransform):
@@ -135,8 +142,9 @@ class Analyze(beam.PTransform):
 
     def expand(self, updates):
         split = updates | "SplitDeletes" >> beam.Partition(lambda update, _: 0 if update.deleted else 1, 2)
-        tombstones = split[0] | "Tombstone" >> beam.Map(feed_record, None)
-        documents = [tombstones]
+        tombstones = split[0] | "Tombstone" >> beam.ParDo(_TombstoneFn()).with_outputs(
+            DEAD_LETTER, main="documents")
+        documents = [tombstones.documents]
         to_score = split[1]
         if self._es_config is not None:
             looked_up = (split[1]
@@ -148,5 +156,8 @@ class Analyze(beam.PTransform):
             to_score = looked_up.to_score
         scored = to_score | "Score" >> ScoreImages(self._handler, self._input_size, self._policy,
                                                    self._max_pixels, stage=STAGE)
-        documents.append(scored[SCORED] | "ToDocument" >> beam.ParDo(ScoreRecordFn(scored_document)))
-        return {"documents": documents | "AllDocuments" >> beam.Flatten(), DEAD_LETTER: scored[DEAD_LETTER]}
+        to_documents = scored[SCORED] | "ToDocument" >> ScoreRecordFn.apply(scored_document, STAGE)
+        documents.append(to_documents.records)
+        dead = [tombstones[DEAD_LETTER], to_documents[DEAD_LETTER], scored[DEAD_LETTER]]
+        return {"documents": documents | "AllDocuments" >> beam.Flatten(),
+                DEAD_LETTER: dead | "AllAnalyzerDeadLetters" >> beam.Flatten()}

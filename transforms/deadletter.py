@@ -48,12 +48,36 @@ class Rejected(Exception):
         self.id = id  # the record's id when it was known before the failure
 
 
+def escape_surrogates(text: str) -> str:
+    """``text`` with every lone UTF-16 surrogate written as ``\\udXXX``, so it can be encoded as UTF-8.
+
+    JSON may escape a lone surrogate (``"a\\ud800b"``) and Python decodes it into a ``str``
+    that no UTF-8 encoder (a Beam coder, a Pub/Sub attribute, a file) accepts.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text(value: Any) -> str:
+    """``str(value)``, never raising (an exception whose ``__str__`` fails is named by its type)."""
+    try:
+        return escape_surrogates(str(value))
+    except Exception:  # noqa: BLE001 -- building a dead letter must not fail
+        return f"<{type(value).__name__} that cannot be shown>"
+
+
 def _payload_text(payload: Any) -> str:
     if isinstance(payload, bytes):
         return payload.decode("utf-8")  # callers hand bytes that are not UTF-8 to dead_letter as base64
     if isinstance(payload, str):
-        return payload
-    return json.dumps(payload, default=str, sort_keys=True)
+        return escape_surrogates(payload)
+    try:
+        return json.dumps(payload, default=str, sort_keys=True)  # ensure_ascii: surrogates come out escaped
+    except (TypeError, ValueError, RecursionError):
+        return _text(repr(payload))
 
 
 def dead_letter(stage: str, reason: str, error: str | BaseException, payload: Any,
@@ -64,12 +88,15 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
     came, so that the record can be replayed: it is not scrubbed.
 
     A payload of bytes that are not UTF-8 is stored as base64, with ``payload_encoding: base64``.
-    A :class:`MessagePayload` adds ``message_id`` and ``publish_time``.
+    A :class:`MessagePayload` adds ``message_id`` and ``publish_time``. It never raises: text
+    fields with lone surrogates are escaped (see :func:`escape_surrogates`).
     """
-    record = {"id": id, "stage": stage, "reason": reason, "error": scrub(str(error))}
+    record = {"id": None if id is None else _text(id), "stage": _text(stage), "reason": _text(reason),
+              "error": scrub(_text(error))}
     if isinstance(payload, MessagePayload):
-        record.update(message_id=payload.message_id, publish_time=payload.publish_time)
-        payload = str(payload)
+        record.update(message_id=None if payload.message_id is None else _text(payload.message_id),
+                      publish_time=None if payload.publish_time is None else _text(payload.publish_time))
+        payload = str.__str__(payload)
     try:
         record["payload"] = _payload_text(payload)  # the input as it came, so it can be replayed
     except UnicodeDecodeError:  # bytes that are not text: kept exactly, and marked

@@ -20,7 +20,6 @@ of the time from the original message's publish time to the end of its write.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -33,9 +32,9 @@ from apache_beam.utils.timestamp import Timestamp
 from es.bulk_writer import DELETED, FAILED, MISSING, STALE, WRITTEN, WriteToElasticsearch
 from es.client import EsConfig
 from es.guard import SCORE_RECORD_FIELDS, WriteMode
-from transforms.analyzer import FeedRecord
-from transforms.deadletter import count_dead_letter, dead_letter
-from transforms.updates import iso
+from es.timestamps import iso
+from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
+from transforms.messages import FeedRecord, element_dead_letter
 
 STAGE = "feeder"
 LATENCY_HISTOGRAM = "publish_to_write_ms_histogram"
@@ -47,11 +46,11 @@ def _unbatch(keyed_batch):
     """One batch back to documents, each stamped with its original publish time (for the latency)."""
     _, records = keyed_batch
     for record in records:
-        published = getattr(record, "publish_time", None)
-        if published is not None:
-            yield TimestampedValue(record, Timestamp.from_utc_datetime(published))
-        else:
-            yield record
+        try:
+            stamped = TimestampedValue(record, Timestamp.from_utc_datetime(record.publish_time))
+        except Exception:  # noqa: BLE001 -- no usable publish time: the record goes on with the batch's time
+            stamped = record
+        yield stamped
 
 
 class _CountOutcomeFn(beam.DoFn):
@@ -81,11 +80,15 @@ class _ToScoreRecordFn(beam.DoFn):
         self._deleted = _CountOutcomeFn("deleted", clock)
 
     def process(self, record, timestamp=beam.DoFn.TimestampParam):
-        if record.get("deleted") is True:
-            yield from self._deleted.process(record.get("id"), timestamp)
+        try:
+            if record.get("deleted") is True:
+                yield from self._deleted.process(record.get("id"), timestamp)
+                return
+            fields = {"id": record["id"], "updated_at": record["updated_at"],
+                      **{name: record.get(name) for name in SCORE_RECORD_FIELDS}}
+        except Exception as exc:  # noqa: BLE001 -- one element never fails the job
+            yield element_dead_letter(STAGE, exc, record)
             return
-        fields = {"id": record["id"], "updated_at": record["updated_at"],
-                  **{name: record.get(name) for name in SCORE_RECORD_FIELDS}}
         yield FeedRecord(fields, record.payload, record.message_id, record.publish_time) \
             if isinstance(record, FeedRecord) else fields
 
@@ -94,11 +97,13 @@ def _write_dead_letter(failure, timestamp=beam.DoFn.TimestampParam):
     record, reason, error = failure
     count_dead_letter(STAGE, reason)
     doc_id = record.get("id") if isinstance(record, dict) else None
+    doc_id = doc_id if isinstance(doc_id, str) else None
     if isinstance(record, FeedRecord):
         letter = dead_letter(STAGE, reason, error, record.payload, id=doc_id)
-        letter.update(message_id=record.message_id, publish_time=iso(record.publish_time))
+        letter.update(message_id=record.message_id,
+                      publish_time=iso(record.publish_time) if isinstance(record.publish_time, datetime) else None)
         return letter
-    letter = dead_letter(STAGE, reason, error, json.dumps(record, sort_keys=True, default=str), id=doc_id)
+    letter = dead_letter(STAGE, reason, error, record, id=doc_id)
     if float(timestamp) > 0:
         letter["publish_time"] = iso(datetime.fromtimestamp(float(timestamp), timezone.utc))
     return letter
@@ -122,8 +127,12 @@ class Feed(beam.PTransform):
         self._clock = clock
 
     def expand(self, documents):
+        dead = []
         if self._mode is WriteMode.SCORE:
-            documents = documents | "ToScoreRecord" >> beam.ParDo(_ToScoreRecordFn(self._clock))
+            to_score = documents | "ToScoreRecord" >> beam.ParDo(_ToScoreRecordFn(self._clock)).with_outputs(
+                DEAD_LETTER, main="records")
+            dead.append(to_score[DEAD_LETTER])
+            documents = to_score.records
         written = (documents
                    | "KeyForBatching" >> beam.WithKeys(self._index)
                    | "BatchAcrossBundles" >> beam.GroupIntoBatches.WithShardedKey(
@@ -133,4 +142,5 @@ class Feed(beam.PTransform):
                                                      max_bytes=self._max_bytes, mode=self._mode))
         for outcome, name in ((WRITTEN, "written"), (DELETED, "deleted"), (STALE, "stale"), (MISSING, "missing")):
             _ = written[outcome] | f"Count[{name}]" >> beam.ParDo(_CountOutcomeFn(name, self._clock))
-        return written[FAILED] | "WriteFailures" >> beam.Map(_write_dead_letter)
+        dead.append(written[FAILED] | "WriteFailures" >> beam.Map(_write_dead_letter))
+        return dead | "AllFeederDeadLetters" >> beam.Flatten()

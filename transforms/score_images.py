@@ -81,17 +81,32 @@ class ScoreImages(beam.PTransform):
 
 
 class ScoreRecordFn(beam.DoFn):
-    """(element, PredictionResult) -> ``build(element, score fields)``, counted ``scored``.
+    """(element, PredictionResult) -> ``build(element, score fields)``, counted ``scored``; an element that
+    fails is a dead letter of ``stage`` with its original payload, so one element never fails the job.
 
     ``build`` adds what the job writes beside the score fields (the backfill its score record,
     the analyzer the item's document); it must be picklable (a module-level function).
+    Apply it with :meth:`apply`, which gives ``records`` and ``deadletter``.
     """
 
-    def __init__(self, build: Callable[[Any, dict[str, Any]], Any]):
+    def __init__(self, build: Callable[[Any, dict[str, Any]], Any], stage: str):
         self._build = build
+        self._stage = stage
         self._scored = beam.metrics.Metrics.counter("imagescore", "scored")
+
+    @classmethod
+    def apply(cls, build: Callable[[Any, dict[str, Any]], Any], stage: str) -> beam.PTransform:
+        return beam.ParDo(cls(build, stage)).with_outputs(DEAD_LETTER, main="records")
 
     def process(self, keyed_result: tuple[Any, PredictionResult]):
         element, result = keyed_result
+        try:
+            record = self._build(element, score_fields(result.inference, result.model_id, element.thumbnail))
+        except Exception as exc:  # noqa: BLE001 -- a record that cannot be built is that element's dead letter
+            count_dead_letter(self._stage, "unexpected_error")
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+                self._stage, "unexpected_error", exc, getattr(element, "payload", repr(element)),
+                id=getattr(element, "id", None)))
+            return
         self._scored.inc()
-        yield self._build(element, score_fields(result.inference, result.model_id, element.thumbnail))
+        yield record
