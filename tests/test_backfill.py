@@ -22,7 +22,7 @@ from pipelines import backfill
 from pipelines.catalog import LISTING_SHOTS, ImageServer, build_catalog, write_catalog
 from pipelines.options import job_options
 from pipelines.report import counters
-from pipelines.runners import runner_for
+from pipelines.local_runner import runner_for
 from tests.fixtures.catalog_scores import expected_scores
 from scoring.photos import LISTING_OBJECTS
 from transforms.triton_handler import ModelUnavailable

@@ -38,7 +38,7 @@ from transforms.messages import (
     ParseUpdates,
     parse_update,
 )
-from tests.test_stream_units import counter, streaming_pipeline, zero
+from tests.test_stream_units import counter, direct_runner_patches, streaming_pipeline, zero  # noqa: F401 (an autouse fixture)
 
 PUBLISHED = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
@@ -149,7 +149,7 @@ def test_json_nested_past_the_parser_stack_is_malformed_json():
 
 
 def test_the_backfill_parse_stage_rejects_the_same_poisons(tmp_path):
-    from pipelines.runners import local_runner
+    from pipelines.local_runner import local_runner
     from apache_beam.testing.test_pipeline import TestPipeline
 
     poisons = {"s": encoded(record("a\ud800b")).decode(), "l": json.dumps(record("x" * 600)),
