@@ -206,6 +206,8 @@ def scrubbed_errors(action: str) -> Iterator[None]:
 
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The cluster (or the proxy in front of it) is overloaded, restarting or gone: wait it out, within a budget.
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -216,9 +218,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with full jitter in its upper half, so workers do not retry in step."""
-    base = min(maximum, initial * 2 ** attempt)
-    return base / 2 + random.uniform(0, base / 2)
+    """Exponential backoff with full jitter (a uniform wait up to the exponential bound), so that the
+    workers of a job that all lost the cluster at once do not come back to it in step."""
+    return random.uniform(0, min(maximum, initial * 2 ** attempt))
 
 
 def call_with_retries(call: Callable[[], T], action: str, *, max_retries: int = 5,

@@ -1579,6 +1579,7 @@ def _bulk(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[int
         raise _bad("The bulk request must be terminated by a newline [\\n]")
     started = time.monotonic()
     operations = _parse_bulk(body.split(b"\n")[:-1], default_index, default_alias)
+    _check_id_lengths(operations)
     items = [_bulk_item(double, op) for op in operations]
     if refresh:
         for name in dict.fromkeys(op.index for op in operations):
@@ -1586,6 +1587,16 @@ def _bulk(double: EsDouble, parts: list, params: dict, body: bytes) -> tuple[int
                 double._indices[name].refresh()
     return 200, {"took": int((time.monotonic() - started) * 1000),
                  "errors": any("error" in item[next(iter(item))] for item in items), "items": items}
+
+
+def _check_id_lengths(operations: list[BulkOp]) -> None:
+    """Elasticsearch validates every item before running any: an ``_id`` over 512 UTF-8 bytes refuses the
+    whole request (``DocWriteRequest.validateDocIdLength``), one numbered message per long id."""
+    errors = [f"id [{op.doc_id}] is too long, must be no longer than 512 bytes but was: {size}"
+              for op in operations if op.doc_id and (size := len(op.doc_id.encode("utf-8"))) > 512]
+    if errors:
+        raise EsHttpError(400, "action_request_validation_exception",
+                          "Validation Failed: " + "".join(f"{n}: {e};" for n, e in enumerate(errors, 1)))
 
 
 def _parse_bulk(lines: list[bytes], default_index: str | None, default_alias: bool) -> list[BulkOp]:
