@@ -181,7 +181,9 @@ def describe(exc: BaseException) -> str:
     """A short, scrubbed description of a client exception, for messages and dead letters."""
     if isinstance(exc, ApiError):
         return scrub(f"{type(exc).__name__}({exc.meta.status}, {exc.message!r}): {_api_reason(exc)}")
-    return scrub(f"{type(exc).__name__}: {exc}")
+    # A connection error's str() is only "Connection error"; its message says refused, reset or timed out.
+    detail = getattr(exc, "message", None) if isinstance(exc, TransportError) else None
+    return scrub(f"{type(exc).__name__}: {detail if isinstance(detail, str) and detail else exc}")
 
 
 def _api_reason(exc: ApiError) -> str:
