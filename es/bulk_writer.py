@@ -197,7 +197,8 @@ class _Attempt:
 
 @dataclass
 class _Outage:
-    """One worker's view of an outage: from the first batch nothing of which got through to the next answer."""
+    """One worker's view of an outage: from the first request that got no answer (or a 429/502/503/504 for all of
+    it) to the next answer of the cluster."""
 
     started: float
     dead_lettered: int = 0
