@@ -11,13 +11,21 @@ this model for its current thumbnail. Then:
   the feeder's mean documents per bulk request against ``--es-max-docs``.
 * **paced**: a fresh job gets ``--rate`` messages/s (price edits and image changes in
   the same mix) for ``--paced-seconds``; measured: p50/p99 publish-to-write latency.
+* **outage**: a fresh job writes through a loopback TCP forwarder in front of the
+  double and gets ``--outage-rate`` messages/s. After ``--before-seconds`` the forwarder
+  refuses connections for ``--outage-seconds`` (Elasticsearch down), then forwards again
+  and publishing stops. Measured: outcomes/s before, during and after the outage, the
+  time from recovery until every published message is accounted for (an empty
+  backlog), and what was dead-lettered or lost. ``--outage-seconds 0`` skips it.
 
 Peak RSS is this process's (the job, the ES double and the image server; the emulator
-is a separate JVM). Prints three lines::
+is a separate JVM). Prints four lines::
 
     RESULT bench=stream_backlog messages=... msgs_per_s=... fetches_saved_share=... target_saved=0.8 ...
     RESULT bench=stream_feeder mean_docs_per_bulk=... es_max_docs=... share=... target=0.8 ok=...
     RESULT bench=stream_latency rate=... p50_ms=... p99_ms=... peak_rss_mib=...
+    RESULT bench=stream_outage outage_s=... before_msgs_per_s=... during_msgs_per_s=... after_msgs_per_s=... \
+        recovery_to_empty_s=... lost=...
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import os
 import random
 import resource
 import sys
+import threading
 import time
 import uuid
 
@@ -41,6 +50,7 @@ from pipelines.local_runner import LocalRun, accounted, latency_ms  # noqa: E402
 from pipelines.pubsub_emulator import PubSubEmulator  # noqa: E402
 from scoring.model import model_info  # noqa: E402
 from tests.fixtures.es import start_double  # noqa: E402
+from tests.fixtures.forwarder import TcpForwarder  # noqa: E402
 from tests.fixtures.image_server import ImageServer  # noqa: E402
 
 INDEX = "items"
@@ -67,12 +77,86 @@ def _version(n: int) -> str:
     return f"2026-01-{1 + n // 86400:02d}T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}.000000Z"
 
 
-def _job(emulator, es_url, images, args, subscription: str, dead_topic: str) -> LocalRun:
+def _job(emulator, es_url, images, args, subscription: str, dead_topic: str, *extra: str) -> LocalRun:
     _, job = streaming.launch([
         "--input-subscription", subscription, "--deadletter-topic", dead_topic, "--es-url", es_url,
         "--es-index", INDEX, "--allow-image-hosts", images.host_port, "--aggregate-seconds", "1",
-        "--es-max-docs", str(args.es_max_docs), "--es-max-buffer-seconds", "1"])
+        "--es-max-docs", str(args.es_max_docs), "--es-max-buffer-seconds", "1", *extra])
     return job
+
+
+def _subscribe(emulator, topic: str, name: str) -> str:
+    """A subscription made now: it sees only what is published from now on."""
+    from google.cloud import pubsub_v1
+    subscription = emulator.subscription(name)
+    subscriber = pubsub_v1.SubscriberClient()
+    subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
+    subscriber.close()
+    return subscription
+
+
+class _Publisher(threading.Thread):
+    """Publishes ``make(n)`` at ``rate`` messages/s until stopped; ``count`` is what the emulator has taken."""
+
+    def __init__(self, publisher, topic: str, make, rate: float):
+        super().__init__(daemon=True)
+        self._publisher, self._topic, self._make, self._rate = publisher, topic, make, rate
+        self._halt = threading.Event()
+        self.count = 0
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self._halt.is_set():
+            self._publisher.publish(self._topic, self._make(self.count)).result(timeout=30)
+            self.count += 1
+            self._halt.wait(max(0.0, start + self.count / self._rate - time.monotonic()))
+
+    def finish(self) -> int:
+        self._halt.set()
+        self.join(60)
+        return self.count
+
+
+def _outage(emulator, double, images, args, publisher, topic: str, dead_topic: str, make_update, ids, suffix: str):
+    """The outage phase: throughput before, during and after, and the time from recovery to an empty backlog."""
+    forwarder = TcpForwarder(double.url.removeprefix("http://")).start()
+    subscription = _subscribe(emulator, topic, f"outage-{suffix}")
+    extra = ["--es-unavailable-seconds", str(args.es_unavailable_seconds)] if args.es_unavailable_seconds else []
+    job = _job(emulator, f"http://{forwarder.url}", images, args, subscription, dead_topic, *extra)
+    rng = random.Random(1)
+    try:
+        warm_up = 5  # the job is running once these are accounted for
+        for n in range(warm_up):
+            publisher.publish(topic, make_update(rng.choice(ids), 200_000 + n)).result(timeout=30)
+        job.wait(stop=lambda t: streaming.accounted(t) >= warm_up, max_seconds=120, every=0.5)
+        feed = _Publisher(publisher, topic, lambda n: make_update(rng.choice(ids), 300_000 + n), args.outage_rate)
+        done = lambda: streaming.accounted(job.totals()) - warm_up  # noqa: E731
+        t0, d0 = time.monotonic(), done()
+        feed.start()
+        time.sleep(args.before_seconds)
+        t_down, d_down = time.monotonic(), done()
+        forwarder.stop()
+        time.sleep(args.outage_seconds)
+        t_up, d_up = time.monotonic(), done()
+        forwarder.start()
+        published = feed.finish()
+        totals = job.wait(stop=lambda t: streaming.accounted(t) - warm_up >= published, max_seconds=args.seconds * 5,
+                          every=0.5)
+        t_empty, d_empty = time.monotonic(), streaming.accounted(totals) - warm_up
+        totals = job.cancel()
+    finally:
+        forwarder.stop()
+    drained = d_empty >= published
+    dead = totals.get("deadlettered", 0)
+    print(f"RESULT bench=stream_outage outage_s={args.outage_seconds:g} rate={args.outage_rate:g} "
+          f"published={published} before_msgs_per_s={(d_down - d0) / (t_down - t0):.1f} "
+          f"during_msgs_per_s={(d_up - d_down) / (t_up - t_down):.1f} "
+          f"after_msgs_per_s={(d_empty - d_up) / max(1e-9, t_empty - t_up):.1f} "
+          f"recovery_to_empty_s={(t_empty - t_up) if drained else float('nan'):.1f} "
+          f"backlog_at_recovery={published - d_up} written={totals.get('written', 0)} deadlettered={dead} "
+          f"es_unavailable={totals.get('deadletter_feeder_es_unavailable', 0)} "
+          f"es_retried_requests={totals.get('es_retried_requests', 0)} lost={max(0, published - d_empty)} "
+          f"ok={str(drained and dead == 0).lower()}", flush=True)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -85,6 +169,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--es-max-docs", type=int, default=100)
     parser.add_argument("--rate", type=float, default=5.0, help="messages/s of the paced phase")
     parser.add_argument("--paced-seconds", type=float, default=30.0)
+    parser.add_argument("--outage-seconds", type=float, default=30.0,
+                        help="how long Elasticsearch is down in the outage phase (0: skip the phase)")
+    parser.add_argument("--outage-rate", type=float, default=20.0, help="messages/s of the outage phase")
+    parser.add_argument("--before-seconds", type=float, default=20.0, help="the outage phase's run before the outage")
+    parser.add_argument("--es-unavailable-seconds", type=float, default=None,
+                        help="the job's outage budget (default: the job's own)")
     args = parser.parse_args(argv)
 
     rng = random.Random(0)
@@ -139,11 +229,8 @@ def run(argv: list[str] | None = None) -> int:
               f"bulk_requests={totals.get('es_bulk_requests', 0)} share={per_bulk / args.es_max_docs:.2f} "
               f"target=0.8 ok={str(per_bulk >= 0.8 * args.es_max_docs).lower()}", flush=True)
 
-        # -- paced: a subscription made now sees only what is published from now on
-        paced_sub = emulator.subscription(f"paced-{suffix}")
-        subscriber = pubsub_v1.SubscriberClient()
-        subscriber.create_subscription(name=paced_sub, topic=topic, ack_deadline_seconds=60)
-        subscriber.close()
+        # -- paced
+        paced_sub = _subscribe(emulator, topic, f"paced-{suffix}")
         job = _job(emulator, double.url, images, args, paced_sub, dead_topic)
         paced = 0
         start = time.monotonic()
@@ -158,6 +245,9 @@ def run(argv: list[str] | None = None) -> int:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"RESULT bench=stream_latency rate={args.rate} messages={paced} p50_ms={p50:.0f} p99_ms={p99:.0f} "
               f"peak_rss_mib={peak:.0f}", flush=True)
+
+        if args.outage_seconds > 0:
+            _outage(emulator, double, images, args, publisher, topic, dead_topic, make_update, ids, suffix)
     finally:
         images.close()
         double.stop()

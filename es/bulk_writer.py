@@ -31,22 +31,31 @@ Where each record ends up (exactly one place):
 * ``missing``: the id, when the document does not exist (score mode: 404
   ``document_missing_exception``). A counted skip: the item was deleted, or is not indexed yet.
 * ``failed``: ``(record, reason, error)`` for per-document errors (``es_mapping_error``,
-  ``es_rejected`` for 429s that outlived the retries, ``es_script_error`` when the guard
-  script failed on a stored value, ``es_script_missing`` when it is not installed,
-  ``es_<status>``) and ``es_bad_record`` for records the writer cannot send (no id, no or a
-  malformed ``updated_at``, a non-numeric score, wrong score-mode fields). The pipeline turns
-  these into dead letters.
+  ``es_script_error`` when the guard script failed on a stored value, ``es_script_missing``
+  when it is not installed, ``es_<status>``), ``es_unavailable`` for writes Elasticsearch
+  did not take within the outage budget, a whole request the cluster refused (a 400 and
+  the like: every record of the batch, with the cluster's reason), and ``es_bad_record``
+  for records the writer cannot send (no id, an id over Elasticsearch's 512 bytes, no or a
+  malformed ``updated_at``, a non-numeric score, wrong score-mode fields). The pipeline
+  turns these into dead letters.
 
-Per-document 429s are retried by ``elasticsearch.helpers.streaming_bulk``. 5xx answers
-(per document or for the whole request) and connection failures are retried here, with
-exponential backoff, bounded in attempts and in time. When the connection still fails the
-bundle raises, so the runner retries it; the writes are idempotent, so that is safe (a
-write that had landed before its answer was lost comes back ``stale``).
-Request-level refusals that no retry fixes (401, 403, a 400 for the whole request) raise too.
+Outages are waited out. Connection failures and 429, 502, 503 and 504 answers (for the
+whole request, or per document: the bulk helper retries per-document 429s first) are
+retried with exponential backoff and full jitter for up to ``unavailable_seconds`` per
+batch (``--es-unavailable-seconds``), counting from the first attempt that failed that
+way; what is still not taken then goes to ``failed`` as ``es_unavailable`` and the
+bundle succeeds, so a streaming job keeps going and no acknowledged message is lost. The
+writes are idempotent, so a write that had landed before its answer was lost comes back
+``stale``. One warning is logged when a worker loses the cluster and one when it is back,
+with the outage's length. Other 5xx answers are retried up to ``max_retries`` times within
+``max_retry_time``, then go to ``failed`` as ``es_<status>``. Only 401 and 403 for the
+whole request raise: every later batch would fail the same way, so the credentials need
+fixing.
 """
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -61,6 +70,7 @@ from elasticsearch import helpers
 
 from es.client import (
     RETRYABLE_STATUSES,
+    UNAVAILABLE_STATUSES,
     EsConfig,
     EsError,
     backoff_delay,
@@ -77,11 +87,16 @@ MISSING = "missing"
 FAILED = "failed"
 OUTPUT_TAGS = (WRITTEN, DELETED, STALE, MISSING, FAILED)
 
+UNAVAILABLE = "es_unavailable"
+MAX_ID_BYTES = 512  # Elasticsearch refuses the whole bulk request for a longer _id
+
 MAPPING_ERROR_TYPES = frozenset({
     "mapper_parsing_exception", "document_parsing_exception", "strict_dynamic_mapping_exception",
 })
 
 _NAMESPACE = "imagescore"
+
+log = logging.getLogger(__name__)
 
 
 class _BulkMeter(threading.local):
@@ -137,12 +152,15 @@ class WriteSettings:
     max_backoff: float = 30.0
     max_retry_time: float = 120.0
     retry_on_conflict: int = 3
+    unavailable_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_docs < 1 or self.max_bytes < 1:
             raise ValueError(f"max_docs and max_bytes must be positive, got {self.max_docs} and {self.max_bytes}")
-        if self.max_retries < 0 or self.initial_backoff < 0 or self.max_backoff < 0 or self.max_retry_time < 0:
-            raise ValueError("max_retries, initial_backoff, max_backoff and max_retry_time must not be negative")
+        if min(self.max_retries, self.initial_backoff, self.max_backoff, self.max_retry_time,
+               self.unavailable_seconds) < 0:
+            raise ValueError("max_retries, initial_backoff, max_backoff, max_retry_time and unavailable_seconds "
+                             "must not be negative")
 
 
 @dataclass
@@ -165,11 +183,25 @@ class _Outcome:
 
 @dataclass
 class _Attempt:
+    """What one pass of the bulk helper left: answers, and what to send again."""
+
     outcomes: list[_Outcome] = field(default_factory=list)
-    retry: dict[str, tuple[_Pending, int, str]] = field(default_factory=dict)
+    unavailable: dict[str, tuple[_Pending, str]] = field(default_factory=dict)  # no answer, or 429/502/503/504
+    server_errors: dict[str, tuple[_Pending, int, str]] = field(default_factory=dict)  # other 5xx
     fatal: str | None = None
     fatal_status: int | None = None
-    connection_error: BaseException | None = None
+    # The cluster answered: a bulk response (even one with per-document 429s), or a refusal other than
+    # 429/502/503/504 for the whole request. It is up, whatever it said.
+    answered: bool = False
+
+
+@dataclass
+class _Outage:
+    """One worker's view of an outage: from the first request that got no answer (or a 429/502/503/504 for all of
+    it) to the next answer of the cluster."""
+
+    started: float
+    dead_lettered: int = 0
 
 
 def _error_text(info: dict) -> str:
@@ -183,18 +215,23 @@ def _error_text(info: dict) -> str:
             text += f" (caused by {caused_by.get('type')}: {caused_by.get('reason')})"
             caused_by = caused_by.get("caused_by")
         return scrub(text)
+    if isinstance(info.get("exception"), BaseException):  # the whole request failed: the helper's copy
+        return describe(info["exception"])
     return scrub(str(error))
 
 
 def _error_type(info: dict) -> str | None:
     error = info.get("error")
-    return error.get("type") if isinstance(error, dict) else None
+    if isinstance(error, dict):
+        return error.get("type")
+    body = getattr(info.get("exception"), "body", None)  # the whole request failed
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"].get("type")
+    return None
 
 
 def failure_reason(status: int, error_type: str | None, caused_by: str | None = None) -> str:
-    """The dead-letter reason for a per-document failure."""
-    if status == 429:
-        return "es_rejected"
+    """The dead-letter reason for a failure that is not an outage (those are ``es_unavailable``)."""
     if error_type in MAPPING_ERROR_TYPES:
         return "es_mapping_error"
     if error_type == "index_not_found_exception":
@@ -244,9 +281,11 @@ class _BulkWriteFn(EsClientDoFn):
         self._settings = settings
         self._mode = mode
         self._helper_retries = helper_retries_within(
-            settings.max_retries, settings.initial_backoff, settings.max_backoff, settings.max_retry_time)
+            settings.max_retries, settings.initial_backoff, settings.max_backoff,
+            min(settings.max_retry_time, settings.unavailable_seconds))
         self._counters = {name: beam.metrics.Metrics.counter(_NAMESPACE, f"es_{name}") for name in (
-            *OUTPUT_TAGS, "retried", "bulk_requests", "bulk_bytes")}
+            *OUTPUT_TAGS, "retried", "retried_requests", "bulk_requests", "bulk_bytes")}
+        self._outage: _Outage | None = None
 
     def start_bundle(self) -> None:
         self._buffer: list[_Pending] = []
@@ -258,6 +297,10 @@ class _BulkWriteFn(EsClientDoFn):
         try:
             action = update_action(record, self._index, self._mode, self._settings.retry_on_conflict)
             size = len(bulk_lines(action).encode("utf-8")) + 2  # and the two newlines
+            id_bytes = len(action["_id"].encode("utf-8"))
+            if id_bytes > MAX_ID_BYTES:  # refused here, or the cluster would refuse the whole batch with it
+                raise BadRecord(f"id {action['_id'][:40]!r}... is {id_bytes} bytes long; Elasticsearch takes "
+                                f"ids of at most {MAX_ID_BYTES} bytes, so shorten or hash such ids upstream")
         except BadRecord as exc:
             self._counters[FAILED].inc()
             yield beam.pvalue.TaggedOutput(FAILED, (record, "es_bad_record", scrub(str(exc))))
@@ -290,6 +333,8 @@ class _BulkWriteFn(EsClientDoFn):
             outcomes = self._write(batch)
         finally:
             self._counters["bulk_requests"].inc(_METER.requests - requests)
+            # A batch fits one request (the buffer's caps are the helper's), so every further one is a retry.
+            self._counters["retried_requests"].inc(max(0, _METER.requests - requests - 1))
             self._counters["bulk_bytes"].inc(_METER.bytes - sent_bytes)
             self._counters["retried"].inc(max(0, _METER.docs - docs - len(batch)))
         for outcome in outcomes:
@@ -298,54 +343,90 @@ class _BulkWriteFn(EsClientDoFn):
                 outcome.value, outcome.entry.timestamp, (outcome.entry.window,)))
 
     def _write(self, batch: list[_Pending]) -> list[_Outcome]:
+        """Send ``batch`` until every document has an outcome; raises only for 401/403."""
         s = self._settings
-        pending = {entry.id: entry for entry in batch}
+        pending = batch
         outcomes: list[_Outcome] = []
-        deadline = time.monotonic() + s.max_retry_time
+        server_error_deadline = time.monotonic() + s.max_retry_time
+        unavailable_deadline: float | None = None
         attempt = 0
         while True:
+            attempt_started = time.monotonic()
             result = self._attempt(pending)
             outcomes.extend(result.outcomes)
             if result.fatal:
                 raise EsError(result.fatal, result.fatal_status)
-            # Whatever is still pending got no answer: the connection failed before it was sent.
-            if not result.retry and not pending:
+            self._track_outage(result, attempt_started)
+            if not result.unavailable and not result.server_errors:
                 return outcomes
+            now = time.monotonic()
             delay = backoff_delay(attempt, s.initial_backoff, s.max_backoff)
-            if attempt >= s.max_retries or time.monotonic() + delay > deadline:
-                for entry, status, error in result.retry.values():
-                    outcomes.append(_Outcome(FAILED, (entry.record, failure_reason(status, None),
-                                                      f"{error} (gave up after {attempt + 1} attempts)"), entry))
-                if pending:
-                    raise EsError(
-                        f"bulk write of {len(pending)} document(s) to index {self._index!r} at "
-                        f"{self._config.safe_url()} failed after {attempt + 1} attempt(s): "
-                        f"{describe(result.connection_error)}; check that the cluster is reachable")
+            pending = []
+            if result.server_errors:
+                if attempt >= s.max_retries or now + delay > server_error_deadline:
+                    for entry, status, error in result.server_errors.values():
+                        outcomes.append(_Outcome(FAILED, (entry.record, failure_reason(status, None),
+                                                          f"{error} (gave up after {attempt + 1} attempts)"), entry))
+                else:
+                    pending += [entry for entry, _, _ in result.server_errors.values()]
+            if result.unavailable:
+                if unavailable_deadline is None:
+                    unavailable_deadline = attempt_started + s.unavailable_seconds
+                if now >= unavailable_deadline:
+                    outcomes += self._give_up(result.unavailable, now - unavailable_deadline + s.unavailable_seconds)
+                else:
+                    pending += [entry for entry, _ in result.unavailable.values()]
+                    delay = min(delay, unavailable_deadline - now)
+            if not pending:
                 return outcomes
             time.sleep(delay)
             attempt += 1
-            for entry, _, _ in result.retry.values():
-                pending[entry.id] = entry
 
-    def _attempt(self, pending: dict[str, _Pending]) -> _Attempt:
-        """One pass of the bulk helper over ``pending``, removing every document that got an answer."""
+    def _give_up(self, unavailable: dict[str, tuple[_Pending, str]], waited: float) -> list[_Outcome]:
+        if self._outage is not None:
+            self._outage.dead_lettered += len(unavailable)
+        return [_Outcome(FAILED, (entry.record, UNAVAILABLE, scrub(
+            f"Elasticsearch at {self._config.safe_url()} did not take the write within {waited:.1f} s "
+            f"(--es-unavailable-seconds {self._settings.unavailable_seconds:g}); last error: {error}. "
+            "Replay this dead letter once the cluster is back")), entry)
+            for entry, error in unavailable.values()]
+
+    def _track_outage(self, result: _Attempt, attempt_started: float) -> None:
+        """One log line when this worker loses the cluster, one when the cluster answers again."""
+        url = self._config.safe_url()
+        if result.answered and self._outage is not None:
+            outage, self._outage = self._outage, None
+            # A warning too, so that the pair shows wherever the first one does (the console script logs warnings).
+            log.warning("Elasticsearch at %s is back after an outage of %.1f s; %d document(s) were dead-lettered "
+                        "as %s during it", url, time.monotonic() - outage.started, outage.dead_lettered, UNAVAILABLE)
+        elif not result.answered and result.unavailable and self._outage is None:
+            error = next(iter(result.unavailable.values()))[1]
+            self._outage = _Outage(attempt_started)
+            log.warning("Elasticsearch at %s is unavailable (%s); retrying each batch for up to %g s "
+                        "(--es-unavailable-seconds), then dead-lettering it as %s",
+                        url, error, self._settings.unavailable_seconds, UNAVAILABLE)
+
+    def _attempt(self, pending: list[_Pending]) -> _Attempt:
+        """One pass of the bulk helper over ``pending``; what got no answer is unavailable."""
         s = self._settings
         result = _Attempt()
-        actions = [entry.action for entry in pending.values()]
+        waiting = {entry.id: entry for entry in pending}
         try:
             for ok, item in helpers.streaming_bulk(
-                    self._client, actions, chunk_size=s.max_docs, max_chunk_bytes=s.max_bytes,
-                    raise_on_error=False, raise_on_exception=False, max_retries=self._helper_retries,
-                    initial_backoff=s.initial_backoff, max_backoff=s.max_backoff, yield_ok=True):
+                    self._client, [entry.action for entry in pending], chunk_size=s.max_docs,
+                    max_chunk_bytes=s.max_bytes, raise_on_error=False, raise_on_exception=False,
+                    max_retries=self._helper_retries, initial_backoff=s.initial_backoff, max_backoff=s.max_backoff,
+                    yield_ok=True):
                 (info,) = item.values()
-                entry = pending.pop(info["_id"])
-                self._classify(ok, info, entry, result)
-        except TransportError as exc:  # connection refused, timeouts: no answer for what is left
-            result.connection_error = exc
+                self._classify(ok, info, waiting.pop(info["_id"]), result)
+        except TransportError as exc:  # connection refused or reset, timeouts: no answer for what is left
+            error = describe(exc)
+            result.unavailable.update((doc_id, (entry, error)) for doc_id, entry in waiting.items())
         return result
 
     def _classify(self, ok: bool, info: dict, entry: _Pending, result: _Attempt) -> None:
         if ok:
+            result.answered = True
             tag = STALE if info.get("result") == "noop" else DELETED if entry.tombstone else WRITTEN
             result.outcomes.append(_Outcome(tag, entry.id, entry))
             return
@@ -353,14 +434,21 @@ class _BulkWriteFn(EsClientDoFn):
         error_type = _error_type(info)
         error = _error_text(info)
         whole_request = "exception" in info
-        if status in RETRYABLE_STATUSES and status != 429:
-            result.retry[entry.id] = (entry, status, error)
-        elif whole_request and status != 429:
+        result.answered = result.answered or not (whole_request and status in UNAVAILABLE_STATUSES)
+        if status in UNAVAILABLE_STATUSES:
+            result.unavailable[entry.id] = (entry, error)
+        elif status in RETRYABLE_STATUSES:
+            result.server_errors[entry.id] = (entry, status, error)
+        elif whole_request and status in (401, 403):
             result.fatal_status = status
             result.fatal = (f"bulk request to index {self._index!r} at {self._config.safe_url()} was refused "
-                            f"with status {status}: {error}. "
-                            + ("Check ES_API_KEY, or ES_USERNAME and ES_PASSWORD, and the key's privileges "
-                               "on the index." if status in (401, 403) else "Retrying will not help."))
+                            f"with status {status}: {error}. Check ES_API_KEY, or ES_USERNAME and ES_PASSWORD, "
+                            "and the key's privileges on the index.")
+        elif whole_request:
+            reason = failure_reason(status, error_type)
+            result.outcomes.append(_Outcome(FAILED, (entry.record, reason, scrub(
+                f"Elasticsearch refused the whole bulk request to index {self._index!r} with status {status}, "
+                f"so every record of the batch is dead-lettered: {error}")), entry))
         elif status == 404 and error_type == "document_missing_exception":
             result.outcomes.append(_Outcome(MISSING, entry.id, entry))
         else:
@@ -376,14 +464,18 @@ class WriteToElasticsearch(beam.PTransform):
     owns) or ``"document"`` (upsert whole processed items and tombstones). The guard script must be
     stored first (:func:`es.guard.ensure_guard_script`, at start-up like the mapping).
     Batches are capped by ``max_docs`` and ``max_bytes`` (request body bytes). ``max_retries``,
-    ``initial_backoff``, ``max_backoff`` and ``max_retry_time`` bound the retries of one batch.
+    ``initial_backoff``, ``max_backoff`` and ``max_retry_time`` bound the retries of a batch's
+    5xx answers; ``unavailable_seconds`` is how long a batch waits out an unavailable cluster
+    before it is dead-lettered as ``es_unavailable``.
     Metrics (namespace ``imagescore``): es_written, es_deleted, es_stale, es_missing,
-    es_failed, es_retried (documents sent again), es_bulk_requests, es_bulk_bytes.
+    es_failed, es_retried (documents sent again), es_retried_requests (bulk requests sent again),
+    es_bulk_requests, es_bulk_bytes.
     """
 
     def __init__(self, config: EsConfig, index: str, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
                  max_retries: int = 5, initial_backoff: float = 0.5, max_backoff: float = 30.0,
-                 max_retry_time: float = 120.0, label: str | None = None, *, mode: WriteMode | str):
+                 max_retry_time: float = 120.0, label: str | None = None, *, mode: WriteMode | str,
+                 unavailable_seconds: float = 600.0):
         super().__init__(label)
         if not index or any(c in index for c in ' "*\\/,|<>?#'):
             raise ValueError(f"{index!r} is not a concrete index name; the writer needs one index or alias")
@@ -391,7 +483,7 @@ class WriteToElasticsearch(beam.PTransform):
         self._index = index
         self._mode = WriteMode.of(mode)
         self._settings = WriteSettings(max_docs, max_bytes, max_retries, initial_backoff, max_backoff,
-                                       max_retry_time)
+                                       max_retry_time, unavailable_seconds=unavailable_seconds)
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return records | "BulkUpdate" >> beam.ParDo(

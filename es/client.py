@@ -151,7 +151,9 @@ def describe(exc: BaseException) -> str:
     """A short, scrubbed description of a client exception, for messages and dead letters."""
     if isinstance(exc, ApiError):
         return scrub(f"{type(exc).__name__}({exc.meta.status}, {exc.message!r}): {_api_reason(exc)}")
-    return scrub(f"{type(exc).__name__}: {exc}")
+    # A connection error's str() is only "Connection error"; its message says refused, reset or timed out.
+    detail = getattr(exc, "message", None) if isinstance(exc, TransportError) else None
+    return scrub(f"{type(exc).__name__}: {detail if isinstance(detail, str) and detail else exc}")
 
 
 def _api_reason(exc: ApiError) -> str:
@@ -204,6 +206,8 @@ def version_mismatch(exc: BaseException) -> str | None:
 
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The cluster (or the proxy in front of it) is overloaded, restarting or gone: wait it out, within a budget.
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -214,9 +218,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with full jitter in its upper half, so workers do not retry in step."""
-    base = min(maximum, initial * 2 ** attempt)
-    return base / 2 + random.uniform(0, base / 2)
+    """Exponential backoff with full jitter (a uniform wait up to the exponential bound), so that the
+    workers of a job that all lost the cluster at once do not come back to it in step."""
+    return random.uniform(0, min(maximum, initial * 2 ** attempt))
 
 
 def call_with_retries(call: Callable[[], T], action: str, *, max_retries: int = 5,

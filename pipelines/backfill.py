@@ -154,7 +154,8 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, handler: ModelHandler 
     else:
         eo.prepare_index(WriteMode.SCORE)
         written = records | "WriteIndex" >> WriteToElasticsearch(
-            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes, mode=WriteMode.SCORE)
+            es_config, eo.es_index, max_docs=eo.es_max_docs, max_bytes=eo.es_max_bytes, mode=WriteMode.SCORE,
+            unavailable_seconds=eo.es_unavailable_seconds)
         dead.append(written.failed | "WriteFailures" >> beam.Map(_dead_letter_from_write))
         deadletter_dir = bo.deadletter.rstrip("/")
     _ = (dead | "AllDeadLetters" >> beam.Flatten()

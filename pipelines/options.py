@@ -133,6 +133,21 @@ class ElasticsearchOptions(PipelineOptions):
                             help="documents per bulk request at most")
         parser.add_argument("--es-max-bytes", dest="es_max_bytes", type=int, default=5 * 1024 * 1024,
                             help="bytes per bulk request at most")
+        parser.add_argument("--es-unavailable-seconds", dest="es_unavailable_seconds", type=_seconds, default=600.0,
+                            help="how long a bulk request waits out an unreachable or overloaded cluster "
+                                 "(connection errors, 429, 502, 503, 504), retrying with backoff, before its "
+                                 "documents are dead-lettered as es_unavailable")
+
+
+def _seconds(value: str) -> float:
+    """A flag's number of seconds: a float that is not negative."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a number of seconds, 0 or more")
+    return seconds
 
     def es_config(self) -> EsConfig | None:
         """Where the cluster is (``--es-url``, else ``$ES_URL``) and how to trust it; ``None`` without a URL."""

@@ -173,7 +173,8 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
         eo.prepare_index(so.write)
         dead.append(documents | "Feed" >> Feed(es_config, eo.es_index, max_docs=eo.es_max_docs,
                                                max_bytes=eo.es_max_bytes, buffer_seconds=so.es_max_buffer_seconds,
-                                               clock=clock, mode=so.write))
+                                               clock=clock, mode=so.write,
+                                               unavailable_seconds=eo.es_unavailable_seconds))
     _ = dead | "AllDeadLetters" >> beam.Flatten() | "PublishDeadLetters" >> PublishDeadLetters(so.deadletter_topic)
 
 

@@ -9,6 +9,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from elasticsearch import ApiError
 
 from es.bulk_writer import (
     WriteToElasticsearch,
@@ -16,7 +17,7 @@ from es.bulk_writer import (
     update_action,
     write_batch,
 )
-from es.client import EsConfig, EsError
+from es.client import EsConfig
 from es.guard import GUARD_SCRIPT_ID, canonical_version
 from pipelines.local_runner import local_runner
 from tests.fixtures.es import seed_items
@@ -114,26 +115,30 @@ def test_whole_request_429_is_retried_by_the_helper(es_double, es_config, es_cli
     assert [r.status for r in es_double.bulk_requests()] == [429, 429, 200]
 
 
-def test_persistent_429_fails_after_bounded_attempts(es_double, es_config, es_client, es_index):
+def test_persistent_429_is_dead_lettered_after_the_unavailable_budget(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(3))
     es_double.fail_bulk_items(429, times=None, ids=["item-1"])
     records = [score(f"item-{i}") for i in range(3)]
-    out = write_batch(es_config, es_index, records, max_retries=3, mode="score", **FAST)
+    started = time.monotonic()
+    out = write_batch(es_config, es_index, records, max_retries=3, unavailable_seconds=0.5, mode="score", **FAST)
+    assert 0.5 <= time.monotonic() - started < 0.5 + 2
     assert sorted(out["written"]) == ["item-0", "item-2"]
-    assert [(f[0], f[1]) for f in out["failed"]] == [(records[1], "es_rejected")]
+    assert [(f[0], f[1]) for f in out["failed"]] == [(records[1], "es_unavailable")]
     assert "es_rejected_execution_exception" in out["failed"][0][2]
-    assert len(es_double.bulk_requests()) == 4  # the first try and 3 retries
+    assert "--es-unavailable-seconds 0.5" in out["failed"][0][2]
+    # the helper's own 3 retries per pass, and passes of the writer's until the budget was spent
+    assert len(es_double.bulk_requests()) > 4
 
 
-def test_persistent_429_stops_at_max_retry_time(es_double, es_config, es_client, es_index):
+def test_the_helpers_429_retries_fit_the_budget(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(1))
     es_double.fail_bulk_items(429, times=None)
     started = time.monotonic()
     out = write_batch(es_config, es_index, [score("item-0")], max_retries=50, initial_backoff=0.05,
-                      max_backoff=0.2, max_retry_time=0.5, mode="score")
+                      max_backoff=0.2, max_retry_time=10, unavailable_seconds=0.5, mode="score")
     assert time.monotonic() - started < 0.5 + 2  # 50 retries at up to 0.2 s would sleep about 10 s
-    assert [f[1] for f in out["failed"]] == ["es_rejected"]
-    assert len(es_double.bulk_requests()) == 1 + helper_retries_within(50, 0.05, 0.2, 0.5) < 10
+    assert [f[1] for f in out["failed"]] == ["es_unavailable"]
+    assert helper_retries_within(50, 0.05, 0.2, 0.5) < 10
 
 
 def test_helper_retries_fit_the_time_budget():
@@ -160,13 +165,14 @@ def test_whole_request_502_is_retried(es_double, es_config, es_client, es_index)
     assert [r.status for r in es_double.bulk_requests()] == [502, 502, 200]
 
 
-def test_persistent_5xx_goes_to_failed_after_retries(es_double, es_config, es_client, es_index):
+def test_persistent_500_goes_to_failed_after_retries(es_double, es_config, es_client, es_index):
+    """A 500 is not an outage (502, 503 and 504 are): it is retried a bounded number of times."""
     seed_items(es_client, es_index, items(2))
-    es_double.fail_bulk_items(503, times=None, ids=["item-0"])
+    es_double.fail_bulk_items(500, times=None, ids=["item-0"])
     records = [score("item-0"), score("item-1")]
     out = write_batch(es_config, es_index, records, max_retries=2, mode="score", **FAST)
     assert out["written"] == ["item-1"]
-    assert [(f[0], f[1]) for f in out["failed"]] == [(records[0], "es_503")]
+    assert [(f[0], f[1]) for f in out["failed"]] == [(records[0], "es_500")]
     assert "gave up after 3 attempts" in out["failed"][0][2]
     assert len(es_double.bulk_requests()) == 3
 
@@ -186,6 +192,27 @@ def test_mapping_error_keeps_the_record_and_the_error(es_config, es_client, es_i
     ((record, reason, error),) = out["failed"]
     assert record == bad and reason == "es_mapping_error"
     assert "image_scored_at" in error and "parsing_exception" in error
+
+
+def test_id_over_512_bytes_refuses_the_whole_bulk_request(es_client, es_index):
+    """What a real cluster does (``DocWriteRequest.validateDocIdLength``), and the double with it."""
+    long_id = "é" * 257  # 514 UTF-8 bytes
+    with pytest.raises(ApiError) as caught:
+        es_client.bulk(operations=[{"update": {"_index": es_index, "_id": "ok"}}, {"doc": {"title": "t"}},
+                                   {"update": {"_index": es_index, "_id": long_id}}, {"doc": {"title": "t"}}])
+    assert caught.value.meta.status == 400
+    assert caught.value.body["error"]["type"] == "action_request_validation_exception"
+    assert caught.value.body["error"]["reason"] == (
+        f"Validation Failed: 1: id [{long_id}] is too long, must be no longer than 512 bytes but was: 514;")
+
+
+def test_record_with_an_id_over_512_bytes_fails_without_losing_the_rest(es_config, es_client, es_index):
+    seed_items(es_client, es_index, items(2))
+    long_one = score("x" * 513)
+    out = write_batch(es_config, es_index, [score("item-0"), long_one, score("item-1")], mode="score", **FAST)
+    assert sorted(out["written"]) == ["item-0", "item-1"]
+    assert [(f[0], f[1]) for f in out["failed"]] == [(long_one, "es_bad_record")]
+    assert "513 bytes long" in out["failed"][0][2] and "at most 512 bytes" in out["failed"][0][2]
 
 
 def test_record_without_id_fails_without_losing_the_rest(es_config, es_client, es_index):
@@ -216,21 +243,28 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_connection_refused_is_raised_after_bounded_retries():
+def test_connection_refused_is_dead_lettered_after_the_budget():
     config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=10)
+    record = score("a")
     started = time.monotonic()
-    with pytest.raises(EsError, match=r"failed after 3 attempt\(s\).*ConnectionError.*reachable"):
-        write_batch(config, "items", [score("a")], max_retries=2, mode="score", **FAST)
-    assert time.monotonic() - started < 2 * 0.05 + 2  # waiting out the 10 s timeout on 3 tries would take 30 s
+    out = write_batch(config, "items", [record], max_retries=2, unavailable_seconds=0.5, mode="score", **FAST)
+    assert 0.5 <= time.monotonic() - started < 0.5 + 2
+    ((failed, reason, error),) = out["failed"]
+    assert failed == record and reason == "es_unavailable"
+    assert "ConnectionError" in error and "within 0.5 s (--es-unavailable-seconds 0.5)" in error
 
 
-def test_connection_refused_fails_the_beam_bundle():
+def test_connection_refused_does_not_fail_the_beam_bundle():
     config = EsConfig(f"http://127.0.0.1:{_closed_port()}", request_timeout=2)
     pipeline = BeamTestPipeline(runner=local_runner())
-    _ = pipeline | beam.Create([score("a")]) | WriteToElasticsearch(config, "items", max_retries=1, mode="score",
-                                                                     **FAST)
-    with pytest.raises(Exception, match="ConnectionError"):
-        pipeline.run().wait_until_finish()
+    outputs = pipeline | beam.Create([score("a")]) | WriteToElasticsearch(
+        config, "items", max_retries=1, unavailable_seconds=0.3, mode="score", **FAST)
+    assert_that(outputs.failed | beam.Map(lambda f: (f[0]["id"], f[1])), equal_to([("a", "es_unavailable")]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {r.key.metric.name: r.committed
+                for r in result.metrics().query(MetricsFilter().with_namespace("imagescore"))["counters"]}
+    assert counters["es_failed"] == 1 and counters["es_retried_requests"] > 0
 
 
 def test_writing_twice_gives_the_same_documents(es_config, es_client, es_index):

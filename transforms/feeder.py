@@ -7,7 +7,9 @@ grouped first with ``GroupIntoBatches.WithShardedKey``: a batch is emitted when 
 holds ``max_docs`` documents or when its first one has waited ``buffer_seconds``,
 whichever comes first; shards let a runner spread the batching over workers. Each
 batch then goes through the backfill's writer (:class:`es.bulk_writer.WriteToElasticsearch`),
-with its byte cap, retries, 429 handling and per-document failures.
+with its byte cap, retries, 429 handling, per-document failures and its outage budget
+(``--es-unavailable-seconds``: an unreachable cluster is waited out, then the batch is
+dead-lettered ``es_unavailable`` and the job goes on).
 
 Every write goes through the stale-update guard (docs/stale-guard.md). In ``document``
 mode (the default) the whole processed item is upserted and a delete leaves a
@@ -114,7 +116,7 @@ class Feed(beam.PTransform):
 
     def __init__(self, config: EsConfig, index: str, *, max_docs: int = 500, max_bytes: int = 5 * 1024 * 1024,
                  buffer_seconds: float = 1.0, clock: Callable[[], float] = time.time,
-                 mode: WriteMode | str = WriteMode.DOCUMENT):
+                 mode: WriteMode | str = WriteMode.DOCUMENT, unavailable_seconds: float = 600.0):
         super().__init__()
         if buffer_seconds <= 0:
             raise ValueError(f"--es-max-buffer-seconds must be positive, got {buffer_seconds}")
@@ -125,6 +127,7 @@ class Feed(beam.PTransform):
         self._max_bytes = max_bytes
         self._buffer_seconds = buffer_seconds
         self._clock = clock
+        self._unavailable_seconds = unavailable_seconds
 
     def expand(self, documents):
         dead = []
@@ -139,7 +142,8 @@ class Feed(beam.PTransform):
                        self._max_docs, max_buffering_duration_secs=self._buffer_seconds, clock=self._clock)
                    | "Unbatch" >> beam.FlatMap(_unbatch)
                    | "Write" >> WriteToElasticsearch(self._config, self._index, max_docs=self._max_docs,
-                                                     max_bytes=self._max_bytes, mode=self._mode))
+                                                     max_bytes=self._max_bytes, mode=self._mode,
+                                                     unavailable_seconds=self._unavailable_seconds))
         for outcome, name in ((WRITTEN, "written"), (DELETED, "deleted"), (STALE, "stale"), (MISSING, "missing")):
             _ = written[outcome] | f"Count[{name}]" >> beam.ParDo(_CountOutcomeFn(name, self._clock))
         dead.append(written[FAILED] | "WriteFailures" >> beam.Map(_write_dead_letter))

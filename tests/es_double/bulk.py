@@ -42,6 +42,16 @@ class BulkOp:
     require_alias: bool
 
 
+def _check_id_lengths(operations: list[BulkOp]) -> None:
+    """Elasticsearch validates every item before running any: an ``_id`` over 512 UTF-8 bytes refuses the
+    whole request (``DocWriteRequest.validateDocIdLength``), one numbered message per long id."""
+    errors = [f"id [{op.doc_id}] is too long, must be no longer than 512 bytes but was: {size}"
+              for op in operations if op.doc_id and (size := len(op.doc_id.encode("utf-8"))) > 512]
+    if errors:
+        raise EsHttpError(400, "action_request_validation_exception",
+                          "Validation Failed: " + "".join(f"{n}: {e};" for n, e in enumerate(errors, 1)))
+
+
 def _line_error(position: int, line: bytes, key: str, message: str) -> EsHttpError:
     column = max(line.decode(errors="replace").find(json.dumps(key)), 0) + 1
     return EsHttpError(400, "x_content_parse_exception", f"[1:{column}] {message}", line=position + 1)
@@ -89,6 +99,7 @@ def bulk(cluster: Cluster, parts: list, params: dict, body: bytes) -> tuple[int,
         raise illegal_argument("The bulk request must be terminated by a newline [\\n]")
     started = time.monotonic()
     operations = _parse_bulk(body.split(b"\n")[:-1], default_index, default_alias)
+    _check_id_lengths(operations)
     items = [_bulk_item(cluster, op) for op in operations]
     if refresh:
         for name in dict.fromkeys(op.index for op in operations):
