@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from imagescore import ArgumentParser, UsageError, check_share, job_main, run_outcome
+from cli_common import ArgumentParser, UsageError, check_share, job_main, run_outcome
 from labeling.cache import WindowCache
 from labeling.judges import WindowOutcome
 from labeling.report import label_rows, summarize

@@ -27,7 +27,7 @@ from es.client import EsConfig, EsError, make_client
 from es.guard import SCORE, ensure_guard_script
 from es.mapping import ensure_score_mapping
 from es.source import ReadItemsFromElasticsearch
-from imagescore import UsageError, job_main
+from cli_common import UsageError, job_main
 from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
                                help_requested, job_options, max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons

@@ -29,7 +29,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imagescore import UsageError, job_main, run_outcome
+from cli_common import UsageError, job_main, run_outcome
 from pipelines.options import (JobIOOptions, OutcomeOptions, help_requested, job_options, max_deadletter_share,
                                require_files)
 from pipelines.report import counters, top_reasons

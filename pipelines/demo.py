@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from PIL import Image, ImageDraw
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from pipelines import backfill
 from pipelines.catalog import ImageServer, build_catalog, write_catalog
 from pipelines.options import job_options

@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imagescore import UsageError, job_main
+from cli_common import UsageError, job_main
 from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions, help_requested, job_options,
                                max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons

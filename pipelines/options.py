@@ -12,7 +12,7 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from imagescore import DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
+from cli_common import DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
 from scoring.model import DEFAULT_MODEL
 
 

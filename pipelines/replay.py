@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from transforms.deadletter_topic import payload_bytes, to_record
 from transforms.updates import MESSAGE_ID, PUBLISH_TIME
 

@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from pipelines import streaming
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.pubsub_emulator import PubSubEmulator

@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from es.client import EsConfig, EsError, make_client, scrubbed_errors
 from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
 from es.mapping import document_properties, ensure_score_mapping
-from imagescore import UsageError, job_main
+from cli_common import UsageError, job_main
 from pipelines import local_streaming
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
 from pipelines.report import counters, ship_packages

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tea_tasting as tt
 from scipy import stats
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 
 METRICS = {"bcr": "converted", "bcr_via_search": "converted_via_search",
            "atpu": "transactions", "atpu_via_search": "transactions_via_search"}

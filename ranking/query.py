@@ -17,7 +17,7 @@ import sys
 from elasticsearch.dsl import Q
 
 from es.boosting import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME, Boost, PlatformBoosts, search_body
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from ranking.propensity import estimate_em, for_ranks, load_propensities
 from ranking.replay import Logs, attach_scores, load_logs, load_scores, new_ranks, replay_scores
 from training.metrics import group_bootstrap_ci
 from training.samples import _src as image_src
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 
 
 def _floats(text: str, name: str) -> list[float]:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from scoring.model import DEFAULT_MODEL, ScoreModel, load_model
 from scoring.photos import draw_product
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from imagescore import UsageError
+from cli_common import UsageError
 from es.guard import GUARD_SCRIPT_ID, canonical_version
 from es.mapping import score_properties
 from pipelines import backfill

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from training import baselines as B
 from training import metrics as M
 from training.data import Dataset, load_dataset

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from scoring.head import ACTIVATIONS, HeadConfig, ScoreHead
 from scoring.model import resolve_device
 from training import metrics as M
