@@ -8,6 +8,7 @@ Triton and any exported artefact preprocess identically.
 from __future__ import annotations
 
 import abc
+import importlib
 import itertools
 import os
 
@@ -82,6 +83,39 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+#: ``--model`` spec kind -> ``(loader, info)`` as ``"module:function"``. Resolved with importlib when a spec
+#: of that kind is loaded, so this interface module imports none of the models built on it (they import it).
+#: ``loader(spec, device)`` returns the model; ``info(spec)``, when given, returns ``(model_id, input_size)``
+#: without loading weights.
+MODEL_KINDS: dict[str, tuple[str, str | None]] = {
+    "handcrafted": ("scoring.handcrafted:load_handcrafted", None),
+    "clip-iqa": ("scoring.clip_iqa:load_clip_iqa", None),
+    "run": ("scoring.checkpoint:load_run", "scoring.checkpoint:run_info"),
+}
+
+
+def model_kind(spec: str) -> str:
+    """The :data:`MODEL_KINDS` key of a ``--model`` spec, or a ValueError saying what the spec may be."""
+    if spec == "handcrafted":
+        return "handcrafted"
+    if spec.startswith("clip-iqa:"):
+        return "clip-iqa"
+    if os.path.isdir(spec):
+        return "run"
+    if spec.startswith("triton://"):
+        raise ValueError(f"--model {spec!r} is served by Triton, not loaded locally; "
+                         "score through transforms.inference.make_score_handler")
+    raise ValueError(
+        f"--model {spec!r} is neither 'handcrafted' nor a training run directory (nor a clip-iqa: spec); "
+        "pass --model handcrafted, --model clip-iqa:BACKBONE (zero-shot CLIP-IQA), --model RUN_DIR "
+        "(from `imagescore train`) or --model triton://HOST:PORT/NAME")
+
+
+def _resolve(target: str):
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> ScoreModel:
     """Load the model that ``--model`` names: ``handcrafted``, ``clip-iqa:BACKBONE`` or a training run directory.
 
@@ -89,23 +123,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
     model comes back in eval mode with gradients off.
     """
     device = resolve_device(device)
-    if spec == "handcrafted":
-        from scoring.handcrafted import HandcraftedScorer
-        model: ScoreModel = HandcraftedScorer()
-    elif spec.startswith("clip-iqa:"):
-        from scoring.clip_iqa import load_clip_iqa
-        model = load_clip_iqa(spec, device)
-    elif os.path.isdir(spec):
-        from scoring.checkpoint import load_run
-        model = load_run(spec, device=device)
-    elif spec.startswith("triton://"):
-        raise ValueError(f"--model {spec!r} is served by Triton, not loaded locally; "
-                         "score through transforms.inference.make_score_handler")
-    else:
-        raise ValueError(
-            f"--model {spec!r} is neither 'handcrafted' nor a training run directory (nor a clip-iqa: spec); "
-            "pass --model handcrafted, --model clip-iqa:BACKBONE (zero-shot CLIP-IQA), --model RUN_DIR "
-            "(from `imagescore train`) or --model triton://HOST:PORT/NAME")
+    model: ScoreModel = _resolve(MODEL_KINDS[model_kind(spec)][0])(spec, device)
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -116,8 +134,8 @@ def model_info(spec: str = DEFAULT_MODEL) -> tuple[str, int]:
     The launcher needs both before the pipeline runs: the id to skip items
     already scored by this model, the size to decode images for it.
     """
-    if os.path.isdir(spec):
-        from scoring.checkpoint import run_info
-        return run_info(spec)
+    info = MODEL_KINDS[model_kind(spec)][1]
+    if info is not None:
+        return _resolve(info)(spec)
     model = load_model(spec, "cpu")
     return model.model_id, model.input_size
