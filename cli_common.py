@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import sys
 from collections.abc import Callable, Iterable
 
 USAGE_EXIT = 2
+
+#: taken out of argv by :func:`guarded` before a job parses it, so every command has them
+VERBOSE_FLAGS = ("-v", "--verbose")
+VERBOSE_HELP = "also show INFO log lines (Beam's progress among them); warnings and errors show either way"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class UsageError(SystemExit):
@@ -67,6 +73,7 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
 
     def parse_args(self, args=None, namespace=None):
         parsed, unknown = self.parse_known_args(args, namespace)
@@ -98,12 +105,41 @@ def check_share(share: float | None, flag: str = "--max-deadletter-share") -> fl
     return share
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, as ``logging.lastResort`` does (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The one logging set-up of every command: warnings and errors by default, INFO lines too with ``-v``.
+
+    Beam logs ~85 INFO lines per local run; they are noise unless asked for.
+    Calling it again (jobs run in one process by tests) only changes the level.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run a job's ``run(argv)`` and return its exit code; a :class:`UsageError` becomes one line and 2.
 
+    ``-v``/``--verbose`` are taken out of argv here and set up logging (:func:`setup_logging`).
     ``run`` returns an exit code, or a Beam ``PipelineResult`` carrying ``exit_code``
     (set by :func:`pipelines.report.finish`), or None for success.
     """
+    setup_logging(verbose=any(arg in VERBOSE_FLAGS for arg in argv))
+    argv = [arg for arg in argv if arg not in VERBOSE_FLAGS]
     try:
         result = run(argv)
     except UsageError as exc:

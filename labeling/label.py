@@ -204,7 +204,6 @@ def label(args) -> dict:
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_share(args.max_deadletter_share)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = label(args)
     except ValueError as exc:  # the flags and the files they name (windows, --quality, --prompt)

@@ -235,5 +235,4 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     job_main("python -m pipelines.backfill", run)

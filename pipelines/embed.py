@@ -278,5 +278,4 @@ def run(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     job_main("python -m pipelines.embed", run)

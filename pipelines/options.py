@@ -7,12 +7,11 @@ from the environment (see ``es.client``).
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from cli_common import DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
+from cli_common import ArgumentParser, DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
 from scoring.model import DEFAULT_MODEL
 
 
@@ -92,7 +91,7 @@ def help_requested(argv: list[str] | None, prog: str, description: str, *option_
     """
     if not argv or not {"-h", "--help"} & set(argv):
         return False
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog, description=description, formatter_class=DefaultsHelpFormatter,
         epilog="Beam flags (--runner, --project, --region, --temp_location, --direct_running_mode, ...) "
                "pass through unchanged.")

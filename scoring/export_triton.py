@@ -299,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # its trace-parity and export lines show without -v; the libraries' INFO does not
     try:
         model_dir = export_triton(args.model, args.repository, name=args.name, version=args.version,
                                   backend=args.backend, max_batch_size=args.max_batch_size, device=args.device,
