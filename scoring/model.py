@@ -10,10 +10,11 @@ from __future__ import annotations
 import abc
 import importlib
 import itertools
-import os
 
 import numpy as np
 import torch
+
+from scoring.specs import DEFAULT_MODEL, MODEL_KINDS, model_kind
 
 
 class ImageModule(torch.nn.Module):
@@ -70,8 +71,6 @@ def check_batch(images: torch.Tensor, input_size: int) -> None:
         raise ValueError(f"expected {input_size}x{input_size} images, got {images.shape[1]}x{images.shape[2]}")
 
 
-DEFAULT_MODEL = "handcrafted"
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``auto``: CUDA when available, else the CPU. Asking for CUDA without a GPU is an error."""
@@ -81,34 +80,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for but CUDA is not available; use auto or cpu")
     return device
-
-
-#: ``--model`` spec kind -> ``(loader, info)`` as ``"module:function"``. Resolved with importlib when a spec
-#: of that kind is loaded, so this interface module imports none of the models built on it (they import it).
-#: ``loader(spec, device)`` returns the model; ``info(spec)``, when given, returns ``(model_id, input_size)``
-#: without loading weights.
-MODEL_KINDS: dict[str, tuple[str, str | None]] = {
-    "handcrafted": ("scoring.handcrafted:load_handcrafted", None),
-    "clip-iqa": ("scoring.clip_iqa:load_clip_iqa", None),
-    "run": ("scoring.checkpoint:load_run", "scoring.checkpoint:run_info"),
-}
-
-
-def model_kind(spec: str) -> str:
-    """The :data:`MODEL_KINDS` key of a ``--model`` spec, or a ValueError saying what the spec may be."""
-    if spec == "handcrafted":
-        return "handcrafted"
-    if spec.startswith("clip-iqa:"):
-        return "clip-iqa"
-    if os.path.isdir(spec):
-        return "run"
-    if spec.startswith("triton://"):
-        raise ValueError(f"--model {spec!r} is served by Triton, not loaded locally; "
-                         "score through transforms.inference.make_score_handler")
-    raise ValueError(
-        f"--model {spec!r} is neither 'handcrafted' nor a training run directory (nor a clip-iqa: spec); "
-        "pass --model handcrafted, --model clip-iqa:BACKBONE (zero-shot CLIP-IQA), --model RUN_DIR "
-        "(from `imagescore train`) or --model triton://HOST:PORT/NAME")
 
 
 def _resolve(target: str):
