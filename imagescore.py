@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"imagescore: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return USAGE_EXIT
+    if {"-h", "--help"} & set(rest):
+        # The Beam jobs' modules import Beam (seconds); their flags are defined without it.
+        from pipelines.flags import JOBS, help_requested
+        if name in JOBS:
+            help_requested(rest, name)
+            return 0
     module = importlib.import_module(COMMANDS[name][0])
     return guarded(f"imagescore {name}", module.run, rest)
 

@@ -27,11 +27,12 @@ from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubS
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from es.client import EsConfig, EsError, make_client, scrubbed_errors
-from es.guard import DOCUMENT, WRITE_MODES, ensure_guard_script
+from es.guard import DOCUMENT, ensure_guard_script
 from es.mapping import document_properties, ensure_score_mapping
 from cli_common import UsageError, job_main
 from pipelines import local_streaming
-from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
+from pipelines.flags import StreamingFlags, help_requested
+from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, job_options
 from pipelines.report import counters, ship_packages
 from pipelines.runners import LOCAL_STREAMING_RUNNER
 from transforms.aggregator import KeepNewest
@@ -46,45 +47,12 @@ from transforms.updates import MESSAGE_ID, PUBLISH_TIME, ParseUpdates, iso, mess
 
 log = logging.getLogger(__name__)
 
-STAGES = ("all", "aggregator", "analyzer", "feeder")
 #: the outcomes every published message ends in exactly one of (score_reused is a kind of written)
 OUTCOMES = ("superseded", "written", "stale", "deleted", "missing", "deadlettered")
 
 
-class StreamingOptions(PipelineOptions):
-    """Flags of the streaming job (Beam, image, model and Elasticsearch flags come from their own groups)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--input-subscription", dest="input_subscription",
-                            help="projects/P/subscriptions/S to read (Dataflow acknowledges after the first "
-                                 "fused stage has durably stored its results)")
-        parser.add_argument("--input-topic", dest="input_topic",
-                            help="projects/P/topics/T to read through a temporary subscription instead")
-        parser.add_argument("--output-topic", dest="output_topic",
-                            help="with --stage aggregator|analyzer: the topic the next stage reads")
-        parser.add_argument("--deadletter-topic", dest="deadletter_topic",
-                            help="projects/P/topics/T for every stage's dead letters (required)")
-        parser.add_argument("--stage", dest="stage", choices=STAGES, default="all",
-                            help="run every stage in one job (default) or one stage alone, between topics")
-        parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=DOCUMENT,
-                            help="document (default): upsert the whole processed item, deletes leave tombstones; "
-                                 "score: write only the score fields to documents another indexer owns")
-        parser.add_argument("--aggregate-seconds", dest="aggregate_seconds", type=float, default=5.0,
-                            help="keep only the newest update per item over this many seconds")
-        parser.add_argument("--es-max-buffer-seconds", dest="es_max_buffer_seconds", type=float, default=1.0,
-                            help="the longest a document waits for its bulk request to fill (--es-max-docs)")
-        parser.add_argument("--model-unavailable-seconds", dest="model_unavailable_seconds", type=float,
-                            default=300.0, help="retry a Triton model that is down this long, then dead-letter "
-                                                "the batch as model_unavailable")
-        parser.add_argument("--max-run-seconds", dest="max_run_seconds", type=float,
-                            help="stop a local run after this many seconds and print the counters")
-        parser.add_argument("--local-pull-seconds", dest="local_pull_seconds", type=float, default=1.0,
-                            help="local runner only: longest Pub/Sub pull; timers fire between pulls "
-                                 "(Beam's direct runner waits 30 s, apache/beam#25442)")
-        parser.add_argument("--id-attribute", dest="id_attribute",
-                            help="message attribute with a unique id, for Dataflow's exactly-once dedup "
-                                 "(refused on the local runner, which does not support it)")
+class StreamingOptions(StreamingFlags, PipelineOptions):
+    """Beam\'s parsing of :class:`pipelines.flags.StreamingFlags`."""
 
 
 def _fail(message: str) -> UsageError:
@@ -355,8 +323,7 @@ def print_summary(totals: dict[str, int], result=None) -> None:
 
 def run(argv: list[str] | None = None):
     """Parse flags, start the job; locally, watch it until --max-run-seconds or Ctrl-C, then print counters."""
-    if help_requested(argv, "imagescore stream", __doc__.split("\n\n")[0], StreamingOptions, ImageOptions,
-                      ModelOptions, ElasticsearchOptions):
+    if help_requested(argv, "stream"):
         return None
     argv = list(argv or [])
     result, local = launch(argv)
