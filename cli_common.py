@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable
 
@@ -56,13 +57,26 @@ def unknown_flags_message(unknown: list[str], known: Iterable[str]) -> str:
     return "; ".join(parts) + "; see --help for the flags"
 
 
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`")  # :func:`x`, :mod:`~a.b`, :ref:`title <target>`
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup made readable in a terminal: ``x`` and :func:`x` become x, :mod:`~a.b` becomes b."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return text.replace("``", "")
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default in ``--help``, except the empty ones (None, off, an empty list)."""
+    """Shows each flag's default in ``--help``, except the empty ones (None, off, an empty list), and prints
+    descriptions and help texts (often a module's docstring) without their reStructuredText markup."""
 
     def _get_help_string(self, action):
         if action.default in (None, False, "", []) or isinstance(action, argparse._HelpAction):
-            return action.help or ""
-        return super()._get_help_string(action)
+            return plain_text(action.help or "")
+        return plain_text(super()._get_help_string(action))
+
+    def add_text(self, text):
+        super().add_text(plain_text(text) if text else text)
 
 
 class ArgumentParser(argparse.ArgumentParser):

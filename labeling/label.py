@@ -18,14 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cli_common import ArgumentParser, UsageError, check_share, job_main, run_outcome
 from labeling.cache import WindowCache
-from labeling.judges import WindowOutcome
-from labeling.report import label_rows, summarize
-from labeling.windows import Window, read_windows, window_files
-from transforms.deadletter import Rejected, dead_letter
 
 log = logging.getLogger("imagescore.label")
 STAGE = "label"
@@ -135,6 +129,8 @@ def _write_jsonl(path: Path, rows) -> None:
 
 def _safe_judge(judge, window: Window, repeats: int) -> WindowOutcome:
     """A bug in one window must not take the run down; it dead-letters as unexpected_error."""
+    from labeling.judges import WindowOutcome
+    from transforms.deadletter import Rejected
     try:
         return judge.judge(window, repeats)
     except Rejected as exc:
@@ -146,6 +142,12 @@ def _safe_judge(judge, window: Window, repeats: int) -> WindowOutcome:
 
 def label(args) -> dict:
     """Run the labelling the parsed flags describe; returns the summary (also written to summary.json)."""
+    # Imported here, not at the top, so that --help does not wait for Beam and torch.
+    from tqdm import tqdm
+
+    from labeling.report import label_rows, summarize
+    from labeling.windows import Window, read_windows, window_files
+    from transforms.deadletter import dead_letter
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     files = window_files(args.windows)

@@ -22,10 +22,6 @@ from urllib.parse import urlparse
 from PIL import Image, ImageDraw
 
 from cli_common import ArgumentParser, UsageError, job_main
-from pipelines import backfill
-from pipelines.catalog import ImageServer, build_catalog, write_catalog
-from pipelines.options import job_options
-from pipelines.report import counters
 
 THUMB = 128
 COLUMNS = 12
@@ -163,6 +159,11 @@ def run(argv: list[str] | None = None) -> int:
                                          "against it (credentials from ES_API_KEY or ES_USERNAME/ES_PASSWORD)")
     parser.add_argument("--es-index", default="imagescore-demo", help="index for --es-url (created if missing)")
     args, beam_args = parser.parse_known_args(argv)
+    # Imported once the flags are read, so --help does not wait for Beam.
+    from pipelines import backfill
+    from pipelines.catalog import ImageServer, build_catalog, write_catalog
+    from pipelines.options import job_options
+    from pipelines.report import counters
     # The rest goes to the backfill: refuse a typo now, before the catalog is drawn.
     demo_flags = tuple(flag for action in parser._actions for flag in action.option_strings)
     days = job_options(beam_args, also_known=demo_flags).view_as(backfill.BackfillOptions).days
