@@ -46,7 +46,7 @@ from es.mapping import (
     VERSION_FIELD,
     rank_feature_value,
 )
-from es.write_modes import DOCUMENT, SCORE, WRITE_MODES  # noqa: F401  (part of this module's interface)
+from es.names import DOCUMENT, SCORE, WRITE_MODES  # noqa: F401  (part of this module's interface)
 
 # The id carries a version: a changed script gets a new id, so a running job keeps the one it started with.
 GUARD_SCRIPT_ID = "imagescore-guard-v1"

@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from cli_common import ArgumentParser, DefaultsHelpFormatter
-from es.write_modes import DOCUMENT, WRITE_MODES
+from es.names import DOCUMENT, WRITE_MODES
 from scoring.specs import DEFAULT_MODEL
 
 #: the streaming job's stages: all in one job, or one alone between topics
