@@ -22,11 +22,15 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from cli_common import ArgumentParser, UsageError, job_main
-from pipelines import streaming
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.pubsub_emulator import PubSubEmulator
 from pipelines.update_stream import UpdateStream, build_update_stream
+
+if TYPE_CHECKING:
+    from pipelines import streaming
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "items"
@@ -142,6 +146,7 @@ _last_line = [""]
 
 def _progress(totals: dict, run: streaming.LocalRun) -> None:
     """One line rewritten in place on a terminal; elsewhere a new line only when something changed."""
+    from pipelines import streaming
     p50, p99 = streaming.latency_ms(run.result)
     line = streaming.progress_line(totals, p50, p99)
     if sys.stdout.isatty():
@@ -153,6 +158,7 @@ def _progress(totals: dict, run: streaming.LocalRun) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from pipelines import streaming  # Beam: imported once the flags are read, so --help answers at once
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imagescore-stream-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started: list = []
