@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from anywhere
 
-from cli_common import COMMANDS  # noqa: E402  (the command table only; imports nothing heavy)
+from imagescore import COMMANDS  # noqa: E402  (the command table: the console script imports nothing heavy)
 
 
 def launcher() -> list[str]:
