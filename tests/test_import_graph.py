@@ -156,3 +156,18 @@ def test_packages_import_only_what_the_layout_allows(graph):
                 allowed = ", ".join(sorted(MAY_IMPORT[package])) or "nothing of ours"
                 wrong.append(f"{name}:{line} imports {target}; {package} may import {allowed}")
     assert not wrong, "imports that break DESIGN.md's layout table:\n" + "\n".join(wrong)
+
+
+def test_the_model_loading_table_names_functions_that_exist():
+    """scoring.model loads through strings (that is what keeps the models out of its imports): check they resolve."""
+    import importlib
+
+    from scoring.specs import MODEL_KINDS, model_kind
+
+    for kind, targets in MODEL_KINDS.items():
+        for target in filter(None, targets):
+            module, _, name = target.partition(":")
+            assert callable(getattr(importlib.import_module(module), name, None)), f"{kind}: {target}"
+    assert model_kind("handcrafted") == "handcrafted" and model_kind("clip-iqa:hf:x") == "clip-iqa"
+    with pytest.raises(ValueError, match="served by Triton"):
+        model_kind("triton://127.0.0.1:8001/image_score")
