@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class BackfillOptions(BackfillFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.BackfillFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.BackfillFlags`."""
 
 
 def _scored_at() -> str:

@@ -357,7 +357,7 @@ class CollectWindows(beam.PTransform):
 # --------------------------------------------------------------------------- options and run
 
 class CollectOptions(CollectFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.CollectFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.CollectFlags`."""
 
 
 def _validate(opts: CollectOptions, output: str | None) -> datetime | None:

@@ -55,7 +55,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class EmbedOptions(EmbedFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.EmbedFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.EmbedFlags`."""
 
 
 # --- reading ---------------------------------------------------------------------------------------------------

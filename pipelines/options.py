@@ -15,19 +15,19 @@ from pipelines.flags import ElasticsearchFlags, ImageFlags, JobIOFlags, ModelFla
 
 
 class JobIOOptions(JobIOFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.JobIOFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.JobIOFlags`."""
 
 
 class ImageOptions(ImageFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.ImageFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.ImageFlags`."""
 
 
 class ModelOptions(ModelFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.ModelFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.ModelFlags`."""
 
 
 class ElasticsearchOptions(ElasticsearchFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.ElasticsearchFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.ElasticsearchFlags`."""
 
 
 class _RefusingParser(_BeamArgumentParser):
@@ -91,7 +91,7 @@ def _starts_with_array(path: str) -> bool:
 
 
 class OutcomeOptions(OutcomeFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.OutcomeFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.OutcomeFlags`."""
 
 
 def max_deadletter_share(options: PipelineOptions) -> float | None:

@@ -52,7 +52,7 @@ OUTCOMES = ("superseded", "written", "stale", "deleted", "missing", "deadlettere
 
 
 class StreamingOptions(StreamingFlags, PipelineOptions):
-    """Beam\'s parsing of :class:`pipelines.flags.StreamingFlags`."""
+    """Beam's parsing of :class:`pipelines.flags.StreamingFlags`."""
 
 
 def _fail(message: str) -> UsageError:
