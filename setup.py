@@ -50,7 +50,7 @@ setup(
     version="0.1.0",
     description="Image Score: learn human preferences for listing photos and feed them into search ranking",
     python_requires=">=3.11",
-    py_modules=["imagescore"],
+    py_modules=["imagescore", "cli_common"],
     packages=find_packages(include=["pipelines*", "transforms*", "es*", "scoring*", "training*", "labeling*", "ranking*"]),
     package_data={"labeling": ["prompts/*.txt"]},
     install_requires=INSTALL_REQUIRES,

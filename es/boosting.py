@@ -40,11 +40,7 @@ from es.function_score import POWER_SCRIPT, as_dict
 from es.mapping import DELETED_FIELD as TOMBSTONE_FIELD
 from es.mapping import RANK_FEATURE_FLOOR, SCORE_FIELD
 from es.mapping import RANK_FIELD as RANK_FEATURE_FIELD
-
-RELEVANCE_NAME = "relevance"
-FORMULAS = ("multiplicative", "power", "additive", "rank_feature")
-RANK_FUNCTIONS = ("saturation", "log", "sigmoid", "linear")
-PLATFORMS = ("web", "ios", "android")
+from es.names import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME  # noqa: F401  (part of this interface)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from enum import StrEnum
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -51,27 +50,8 @@ from es.mapping import (
     VERSION_FIELD,
     rank_feature_value,
 )
+from es.names import DOCUMENT, SCORE, WRITE_MODES, WriteMode  # noqa: F401  (part of this module's interface)
 from es.timestamps import iso, parse_iso
-
-
-class WriteMode(StrEnum):
-    """The two write modes (see above). A ``str`` enum: ``WriteMode.SCORE == "score"``, so flags,
-    JSON and log lines carry the plain value."""
-
-    DOCUMENT = "document"
-    SCORE = "score"
-
-    @classmethod
-    def of(cls, value: str) -> WriteMode:
-        """``value`` as a mode, or a ``ValueError`` naming the modes: the one check every writer runs."""
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"write mode must be one of {WRITE_MODES}, got {value!r}") from None
-
-
-DOCUMENT, SCORE = WriteMode.DOCUMENT, WriteMode.SCORE
-WRITE_MODES = tuple(mode.value for mode in WriteMode)
 
 # The id carries a version: a changed script gets a new id, so a running job keeps the one it started with.
 GUARD_SCRIPT_ID = "imagescore-guard-v2"

@@ -18,18 +18,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
+from cli_common import ArgumentParser, UsageError, check_share, job_main, run_outcome
 from es.secrets import LLM_API_KEY_ENVS, scrub
-from imagescore import ArgumentParser, UsageError, check_share, job_main, run_outcome
 from labeling.cache import WindowCache
-from labeling.judges import WindowOutcome
-from labeling.report import label_rows, summarize
-from labeling.windows import Window, read_windows, window_files
-from transforms.deadletter import Rejected, dead_letter
 
 log = logging.getLogger("imagescore.label")
 STAGE = "label"
+
+if TYPE_CHECKING:
+    from labeling.judges import WindowOutcome
+    from labeling.windows import Window
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +136,8 @@ def _write_jsonl(path: Path, rows) -> None:
 
 def _safe_judge(judge, window: Window, repeats: int) -> WindowOutcome:
     """A bug in one window must not take the run down; it dead-letters as unexpected_error."""
+    from labeling.judges import WindowOutcome
+    from transforms.deadletter import Rejected
     try:
         return judge.judge(window, repeats)
     except Rejected as exc:
@@ -147,6 +149,12 @@ def _safe_judge(judge, window: Window, repeats: int) -> WindowOutcome:
 
 def label(args) -> dict:
     """Run the labelling the parsed flags describe; returns the summary (also written to summary.json)."""
+    # Imported here, not at the top, so that --help does not wait for Beam and torch.
+    from tqdm import tqdm
+
+    from labeling.report import label_rows, summarize
+    from labeling.windows import Window, read_windows, window_files
+    from transforms.deadletter import dead_letter
     out = Path(args.output)
     files = window_files(args.windows)
     judge, client, closers = build_judge(args)  # a bad judge flag or file is refused before anything is written
@@ -205,7 +213,6 @@ def label(args) -> dict:
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_share(args.max_deadletter_share)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = label(args)
     except ValueError as exc:  # the flags and the files they name (windows, --quality, --prompt)

@@ -28,9 +28,10 @@ from es.bulk_writer import WriteToElasticsearch, bulk_lines, update_action
 from es.guard import WriteMode
 from es.mapping import VERSION_FIELD
 from es.source import ReadItemsFromElasticsearch
-from imagescore import UsageError, job_main
-from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions,
-                               help_requested, job_options, max_deadletter_share, require_files)
+from cli_common import UsageError, job_main
+from pipelines.flags import BackfillFlags, help_requested
+from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, job_options,
+                               max_deadletter_share, require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
@@ -40,22 +41,8 @@ from transforms.score_images import SCORED, ScoreImages, ScoreRecordFn
 log = logging.getLogger(__name__)
 
 
-class BackfillOptions(PipelineOptions):
-    """Flags of the backfill. ``--input`` (JSONL items, with --source files) and ``--output`` (write
-    DIR/scores*.jsonl and DIR/bulk*.ndjson instead of Elasticsearch) come from ``JobIOOptions``."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--source", choices=("es", "files"), default="es",
-                            help="read items from the Elasticsearch index (default) or from JSONL files (--input)")
-        parser.add_argument("--days", type=int, default=90, help="score items created in the last N days")
-        parser.add_argument("--es-slices", dest="es_slices", type=int, default=8,
-                            help="point-in-time slices, so the read splits across workers")
-        parser.add_argument("--es-pit-keep-alive", dest="es_pit_keep_alive", default="10m",
-                            help="how long the point in time lives between two page reads (Elasticsearch time unit)")
-        parser.add_argument("--deadletter", help="directory or gs:// prefix for deadletter*.jsonl "
-                                                 "(required when writing to Elasticsearch; default DIR/deadletter with --output)")
-        parser.add_argument("--now", help="the reference time for --days (ISO 8601; default: now). For reproducible runs")
+class BackfillOptions(BackfillFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.BackfillFlags`."""
 
 
 def score_record(item: Item, score_fields: dict) -> dict:
@@ -165,8 +152,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, handler: ModelHandler 
 
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     """Parse flags, run the backfill to completion, print what happened."""
-    if help_requested(argv, "imagescore backfill", __doc__.split("\n\n")[0], BackfillOptions, JobIOOptions,
-                      ImageOptions, ModelOptions, ElasticsearchOptions, OutcomeOptions):
+    if help_requested(argv, "backfill"):
         return None
     opts = job_options(argv)
     ship_packages(opts)
@@ -187,5 +173,4 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     job_main("python -m pipelines.backfill", run)

@@ -29,9 +29,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imagescore import UsageError, job_main, run_outcome
-from pipelines.options import (JobIOOptions, OutcomeOptions, help_requested, job_options, max_deadletter_share,
-                               require_files)
+from cli_common import UsageError, job_main, run_outcome
+from pipelines.flags import CollectFlags, help_requested
+from pipelines.options import JobIOOptions, job_options, max_deadletter_share, require_files
 from pipelines.report import counters, top_reasons
 from pipelines.local_runner import runner_for
 
@@ -352,29 +352,8 @@ class CollectWindows(beam.PTransform):
 
 # --------------------------------------------------------------------------- options and run
 
-class CollectOptions(PipelineOptions):
-    """Flags of ``imagescore collect`` besides ``--output`` (:class:`~pipelines.options.JobIOOptions`);
-    ordinary Beam flags such as --runner pass through."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--logs", dest="logs", help="glob of JSONL search logs, one SERP per line (local or gs://)")
-        parser.add_argument("--format", dest="output_format", choices=("jsonl", "parquet"), default="jsonl",
-                            help="format of the windows (CTR, dead letters and summary are always JSON)")
-        parser.add_argument("--max-price-diff", dest="max_price_diff", type=float, default=0.2,
-                            help="keep items with |p - p_anchor| / p_anchor at most this (paper: similar price)")
-        parser.add_argument("--before", dest="before", type=int, default=5, help="items kept above the anchor at most")
-        parser.add_argument("--after", dest="after", type=int, default=2, help="items kept below the anchor at most")
-        parser.add_argument("--min-items", dest="min_items", type=int, default=2,
-                            help="drop windows with fewer items (a lone anchor gives no pair to learn from)")
-        parser.add_argument("--train-fraction", dest="train_fraction", type=float, default=0.8)
-        parser.add_argument("--validation-fraction", dest="validation_fraction", type=float, default=0.1,
-                            help="the test split gets the rest")
-        parser.add_argument("--split-salt", dest="split_salt", default="imagescore",
-                            help="salt of the serp_id hash; change it to draw a different (still stable) split")
-        parser.add_argument("--ctr-cutoff", dest="ctr_cutoff", default=None,
-                            help="ISO timestamp: historical CTR uses only SERPs logged strictly before it; "
-                                 "without it no ctr*.jsonl is written")
+class CollectOptions(CollectFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.CollectFlags`."""
 
 
 def _validate(opts: CollectOptions, output: str | None) -> datetime | None:
@@ -461,8 +440,7 @@ def write_summary(output: str, summary: dict) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    if help_requested(argv, "imagescore collect", __doc__.split("\n\n")[0], CollectOptions, JobIOOptions,
-                      OutcomeOptions):
+    if help_requested(argv, "collect"):
         return 0
     options = job_options(argv)
     opts = options.view_as(CollectOptions)

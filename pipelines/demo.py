@@ -21,13 +21,7 @@ from urllib.parse import urlparse
 
 from PIL import Image, ImageDraw
 
-from es.timestamps import parse_iso
-from imagescore import ArgumentParser, UsageError, job_main
-from pipelines import backfill
-from pipelines.catalog import ImageServer, build_catalog, write_catalog
-from pipelines.options import job_options
-from transforms.inference import score_model_info
-from pipelines.report import counters
+from cli_common import ArgumentParser, UsageError, job_main
 
 THUMB = 128
 COLUMNS = 12
@@ -137,6 +131,7 @@ def _reasons(counts: Counter | dict) -> str:
 def es_summary(indexed: list[dict], refused: Counter, totals: dict[str, int], since: datetime) -> list[str]:
     """Lines that account for every catalog item in the Elasticsearch run: not indexed, not read back,
     written, not found when writing, or dead-lettered (by reason)."""
+    from es.timestamps import parse_iso
     read = totals.get("items_read", 0)
     old = sorted(r["id"] for r in indexed if parse_iso(r["created_at"], "created_at") < since)
     unexplained = len(indexed) - read - len(old)
@@ -165,6 +160,12 @@ def run(argv: list[str] | None = None) -> int:
                                          "against it (credentials from ES_API_KEY or ES_USERNAME/ES_PASSWORD)")
     parser.add_argument("--es-index", default="imagescore-demo", help="index for --es-url (created if missing)")
     args, beam_args = parser.parse_known_args(argv)
+    # Imported once the flags are read, so --help does not wait for Beam.
+    from pipelines import backfill
+    from pipelines.catalog import ImageServer, build_catalog, write_catalog
+    from pipelines.options import job_options
+    from pipelines.report import counters
+    from transforms.inference import score_model_info
     # The rest goes to the backfill: refuse a typo now, before the catalog is drawn.
     demo_flags = tuple(flag for action in parser._actions for flag in action.option_strings)
     days = job_options(beam_args, also_known=demo_flags).view_as(backfill.BackfillOptions).days

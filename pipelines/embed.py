@@ -28,9 +28,10 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imagescore import UsageError, job_main
-from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, OutcomeOptions, help_requested, job_options,
-                               max_deadletter_share, require_files)
+from cli_common import UsageError, job_main
+from pipelines.flags import EmbedFlags, help_requested
+from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, job_options, max_deadletter_share,
+                               require_files)
 from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
 from scoring.backbone import load_backbone
@@ -50,17 +51,8 @@ SCHEMA = pa.schema([
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class EmbedOptions(PipelineOptions):
-    """Flags of ``imagescore embed``; ``--input`` (JSONL of {item_id, image_url}) and ``--output`` (embeddings-*.parquet,
-    deadletter-*.jsonl; existing embeddings there are skipped) come from :class:`~pipelines.options.JobIOOptions`."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--windows", help="glob of collect's windows*.jsonl (or *.parquet); every item is embedded")
-        parser.add_argument("--backbone", help="backbone spec: hf:ID_OR_DIR, open_clip:ARCH/TAG, rinna:ID_OR_DIR, "
-                                               "handcrafted (see scoring.backbone)")
-        parser.add_argument("--no-normalize", dest="normalize", action="store_false",
-                            help="store raw projections instead of L2-normalised embeddings")
+class EmbedOptions(EmbedFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.EmbedFlags`."""
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -247,8 +239,7 @@ def summarize(totals: dict[str, int]) -> dict[str, int]:
 
 def run(argv: list[str] | None = None):
     """Parse flags, run the job to completion, print what happened."""
-    if help_requested(argv, "imagescore embed", __doc__.split("\n\n")[0], EmbedOptions, JobIOOptions,
-                      ImageOptions, ModelOptions, OutcomeOptions):
+    if help_requested(argv, "embed"):
         return None
     opts = job_options(argv)
     ship_packages(opts)
@@ -267,5 +258,4 @@ def run(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     job_main("python -m pipelines.embed", run)

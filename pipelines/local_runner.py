@@ -55,7 +55,7 @@ from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
-from imagescore import UsageError
+from cli_common import UsageError
 from pipelines.pubsub_emulator import subscriber_client
 from pipelines.report import counters
 

@@ -2,61 +2,38 @@
 
 Each group is a ``PipelineOptions`` subclass, so Beam parses them from the
 same argv as ``--runner``/``--project`` and Dataflow flex templates pass them
-through unchanged. Secrets are never options: Elasticsearch credentials come
-from the environment (see ``es.client``).
+through unchanged. The flags themselves are defined in :mod:`pipelines.flags`,
+which ``--help`` reads without importing Beam. Secrets are never options:
+Elasticsearch credentials come from the environment (see ``es.client``).
 
 Each group also builds what its flags describe, once for every job, with a bad
-value refused as a one-line :class:`~imagescore.UsageError` naming the flag:
+value refused as a one-line :class:`~cli_common.UsageError` naming the flag:
 ``ImageOptions.fetch_policy()``, ``ModelOptions.model_info()`` and
 ``score_handler()``, ``ElasticsearchOptions.es_config()`` and ``prepare_index()``.
 """
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from cli_common import UsageError, check_share, unknown_flags_message
+from es import index_setup
 from es.client import EsConfig
+from es.names import WriteMode
 from es.secrets import scrub
-from es.guard import WriteMode
-from es.index_setup import IndexSetupError, prepare_index
-from imagescore import DefaultsHelpFormatter, UsageError, check_share, unknown_flags_message
-from scoring.model import DEFAULT_MODEL
+from pipelines.flags import ElasticsearchFlags, ImageFlags, JobIOFlags, ModelFlags, OutcomeFlags
 from transforms.fetch import FetchPolicy
 from transforms.inference import make_score_handler, score_model_info
 
 
-class JobIOOptions(PipelineOptions):
-    """``--input``/``--output``, defined once: Beam parses every loaded options class, so two
-    jobs defining the same flag in one process would conflict."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", dest="input",
-                            help="input files, a glob (local or gs://); what they hold depends on the job")
-        parser.add_argument("--output", dest="output", help="output directory (local or gs://)")
+class JobIOOptions(JobIOFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.JobIOFlags`."""
 
 
-class ImageOptions(PipelineOptions):
-    """How images are fetched and decoded: the hostile-input limits."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--allow-image-hosts", dest="allow_image_hosts", default="",
-                            help="HOST[:PORT],... allowed even though they resolve to private/loopback addresses")
-        parser.add_argument("--allow-image-schemes", dest="allow_image_schemes", default="",
-                            help="Beam FileSystems schemes to read besides http(s), e.g. gs,file (off by default)")
-        parser.add_argument("--max-image-bytes", dest="max_image_bytes", type=int, default=20_000_000,
-                            help="refuse images larger than this many bytes (checked while streaming)")
-        parser.add_argument("--max-image-pixels", dest="max_image_pixels", type=int, default=40_000_000,
-                            help="refuse images with more pixels than this (decompression-bomb guard)")
-        parser.add_argument("--fetch-concurrency", dest="fetch_concurrency", type=int, default=16,
-                            help="concurrent image downloads per worker thread")
-        parser.add_argument("--fetch-timeout", dest="fetch_timeout", type=float, default=30.0,
-                            help="total seconds allowed for one image, retries included")
+class ImageOptions(ImageFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.ImageFlags`."""
 
     def fetch_policy(self) -> FetchPolicy:
         """The fetcher's limits from these flags; a bad value is a UsageError naming its flag."""
@@ -75,24 +52,8 @@ _FETCH_POLICY_FLAGS = {"max_bytes": "--max-image-bytes", "total_timeout": "--fet
                        "concurrency": "--fetch-concurrency"}
 
 
-class ModelOptions(PipelineOptions):
-    """Which model scores the images and how RunInference batches them."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--model", dest="model", default=DEFAULT_MODEL,
-                            help="handcrafted (weight-free baseline, the default), clip-iqa:BACKBONE (zero-shot CLIP-IQA), "
-                                 "a training run directory, or "
-                                 "triton://HOST:PORT/NAME[/VERSION] to score on a Triton server (gRPC port)")
-        parser.add_argument("--device", dest="device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-        parser.add_argument("--min-batch-size", dest="min_batch_size", type=int, default=8)
-        parser.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=64)
-        parser.add_argument("--large-model", dest="large_model", action="store_true",
-                            help="load one model per worker VM shared across processes (for GPU workers)")
-        parser.add_argument("--triton-timeout", dest="triton_timeout", type=float, default=60.0,
-                            help="seconds per Triton request")
-        parser.add_argument("--triton-retries", dest="triton_retries", type=int, default=5,
-                            help="retries of a batch on UNAVAILABLE/RESOURCE_EXHAUSTED/DEADLINE_EXCEEDED")
+class ModelOptions(ModelFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.ModelFlags`."""
 
     def batching(self) -> dict[str, Any]:
         """RunInference's batching flags, as a model handler's keyword arguments."""
@@ -118,36 +79,8 @@ class ModelOptions(PipelineOptions):
                                   **self.batching())
 
 
-class ElasticsearchOptions(PipelineOptions):
-    """Where scores go. Credentials come from ES_API_KEY or ES_USERNAME/ES_PASSWORD, never from flags."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--es-url", dest="es_url", default=os.environ.get("ES_URL"),
-                            help="Elasticsearch URL (default: $ES_URL)")
-        parser.add_argument("--es-index", dest="es_index", default="items", help="index holding the items")
-        parser.add_argument("--es-no-verify-certs", dest="es_verify_certs", action="store_const", const=False,
-                            default=None, help="do not verify TLS certificates (default: $ES_VERIFY_CERTS, else "
-                                               "verify; CA bundle: $ES_CA_CERTS on the workers)")
-        parser.add_argument("--es-max-docs", dest="es_max_docs", type=int, default=500,
-                            help="documents per bulk request at most")
-        parser.add_argument("--es-max-bytes", dest="es_max_bytes", type=int, default=5 * 1024 * 1024,
-                            help="bytes per bulk request at most")
-        parser.add_argument("--es-unavailable-seconds", dest="es_unavailable_seconds", type=_seconds, default=600.0,
-                            help="how long a bulk request waits out an unreachable or overloaded cluster "
-                                 "(connection errors, 429, 502, 503, 504), retrying with backoff, before its "
-                                 "documents are dead-lettered as es_unavailable")
-
-
-def _seconds(value: str) -> float:
-    """A flag's number of seconds: a float that is not negative."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a number of seconds, 0 or more")
-    return seconds
+class ElasticsearchOptions(ElasticsearchFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.ElasticsearchFlags`, and what those flags build."""
 
     def es_config(self) -> EsConfig | None:
         """Where the cluster is (``--es-url``, else ``$ES_URL``) and how to trust it; ``None`` without a URL."""
@@ -163,27 +96,9 @@ def _seconds(value: str) -> float:
         """Map ``--es-index`` and store the guard script before any write (:func:`es.index_setup.prepare_index`);
         a cluster that is not there, a missing index or refused credentials are a one-line UsageError."""
         try:
-            prepare_index(self.es_config(), self.es_index, mode)
-        except IndexSetupError as exc:
+            index_setup.prepare_index(self.es_config(), self.es_index, mode)
+        except index_setup.IndexSetupError as exc:
             raise UsageError(str(exc)) from None
-
-
-def help_requested(argv: list[str] | None, prog: str, description: str, *option_classes: type) -> bool:
-    """Print a job's flags for ``-h``/``--help`` and return True.
-
-    Beam's own parser only knows ``-h`` when it parses, so the job's option
-    classes are laid out here in one help text.
-    """
-    if not argv or not {"-h", "--help"} & set(argv):
-        return False
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=DefaultsHelpFormatter,
-        epilog="Beam flags (--runner, --project, --region, --temp_location, --direct_running_mode, ...) "
-               "pass through unchanged.")
-    for cls in option_classes:
-        cls._add_argparse_args(parser.add_argument_group(cls.__name__))
-    parser.print_help()
-    return True
 
 
 class _RefusingParser(_BeamArgumentParser):
@@ -246,14 +161,8 @@ def _starts_with_array(path: str) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
 
 
-class OutcomeOptions(PipelineOptions):
-    """When a run counts as failed: nothing succeeded, or too large a share of dead letters."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--max-deadletter-share", dest="max_deadletter_share", type=float, default=None,
-                            help="exit 1 when more than this share (0-1) of the records read was dead-lettered "
-                                 "(default: fail only when nothing succeeded)")
+class OutcomeOptions(OutcomeFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.OutcomeFlags`."""
 
 
 def max_deadletter_share(options: PipelineOptions) -> float | None:

@@ -26,9 +26,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-from imagescore import ArgumentParser, UsageError, job_main
-from transforms.deadletter_topic import payload_bytes, to_record
-from transforms.messages import MESSAGE_ID, PUBLISH_TIME
+from cli_common import ArgumentParser, UsageError, job_main
+
+# transforms.deadletter_topic and transforms.messages import Beam: the functions that replay import them.
 
 PULL_BATCH = 100
 
@@ -55,6 +55,7 @@ def _matches(attributes: dict, reasons: list[str], stages: list[str]) -> bool:
 
 def _origin(letter: dict) -> dict[str, str]:
     """The attributes a replayed message carries: where the original came from."""
+    from transforms.messages import MESSAGE_ID, PUBLISH_TIME
     return {name: str(letter[field]) for field, name in (("message_id", MESSAGE_ID), ("publish_time", PUBLISH_TIME))
             if letter.get(field)}
 
@@ -64,6 +65,8 @@ def replay_subscription(subscription: str, topic: str | None, *, reasons: list[s
                         out=sys.stdout) -> dict[str, int]:
     """Republish matching dead letters from ``subscription`` to ``topic``; ack each after its publish succeeded."""
     from google.cloud import pubsub_v1
+
+    from transforms.deadletter_topic import to_record
 
     subscriber = pubsub_v1.SubscriberClient()
     publisher = pubsub_v1.PublisherClient() if not dry_run else None
@@ -143,6 +146,7 @@ def read_letters(pattern: str) -> Iterator[dict]:
 def replay_files(pattern: str, *, output: str | None, topic: str | None, reasons: list[str], stages: list[str],
                  limit: int | None, dry_run: bool, out=sys.stdout) -> dict[str, int]:
     """Backfill dead letters -> a JSONL file of their payloads (backfill input), or a topic."""
+    from transforms.deadletter_topic import payload_bytes
     totals = {"replayed": 0, "skipped": 0, "failed": 0}
     publisher = None
     if topic and not dry_run:

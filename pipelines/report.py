@@ -5,7 +5,7 @@ import os
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from imagescore import run_outcome
+from cli_common import run_outcome
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
 
 SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")

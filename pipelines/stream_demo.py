@@ -22,12 +22,15 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from imagescore import ArgumentParser, UsageError, job_main
-from pipelines import streaming
-from pipelines.local_runner import accounted, print_progress, print_summary
+from typing import TYPE_CHECKING
+
+from cli_common import ArgumentParser, UsageError, job_main
 from pipelines.catalog import ImageServer, build_catalog
 from pipelines.pubsub_emulator import PubSubEmulator
 from pipelines.update_stream import UpdateStream, build_update_stream
+
+if TYPE_CHECKING:
+    from pipelines import streaming
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "items"
@@ -140,6 +143,8 @@ def _pull_dead_letters(emulator: PubSubEmulator, subscription: str, expected: in
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from pipelines import streaming  # Beam: imported once the flags are read, so --help answers at once
+    from pipelines.local_runner import accounted, print_progress, print_summary
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imagescore-stream-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started: list = []

@@ -22,11 +22,12 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from es.guard import WRITE_MODES, WriteMode
-from imagescore import UsageError, job_main
+from cli_common import UsageError, job_main
+from es.names import WriteMode
+from pipelines.flags import StreamingFlags, help_requested
 from pipelines.local_runner import LOCAL_STREAMING_RUNNER, DirectRunnerPatches, LocalRun, print_progress, \
     print_summary, run_until
-from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, help_requested, job_options
+from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, job_options
 from pipelines.report import ship_packages
 from transforms.aggregator import KeepNewest
 from transforms.analyzer import Analyze
@@ -43,52 +44,8 @@ from transforms.messages import (
 
 log = logging.getLogger(__name__)
 
-STAGES = ("all", "aggregator", "analyzer", "feeder")
-
-
-class StreamingOptions(PipelineOptions):
-    """Flags of the streaming job (Beam, image, model and Elasticsearch flags come from their own groups)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--input-subscription", dest="input_subscription",
-                            help="projects/P/subscriptions/S to read (Dataflow acknowledges after the first "
-                                 "fused stage has durably stored its results)")
-        parser.add_argument("--input-topic", dest="input_topic",
-                            help="projects/P/topics/T to read through a temporary subscription instead")
-        parser.add_argument("--output-topic", dest="output_topic",
-                            help="with --stage aggregator|analyzer: the topic the next stage reads")
-        parser.add_argument("--deadletter-topic", dest="deadletter_topic",
-                            help="projects/P/topics/T for every stage's dead letters (required)")
-        parser.add_argument("--stage", dest="stage", choices=STAGES, default="all",
-                            help="run every stage in one job (default) or one stage alone, between topics")
-        parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=WriteMode.DOCUMENT.value,
-                            help="document (default): upsert the whole processed item, deletes leave tombstones; "
-                                 "score: write only the score fields to documents another indexer owns")
-        parser.add_argument("--max-message-bytes", dest="max_message_bytes", type=int,
-                            default=DEFAULT_MAX_MESSAGE_BYTES,
-                            help="dead-letter a message larger than this as message_too_large (default 1 MiB)")
-        parser.add_argument("--aggregate-seconds", dest="aggregate_seconds", type=float, default=5.0,
-                            help="keep only the newest update per item over this many seconds")
-        parser.add_argument("--es-max-buffer-seconds", dest="es_max_buffer_seconds", type=float, default=1.0,
-                            help="the longest a document waits for its bulk request to fill (--es-max-docs)")
-        parser.add_argument("--model-unavailable-seconds", dest="model_unavailable_seconds", type=float,
-                            default=300.0, help="retry a Triton model that is down this long, then dead-letter "
-                                                "the batch as model_unavailable")
-        parser.add_argument("--max-run-seconds", dest="max_run_seconds", type=float,
-                            help="drain a local run after this many seconds and print the counters")
-        parser.add_argument("--local-pull-seconds", dest="local_pull_seconds", type=float, default=1.0,
-                            help="local runner only: longest Pub/Sub pull; timers fire between pulls "
-                                 "(Beam's direct runner waits 30 s, apache/beam#25442)")
-        parser.add_argument("--local-max-messages", dest="local_max_messages", type=int, default=20,
-                            help="local runner only: the most messages one Pub/Sub pull takes (acknowledged at "
-                                 "once, so what a SIGKILL can lose beyond what is being processed)")
-        parser.add_argument("--drain-seconds", dest="drain_seconds", type=float, default=60.0,
-                            help="local runner only: on SIGTERM, Ctrl-C or --max-run-seconds, stop pulling and "
-                                 "finish what was read for up to this long; what is left is reported in flight")
-        parser.add_argument("--id-attribute", dest="id_attribute",
-                            help="message attribute with a unique id, for Dataflow's exactly-once dedup "
-                                 "(refused on the local runner, which does not support it)")
+class StreamingOptions(StreamingFlags, PipelineOptions):
+    """Beam's parsing of :class:`pipelines.flags.StreamingFlags`."""
 
 
 def _fail(message: str) -> UsageError:
@@ -213,8 +170,7 @@ def launch(argv: list[str], clock: Callable[[], float] = time.time) -> tuple[bea
 def run(argv: list[str] | None = None):
     """Parse flags, start the job; locally, watch it until --max-run-seconds, SIGTERM or Ctrl-C, drain it, and
     print the counters."""
-    if help_requested(argv, "imagescore stream", __doc__.split("\n\n")[0], StreamingOptions, ImageOptions,
-                      ModelOptions, ElasticsearchOptions):
+    if help_requested(argv, "stream"):
         return None
     argv = list(argv or [])
     result, job = launch(argv)
@@ -230,5 +186,4 @@ def run(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     job_main("python -m pipelines.streaming", run)

@@ -24,14 +24,17 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import tea_tasting as tt
-from scipy import stats
+
+from cli_common import ArgumentParser, UsageError, job_main
 from es.timestamps import parse_iso
-from imagescore import ArgumentParser, UsageError, job_main
+
+# pyarrow, scipy and tea-tasting take seconds to import together: the functions that use them import them.
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import tea_tasting as tt
 
 METRICS = {"bcr": "converted", "bcr_via_search": "converted_via_search",
            "atpu": "transactions", "atpu_via_search": "transactions_via_search"}
@@ -42,6 +45,7 @@ POWER = 0.8
 
 def read_rows(path: str) -> pa.Table:
     """CSV, JSONL or Parquet by extension."""
+    import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.json as pa_json
     import pyarrow.parquet as pa_parquet
@@ -66,6 +70,8 @@ def read_rows(path: str) -> pa.Table:
 
 def exposure_times(column: pa.ChunkedArray) -> pa.Array:
     """``exposed_at`` as UTC microseconds: ISO-8601 strings (a time without a zone is UTC) or timestamps."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from datetime import UTC, datetime
     if column.null_count:
         raise ValueError(f"column 'exposed_at' has {column.null_count} nulls; every exposure needs its time")
@@ -91,6 +97,8 @@ def exposure_times(column: pa.ChunkedArray) -> pa.Array:
 
 def per_user(table: pa.Table, covariates: bool = False) -> tuple[pa.Table, dict]:
     """One row per user: metrics summed (conversions: any), platform of first exposure; and what was excluded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     columns = list(METRICS.values()) + ([f"{c}_pre" for c in METRICS.values()] if covariates else [])
     if covariates:
         missing = [c for c in columns if c not in table.column_names]
@@ -148,6 +156,7 @@ def parse_split(text: str | None, variants: list[str]) -> dict[str, float]:
 
 def srm(counts: dict[str, int], split: dict[str, float]) -> dict:
     """Chi-square goodness of fit of the users per variant against the configured split."""
+    from scipy import stats
     names = sorted(counts)
     observed = np.array([counts[n] for n in names], np.float64)
     expected = np.array([split[n] for n in names]) * observed.sum()
@@ -157,12 +166,16 @@ def srm(counts: dict[str, int], split: dict[str, float]) -> dict:
 
 
 def _experiment(covariates: bool) -> tt.Experiment:
+    import tea_tasting as tt
     return tt.Experiment(**{name: tt.Mean(col, f"{col}_pre" if covariates else None) for name, col in METRICS.items()})
 
 
 def readout(users: pa.Table, control: str, split: dict[str, float], *, covariates: bool = False,
             alpha: float = 0.05) -> dict:
     """The rows of ``readout.json`` plus the SRM checks (pooled and per platform)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import tea_tasting as tt
     variants = sorted(set(users["variant"].to_pylist()))
     if control not in variants:
         raise ValueError(f"--control {control!r} is not a variant in the data ({variants})")

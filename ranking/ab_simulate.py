@@ -19,11 +19,15 @@ import json
 import os
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-from imagescore import ArgumentParser, UsageError, job_main
+
+from cli_common import ArgumentParser, UsageError, job_main
 from ranking.ab import name_number_pairs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PLATFORMS = ("web", "ios", "android")
 
@@ -39,6 +43,7 @@ def simulate(users: int, split: dict[str, float], lifts: dict[str, dict[str, flo
              platform_shares: dict[str, float] | None = None, base_rate: float = 0.3, shape: float = 0.5,
              search_share: float = 0.6, return_rate: float = 0.2, srm_loss: dict[str, float] | None = None) -> pa.Table:
     """Per-exposure rows in the ``ab-readout`` input format."""
+    import pyarrow as pa  # imported when a command runs, not for --help
     rng = np.random.default_rng(seed)
     names = list(split)
     shares = np.array([split[n] for n in names], np.float64)

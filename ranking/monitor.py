@@ -31,7 +31,7 @@ from scipy.stats import wasserstein_distance
 
 from es.mapping import DELETED_FIELD, MODEL_FIELD, SCORE_FIELD, SCORE_VERSION_FIELD, SCORED_AT_FIELD, VERSION_FIELD
 from es.monitoring import PERCENTS, IndexSummary, TooManyGroups
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 
 PSI_FLOOR = 1e-4
 DRIFT_EXIT = 3

@@ -14,10 +14,10 @@ import argparse
 import json
 import sys
 
-from elasticsearch.dsl import Q
+from cli_common import ArgumentParser, UsageError, job_main
+from es.names import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME
 
-from es.boosting import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME, Boost, PlatformBoosts, search_body
-from imagescore import ArgumentParser, UsageError, job_main
+# elasticsearch (a second to import) and the query builders on it are imported by the functions that build.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _base(args) -> dict:
+    from elasticsearch.dsl import Q
     if args.match is not None:
         return Q("match", **{args.field: {"query": args.match, "_name": RELEVANCE_NAME}}).to_dict()
     try:
@@ -59,6 +60,7 @@ def _base(args) -> dict:
 
 def body_for(args) -> dict:
     """The search body the flags describe."""
+    from es.boosting import Boost, PlatformBoosts, search_body
     try:
         default = Boost(args.formula, args.w, args.missing, rank_function=args.rank_function,
                         rank_params=json.loads(args.rank_params))

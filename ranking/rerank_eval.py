@@ -17,16 +17,19 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from es.boosting import FORMULAS, Boost
+from es.names import FORMULAS
 from ranking.metrics import metric_names, per_serp, skip_above_rows
 from ranking.propensity import estimate_em, for_ranks, load_propensities
-from ranking.replay import Logs, attach_scores, load_logs, load_scores, new_ranks, replay_scores
 from training.metrics import group_bootstrap_ci
 from training.samples import _src as image_src
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
+
+if TYPE_CHECKING:
+    from ranking.replay import Logs
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -55,6 +58,9 @@ def sweep(logs: Logs, formulas: list[str], ws: list[float], *, missing: float = 
           theta: np.ndarray, n_boot: int = 1000, seed: int = 0, rescore_window: int | None = None,
           rank_function: str = "saturation", rank_params: dict | None = None) -> tuple[list[dict], dict]:
     """The rows of ``rerank.json`` and the new ranks of every (formula, w)."""
+    # The scoring mirror and its query builders import elasticsearch: loaded when the sweep runs, not for --help.
+    from es.boosting import Boost
+    from ranking.replay import new_ranks, replay_scores
     ws = sorted(set([0.0] + ws))
     logged_rank = logs.logged_rank()
     propensity = for_ranks(theta, logged_rank, "the propensities")
@@ -206,6 +212,7 @@ def run(argv: list[str] | None = None) -> int:
     ws = _floats(args.w, "w")
     if args.bootstrap < 1 or args.k < 1:
         raise UsageError("--bootstrap and --k must be at least 1")
+    from ranking.replay import attach_scores, load_logs, load_scores
     t0 = time.perf_counter()
     try:
         logs = attach_scores(load_logs(args.logs), load_scores(args.scores))

@@ -25,13 +25,20 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from imagescore import ArgumentParser, UsageError, job_main
-from scoring.model import DEFAULT_MODEL, ScoreModel, load_model
-from scoring.photos import draw_product
+from cli_common import ArgumentParser, UsageError, job_main
+from scoring.specs import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+
+    from scoring.model import ScoreModel
+
+# torch, the models and their photos are imported inside the functions that export: the names above are
+# what the Triton handler and --help need, without torch.
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +57,6 @@ PARITY_TOLERANCE = 1e-5
 _PARITY_BATCHES = ((2, "photo"), (2, "photo"), (1, "noise"), (3, "photo"))
 
 
-class TritonOutput(torch.nn.Module):
-    """``ScoreModel`` with its scores as ``[N, 1]``: Triton's batched output ``scores`` with dims ``[1]``."""
-
-    def __init__(self, model: ScoreModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images).float().reshape(-1, 1)
-
-
 def trace_model(model: ScoreModel, device: str = "cpu", seed: int = 0) -> torch.jit.ScriptModule:
     """TorchScript of ``model`` on ``device``, checked against the eager model; raises ``ValueError`` when they differ.
 
@@ -72,6 +68,20 @@ def trace_model(model: ScoreModel, device: str = "cpu", seed: int = 0) -> torch.
     (``torch.tensor(..., device=x.device)``), so a trace only runs on the kind
     of device it was made on: trace on ``cuda`` to serve on a GPU.
     """
+    import torch
+
+    from scoring.photos import draw_product
+
+    class TritonOutput(torch.nn.Module):
+        """``ScoreModel`` with its scores as ``[N, 1]``: Triton's batched output ``scores`` with dims ``[1]``."""
+
+        def __init__(self, model: ScoreModel):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.model(images).float().reshape(-1, 1)
+
     device = _export_device(device)
     model = model.to(device).eval().requires_grad_(False)
     rng = np.random.default_rng(seed)
@@ -126,6 +136,7 @@ def render_config(*, name: str, backend: str, input_size: int, model_id: str, ma
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    import torch
     head = 'backend: "python"' if backend == "python" else 'platform: "pytorch_libtorch"'
     kind = "KIND_GPU" if torch.device(device).type == "cuda" else "KIND_CPU"
     preferred = sorted({b for b in (8, 16, 32, max_batch_size) if b <= max_batch_size})
@@ -234,6 +245,9 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
     if not name or "/" in name or os.sep in name or name.startswith("."):
         raise ValueError(f"--name {name!r} is not a usable directory name for a Triton model")
     _export_device(device)
+    import torch
+
+    from scoring.model import load_model
     if isinstance(model, str):
         # Loaded where it will be traced, so a GPU export keeps the GPU path's precision (fp16 backbones).
         model = load_model(model, device)
@@ -272,6 +286,7 @@ def export_triton(model: ScoreModel | str, repository: str, name: str = "image_s
 
 def _export_device(device: str | torch.device) -> torch.device:
     """``--device`` of the export (``cpu`` or ``cuda``): there is no ``auto``, a trace runs only where it was made."""
+    import torch
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available here; export with --device cpu, "
@@ -299,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # its trace-parity and export lines show without -v; the libraries' INFO does not
     try:
         model_dir = export_triton(args.model, args.repository, name=args.name, version=args.version,
                                   backend=args.backend, max_batch_size=args.max_batch_size, device=args.device,

@@ -484,3 +484,8 @@ def calibrate(x: torch.Tensor, knots=None) -> torch.Tensor:
         out = out + (yb - ya) / (xb - xa) * torch.clamp(x - xa, min=0.0, max=xb - xa)
     (xa, ya), (xb, yb) = knots[-2], knots[-1]
     return out + (yb - ya) / (xb - xa) * torch.clamp(x - xb, min=0.0)
+
+
+def load_handcrafted(spec: str, device: torch.device) -> HandcraftedScorer:
+    """The ``--model handcrafted`` loader of :data:`scoring.model.MODEL_KINDS`: weight-free, so only built."""
+    return HandcraftedScorer()

@@ -8,11 +8,13 @@ Triton and any exported artefact preprocess identically.
 from __future__ import annotations
 
 import abc
+import importlib
 import itertools
-import os
 
 import numpy as np
 import torch
+
+from scoring.specs import DEFAULT_MODEL, MODEL_KINDS, model_kind
 
 
 class ImageModule(torch.nn.Module):
@@ -69,8 +71,6 @@ def check_batch(images: torch.Tensor, input_size: int) -> None:
         raise ValueError(f"expected {input_size}x{input_size} images, got {images.shape[1]}x{images.shape[2]}")
 
 
-DEFAULT_MODEL = "handcrafted"
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``auto``: CUDA when available, else the CPU. Asking for CUDA without a GPU is an error."""
@@ -82,6 +82,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def _resolve(target: str):
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = None) -> ScoreModel:
     """Load the model that ``--model`` names: ``handcrafted``, ``clip-iqa:BACKBONE`` or a training run directory.
 
@@ -89,23 +94,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
     model comes back in eval mode with gradients off.
     """
     device = resolve_device(device)
-    if spec == "handcrafted":
-        from scoring.handcrafted import HandcraftedScorer
-        model: ScoreModel = HandcraftedScorer()
-    elif spec.startswith("clip-iqa:"):
-        from scoring.clip_iqa import load_clip_iqa
-        model = load_clip_iqa(spec, device)
-    elif os.path.isdir(spec):
-        from scoring.checkpoint import load_run
-        model = load_run(spec, device=device)
-    elif spec.startswith("triton://"):
-        raise ValueError(f"--model {spec!r} is served by Triton, not loaded locally; "
-                         "score through transforms.inference.make_score_handler")
-    else:
-        raise ValueError(
-            f"--model {spec!r} is neither 'handcrafted' nor a training run directory (nor a clip-iqa: spec); "
-            "pass --model handcrafted, --model clip-iqa:BACKBONE (zero-shot CLIP-IQA), --model RUN_DIR "
-            "(from `imagescore train`) or --model triton://HOST:PORT/NAME")
+    model: ScoreModel = _resolve(MODEL_KINDS[model_kind(spec)][0])(spec, device)
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -116,8 +105,8 @@ def model_info(spec: str = DEFAULT_MODEL) -> tuple[str, int]:
     The launcher needs both before the pipeline runs: the id to skip items
     already scored by this model, the size to decode images for it.
     """
-    if os.path.isdir(spec):
-        from scoring.checkpoint import run_info
-        return run_info(spec)
+    info = MODEL_KINDS[model_kind(spec)][1]
+    if info is not None:
+        return _resolve(info)(spec)
     model = load_model(spec, "cpu")
     return model.model_id, model.input_size

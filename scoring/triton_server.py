@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 
 START_TIMEOUT_S = 120.0
 

@@ -15,7 +15,7 @@ import pytest
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
-from imagescore import UsageError
+from cli_common import UsageError
 from es.guard import GUARD_SCRIPT_ID, canonical_version
 from es.mapping import score_properties
 from pipelines import backfill

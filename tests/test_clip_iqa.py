@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagescore import guarded
+from cli_common import guarded
 from scoring import export_triton as et
 from scoring.clip_iqa import DEFAULT_PROMPTS, ClipIqaScorer, parse_spec
 from scoring.model import load_model, model_info

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import imagescore
+from cli_common import UsageError
 from pipelines.options import job_options
 from pipelines.local_runner import LOCAL_BATCH_RUNNER
 
@@ -144,7 +145,7 @@ def test_every_flag_beam_its_runners_or_the_job_defines_is_accepted():
                            "--flink_master", "localhost:8081", "--spark_master_url", "spark://h:7077",
                            "--experiments", "use_runner_v2", "--days", "3", "--es-pit-keep-alive", "5m"])
     assert options.view_as(backfill.BackfillOptions).days == 3
-    with pytest.raises(imagescore.UsageError, match=r"unknown flag --dayz \(did you mean --days\?\)"):
+    with pytest.raises(UsageError, match=r"unknown flag --dayz \(did you mean --days\?\)"):
         job_options(["--project", "p", "--dayz", "1"])
 
 

@@ -242,7 +242,7 @@ def test_a_whole_request_400_dead_letters_its_batch_with_the_reason(es_double, e
 
 @pytest.mark.parametrize("value", ["-1", "soon"])
 def test_the_budget_flag_refuses_what_is_not_a_number_of_seconds(value):
-    from imagescore import UsageError
+    from cli_common import UsageError
     with pytest.raises(UsageError, match="--es-unavailable-seconds"):
         job_options(["--es-unavailable-seconds", value])
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from imagescore import guarded
+from cli_common import guarded
 from labeling.label import run
 from tests.chat_double import ChatDouble, Reply, recorded
 from tests.fixtures.chat import window, write_images, write_windows

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagescore import guarded
+from cli_common import guarded
 from labeling.label import run
 from scoring.model import load_model
 from scoring.photos import degrade, draw_product

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.transforms.window import TimestampedValue
 
-from imagescore import UsageError
+from cli_common import UsageError
 from pipelines import streaming
 from pipelines.local_runner import DirectRunnerPatches, accounted, latency_ms, patches_installed, print_summary
 from pipelines.pubsub_emulator import subscriber_client

@@ -6,7 +6,7 @@ import pytest
 from es.client import EsConfig
 from es.guard import WriteMode
 from es.index_setup import IndexSetupError, prepare_index
-from imagescore import UsageError
+from cli_common import UsageError
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, job_options
 from transforms.fetch import FetchPolicy
 from transforms.inference import ScoreModelHandler

@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import InferenceServerClient, InferInput, model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from imagescore import guarded
+from cli_common import guarded
 from pipelines.local_runner import local_runner
 from scoring import export_triton as et
 from scoring.model import ScoreModel, load_model

@@ -28,9 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from training.adjectives import (
     DEFAULT_WORDNET_DIR,
     AdjectiveFinder,
@@ -171,6 +170,7 @@ def compare(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str, alpha: float
     if empty:
         return {"a": name_a, "b": name_b, "n_a": int(a.size), "n_b": int(b.size),
                 "skipped": f"no {' and no '.join(empty)} items with labels, so there is nothing to compare"}
+    from scipy import stats  # a second to import: loaded when analyze runs, not for --help
     test = stats.ks_2samp(a, b)
     out = {"a": name_a, "b": name_b, "n_a": int(a.size), "n_b": int(b.size),
            "stats_a": describe(a), "stats_b": describe(b),

@@ -14,8 +14,7 @@ import sys
 
 import numpy as np
 
-from imagescore import ArgumentParser, UsageError, job_main
-from training import baselines as B
+from cli_common import ArgumentParser, UsageError, job_main
 from training import metrics as M
 from training.data import Dataset, load_dataset, match_files
 
@@ -28,6 +27,7 @@ def evaluate_methods(data: Dataset, *, runs: list[str], ctr: str | None, clip_ba
                      split: str = "test", n_boot: int = 1000, seed: int = 0,
                      ctr_prior_strength: float = 10.0) -> tuple[list[dict], dict[str, np.ndarray]]:
     """One row per method: OPA and CA stats, or ``unavailable`` with the reason."""
+    from training import baselines as B  # torch: imported when a command runs, not for --help
     part = data.splits[split]
     if part.n_windows == 0:
         raise ValueError(f"the {split} split has no usable windows (data summary: {data.summary()})")
@@ -68,6 +68,7 @@ def evaluate_methods(data: Dataset, *, runs: list[str], ctr: str | None, clip_ba
 
 
 def _clip_scorer(data: Dataset, part, spec: str | None):
+    from training import baselines as B
     from training.train import spec_from_backbone_id
     spec = spec or spec_from_backbone_id(data.embeddings.backbone_id)
 

@@ -52,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from imagescore import ArgumentParser, UsageError, job_main
+from cli_common import ArgumentParser, UsageError, job_main
 from scoring.photos import DEGRADATIONS, PRODUCT_KINDS
 
 # Query strings per category: several phrasings of one intent, as real logs have.

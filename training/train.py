@@ -21,16 +21,19 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from imagescore import ArgumentParser, UsageError, job_main
-from scoring.head import ACTIVATIONS, HeadConfig, ScoreHead
-from scoring.model import resolve_device
+from cli_common import ArgumentParser, UsageError, job_main
 from training import metrics as M
 from training.data import Dataset, SplitData, load_dataset
-from training.losses import LOSSES, pairwise_loss
+
+# torch and the modules built on it are imported inside the functions that train, so --help answers at once.
+if TYPE_CHECKING:
+    import torch
+
+    from scoring.head import ScoreHead
 
 
 # ---------------------------------------------------------------- config
@@ -56,6 +59,8 @@ class TrainConfig:
     bootstrap: int = 1000          # bootstrap resamples (SERPs) for the reported CIs
 
     def validate(self) -> "TrainConfig":
+        from scoring.head import ACTIVATIONS
+        from training.losses import LOSSES
         problems = []
         for loss in [self.loss, *self.grid_loss]:
             if loss not in LOSSES:
@@ -95,6 +100,7 @@ def read_config_file(path: str) -> dict:
 def make_optimizer(head: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, fused where this torch supports it: the step over ~0.7M head weights is a third of the
     time of a small batch, and the fused kernel is about 3x faster than the per-parameter loop."""
+    import torch
     try:
         return torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):  # torch < 2.4 on CPU, or an unsupported device
@@ -118,6 +124,7 @@ def window_batches(pair_group: np.ndarray, batch_size: int, rng: np.random.Gener
 def score_pairs(head: torch.nn.Module, embeddings: torch.Tensor, winners: torch.Tensor,
                 losers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the head once per distinct image of the batch and gather (s_w, s_l) by index."""
+    import torch
     rows, inverse = torch.unique(torch.cat([winners, losers]), return_inverse=True)
     scores = head(embeddings[rows])
     return scores[inverse[:len(winners)]], scores[inverse[len(winners):]]
@@ -129,12 +136,13 @@ def score_pairs_naive(head: torch.nn.Module, embeddings: torch.Tensor, winners: 
     return head(embeddings[winners]), head(embeddings[losers])
 
 
-@torch.no_grad()
 def score_rows(head: torch.nn.Module, embeddings: torch.Tensor, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Eval-mode scores (logits) for embedding rows."""
+    import torch
     head.eval()
-    out = [head(embeddings[torch.as_tensor(rows[k:k + chunk], device=embeddings.device)]).float().cpu()
-           for k in range(0, len(rows), chunk)]
+    with torch.no_grad():
+        out = [head(embeddings[torch.as_tensor(rows[k:k + chunk], device=embeddings.device)]).float().cpu()
+               for k in range(0, len(rows), chunk)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -169,7 +177,12 @@ def check_trainable(data: Dataset) -> None:
 
 def train_head(config: TrainConfig, data: Dataset, *, progress: bool = True, desc: str = "train") -> TrainResult:
     """Train one head; return it at its best validation epoch (CA, then OPA)."""
+    import torch
     from tqdm.auto import tqdm
+
+    from scoring.head import HeadConfig, ScoreHead
+    from scoring.model import resolve_device
+    from training.losses import pairwise_loss
     check_trainable(data)
     train, val = data.splits["train"], data.splits["validation"]
     device = resolve_device(config.device)
@@ -418,8 +431,11 @@ def resolve_backbone(config: TrainConfig, data: Dataset) -> tuple[str, bool, int
 
 
 def run(argv: list[str] | None = None) -> int:
-    from scoring.checkpoint import save_run
     args = build_parser().parse_args(argv)
+    import torch
+
+    from scoring.checkpoint import save_run
+    from scoring.model import resolve_device
     if os.path.isdir(args.output) and os.listdir(args.output) and not args.force:
         raise UsageError(f"--output {args.output!r} exists and is not empty; choose a new run directory or pass --force")
     try:  # the flags, --config and the files they name

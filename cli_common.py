@@ -1,0 +1,169 @@
+"""The pieces every command shares: the usage error, the argparse parser, ``job_main`` and the outcome rule.
+
+A leaf module: it imports nothing of the project's and nothing heavy, so any
+module can use it and ``imagescore --help`` stays fast.
+
+User mistakes (a glob that matches nothing, a service that is not there, a
+bad flag) raise :class:`UsageError`; :func:`guarded` prints it as one line and
+exits 2. Every other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterable
+
+USAGE_EXIT = 2
+
+#: taken out of argv by :func:`guarded` before a job parses it, so every command has them
+VERBOSE_FLAGS = ("-v", "--verbose")
+VERBOSE_HELP = "also show INFO log lines (Beam's progress among them); warnings and errors show either way"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(SystemExit):
+    """A mistake in what the user typed or pointed at: the message names the input and says what to do.
+
+    It subclasses ``SystemExit`` so that code calling a job's ``run`` directly
+    still stops cleanly; :func:`guarded` turns it into one line on stderr and exit code 2.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def unknown_flags_message(unknown: list[str], known: Iterable[str]) -> str:
+    """"unknown flag --dayz (did you mean --days?)" for each unknown token, Beam's suggestion rule."""
+    known = sorted(set(known))
+    parts = []
+    after_flag = False
+    for token in unknown:
+        name = token.split("=", 1)[0]
+        if not name.startswith("-"):
+            if not after_flag:  # a bare word that is not the value of an unknown flag
+                parts.append(f"unexpected argument {token!r}")
+            after_flag = False
+            continue
+        after_flag = "=" not in token
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return "; ".join(parts) + "; see --help for the flags"
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`")  # :func:`x`, :mod:`~a.b`, :ref:`title <target>`
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup made readable in a terminal: ``x`` and :func:`x` become x, :mod:`~a.b` becomes b."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return text.replace("``", "")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default in ``--help``, except the empty ones (None, off, an empty list), and prints
+    descriptions and help texts (often a module's docstring) without their reStructuredText markup."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, "", []) or isinstance(action, argparse._HelpAction):
+            return plain_text(action.help or "")
+        return plain_text(super()._get_help_string(action))
+
+    def add_text(self, text):
+        super().add_text(plain_text(text) if text else text)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every non-Beam command: defaults in ``--help``, no abbreviations, and a
+    mistake (an unknown flag, a bad value) raised as :class:`UsageError`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            known = [flag for action in self._actions for flag in action.option_strings]
+            raise UsageError(unknown_flags_message(unknown, known))
+        return parsed
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def run_outcome(job: str, read: int, succeeded: int, dead: int, max_share: float | None) -> tuple[int, str]:
+    """(exit code, why) of a finished run: 1 when records were dead-lettered and none succeeded, or when
+    the dead-letter share is over ``max_share``; 0 otherwise (an empty input, or one where every record
+    is a counted skip, is not a failure)."""
+    if read and dead and not succeeded:
+        return 1, f"{job}: FAILED: none of the {read:,} records read succeeded; see the dead-letter reasons above"
+    if max_share is not None and read and dead / read > max_share:
+        return 1, (f"{job}: FAILED: {dead / read:.1%} of the records read were dead-lettered, over "
+                   f"--max-deadletter-share {max_share:g}")
+    return 0, ""
+
+
+def check_share(share: float | None, flag: str = "--max-deadletter-share") -> float | None:
+    """A share flag's value, refused unless it is in [0, 1]."""
+    if share is not None and not 0 <= share <= 1:
+        raise UsageError(f"{flag} must be between 0 and 1, got {share:g}")
+    return share
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, as ``logging.lastResort`` does (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The one logging set-up of every command: warnings and errors by default, INFO lines too with ``-v``.
+
+    Beam logs ~85 INFO lines per local run; they are noise unless asked for.
+    Calling it again (jobs run in one process by tests) only changes the level.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> int:
+    """Run a job's ``run(argv)`` and return its exit code; a :class:`UsageError` becomes one line and 2.
+
+    ``-v``/``--verbose`` are taken out of argv here and set up logging (:func:`setup_logging`).
+    ``run`` returns an exit code, or a Beam ``PipelineResult`` carrying ``exit_code``
+    (set by :func:`pipelines.report.finish`), or None for success.
+    """
+    setup_logging(verbose=any(arg in VERBOSE_FLAGS for arg in argv))
+    argv = [arg for arg in argv if arg not in VERBOSE_FLAGS]
+    try:
+        result = run(argv)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        return USAGE_EXIT
+    if isinstance(result, int):
+        return result
+    return int(getattr(result, "exit_code", 0) or 0)
+
+
+def job_main(prog: str, run: Callable[[list[str]], object]) -> None:
+    """The ``python -m MODULE`` entry point of a job: the same handler as the console script."""
+    sys.exit(guarded(prog, run, sys.argv[1:]))

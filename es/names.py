@@ -1,0 +1,35 @@
+"""Names that flags and ``--help`` need, kept free of the Elasticsearch client (which takes a second to import).
+
+The stale-update guard's write modes (``document``: the job owns the document
+and upserts all of it; ``score``: only the score fields, onto documents another
+indexer owns) and the boosting formulas, rank functions and platforms.
+``es.guard`` and ``es.boosting`` use these.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class WriteMode(StrEnum):
+    """The two write modes. A ``str`` enum: ``WriteMode.SCORE == "score"``, so flags, JSON and log lines
+    carry the plain value."""
+
+    DOCUMENT = "document"
+    SCORE = "score"
+
+    @classmethod
+    def of(cls, value: str) -> WriteMode:
+        """``value`` as a mode, or a ``ValueError`` naming the modes: the one check every writer runs."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"write mode must be one of {WRITE_MODES}, got {value!r}") from None
+
+
+DOCUMENT, SCORE = WriteMode.DOCUMENT, WriteMode.SCORE
+WRITE_MODES = tuple(mode.value for mode in WriteMode)
+
+RELEVANCE_NAME = "relevance"
+FORMULAS = ("multiplicative", "power", "additive", "rank_feature")
+RANK_FUNCTIONS = ("saturation", "log", "sigmoid", "linear")
+PLATFORMS = ("web", "ios", "android")
