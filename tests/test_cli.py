@@ -11,7 +11,7 @@ import pytest
 
 import imagescore
 from cli_common import plain_text, setup_logging
-from pipelines.runners import LOCAL_BATCH_RUNNER
+from pipelines.local_runner import LOCAL_BATCH_RUNNER
 
 ROOT = Path(__file__).resolve().parent.parent
 
