@@ -17,15 +17,17 @@ from elasticsearch import Elasticsearch
 
 from es.client import EsError, EsVersionMismatch, scrubbed_errors
 
-SCORE_FIELD = "image_score"
-MODEL_FIELD = "image_score_model"
-SCORED_AT_FIELD = "image_scored_at"
-SCORED_URL_FIELD = "image_score_image_url"  # the URL that was scored: streaming reuses a score while it is unchanged
-SCORE_VERSION_FIELD = "image_score_version"  # the item version (updated_at) the score was computed from
-RANK_FIELD = "image_score_rank"  # rank_feature copy of image_score, for the rank_feature query
-DELETED_FIELD = "deleted"  # true on a tombstone
-VERSION_FIELD = "updated_at"  # the item version; the stale-update guard compares it (es/guard.py)
-CREATED_AT_FIELD = "created_at"  # owned by the item indexer; the backfill source filters on it
+from es.names import (  # noqa: F401  (the field names are part of this module's interface)
+    CREATED_AT_FIELD,
+    DELETED_FIELD,
+    MODEL_FIELD,
+    RANK_FIELD,
+    SCORE_FIELD,
+    SCORE_VERSION_FIELD,
+    SCORED_AT_FIELD,
+    SCORED_URL_FIELD,
+    VERSION_FIELD,
+)
 
 # rank_feature values must be positive normal floats, and Elasticsearch keeps only 9 significant bits.
 RANK_FEATURE_FLOOR = 1e-4

@@ -28,12 +28,9 @@ between the sorted values) up to 20 x compression = 2,000 values per group, appr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from elasticsearch import Elasticsearch
-
-from es.client import scrubbed_errors
-from es.mapping import DELETED_FIELD, MODEL_FIELD, SCORE_FIELD, SCORE_VERSION_FIELD, SCORED_AT_FIELD, VERSION_FIELD
+from es.names import DELETED_FIELD, MODEL_FIELD, SCORE_FIELD, SCORE_VERSION_FIELD, SCORED_AT_FIELD, VERSION_FIELD
 
 # The key a ``terms`` aggregation gives documents without the grouping field: reported as null.
 MISSING_KEY = "__imagescore_missing__"
@@ -158,9 +155,14 @@ def parse_response(response: dict, fields: list[str], bins: int, max_groups: int
         stale=int(aggs["stale"]["doc_count"]))
 
 
+if TYPE_CHECKING:  # the client takes a second to import; the report and --help need none of it
+    from elasticsearch import Elasticsearch
+
+
 def summarize_index(client: Elasticsearch, index: str, fields: list[str], bins: int,
                     max_groups: int) -> IndexSummary:
     """Run the one search on ``index`` and parse it; errors come out as scrubbed :class:`es.client.EsError`."""
+    from es.client import scrubbed_errors
     with scrubbed_errors(f"aggregating image scores of index {index!r}"):
         response = client.search(index=index, **search_body(fields, bins, max_groups)).body
     return parse_response(response, fields, bins, max_groups)

@@ -1,4 +1,4 @@
-"""Names that flags and ``--help`` need, kept free of the Elasticsearch client (which takes a second to import).
+"""Names that flags, ``--help`` and reports need, kept free of the Elasticsearch client (which takes a second to import).
 
 The stale-update guard's write modes (``document``: the job owns the document
 and upserts all of it; ``score``: only the score fields, onto documents another
@@ -28,6 +28,17 @@ class WriteMode(StrEnum):
 
 DOCUMENT, SCORE = WriteMode.DOCUMENT, WriteMode.SCORE
 WRITE_MODES = tuple(mode.value for mode in WriteMode)
+
+# The index fields the jobs write and read (es/mapping.py maps them).
+SCORE_FIELD = "image_score"
+MODEL_FIELD = "image_score_model"
+SCORED_AT_FIELD = "image_scored_at"
+SCORED_URL_FIELD = "image_score_image_url"  # the URL that was scored: streaming reuses a score while it is unchanged
+SCORE_VERSION_FIELD = "image_score_version"  # the item version (updated_at) the score was computed from
+RANK_FIELD = "image_score_rank"  # rank_feature copy of image_score, for the rank_feature query
+DELETED_FIELD = "deleted"  # true on a tombstone
+VERSION_FIELD = "updated_at"  # the item version; the stale-update guard compares it (es/guard.py)
+CREATED_AT_FIELD = "created_at"  # owned by the item indexer; the backfill source filters on it
 
 RELEVANCE_NAME = "relevance"
 FORMULAS = ("multiplicative", "power", "additive", "rank_feature")

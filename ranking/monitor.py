@@ -26,12 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import wasserstein_distance
-
-from es.mapping import DELETED_FIELD, MODEL_FIELD, SCORE_FIELD, SCORE_VERSION_FIELD, SCORED_AT_FIELD, VERSION_FIELD
-from es.monitoring import PERCENTS, IndexSummary, TooManyGroups
 from cli_common import ArgumentParser, UsageError, job_main
+from es.monitoring import PERCENTS, IndexSummary, TooManyGroups
+from es.names import DELETED_FIELD, MODEL_FIELD, SCORE_FIELD, SCORE_VERSION_FIELD, SCORED_AT_FIELD, VERSION_FIELD
+
 
 PSI_FLOOR = 1e-4
 DRIFT_EXIT = 3
@@ -61,6 +59,8 @@ def bin_centres(bins: int) -> np.ndarray:
 
 def drift_stats(current: list[int] | np.ndarray, reference: list[int] | np.ndarray) -> dict[str, float]:
     """PSI, Jensen-Shannon distance, binned KS and W1 between two histograms (counts) of the same bins."""
+    from scipy.spatial.distance import jensenshannon  # scipy: imported when a comparison runs, not for --help
+    from scipy.stats import wasserstein_distance
     p = np.asarray(current, dtype=np.float64)
     q = np.asarray(reference, dtype=np.float64)
     p, q = p / p.sum(), q / q.sum()
