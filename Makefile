@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: demo stream-demo test test-es test-es8 install install-dev bench clean system-deps
+.PHONY: demo stream-demo test test-es test-es8 test-latest install install-dev bench clean system-deps
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -52,8 +52,25 @@ test-es8: $(VENV)/.installed-dev
 	$(PIP) install -q --no-deps --target .es8 'elasticsearch>=8.18,<9' 'elastic-transport>=8.13,<9'
 	PYTHONPATH=.es8 $(PY) -m pytest $(ES_SUITES)
 
+# The suites that touch Beam, Elasticsearch and Pub/Sub on the newest releases setup.py allows, in a venv
+# of their own: no constraints.txt, except its torch pin (a looser one pulls a multi-GB CUDA build here).
+# setup.py's upper bounds are the versions this last installed and passed (docs/testing.md).
+LATEST_VENV := .venv-latest
+LATEST_PY := $(LATEST_VENV)/bin/python
+LATEST_SUITES := $(sort $(ES_SUITES) $(wildcard tests/test_backfill*.py tests/test_stream*.py))
+
+$(LATEST_VENV)/.installed-dev: setup.py constraints.txt
+	python3 -m venv $(LATEST_VENV)
+	$(LATEST_PY) -m pip install --upgrade "pip>=24" wheel
+	$(LATEST_PY) -m pip install --upgrade --upgrade-strategy eager "$$(grep -E '^torch==' constraints.txt)" -e ".[dev]"
+	touch $@
+
+test-latest: $(LATEST_VENV)/.installed-dev
+	$(LATEST_PY) -m pip list --format=freeze | grep -iE '^(apache-beam|elasticsearch|elastic-transport|google-cloud-pubsub|tritonclient|numpy|torch)=='
+	$(LATEST_PY) -m pytest -p randomly $(LATEST_SUITES)
+
 bench: $(VENV)/.installed-dev
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .es8 build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) .es8 build *.egg-info .pytest_cache

@@ -128,7 +128,9 @@ class _ClosePitFn(beam.DoFn):
     def __init__(self, config: EsConfig):
         self._config = config
 
-    def process(self, done: tuple[str, list[str]]) -> None:
+    # No return hint: it outputs nothing, and Beam 2.78 resolves a ``-> None`` under postponed annotations
+    # to NoneType, which it rejects at construction as "Return value not iterable".
+    def process(self, done: tuple[str, list[str]]):
         _, latest_ids = done
         client = make_client(self._config)
         closer = client.options(ignore_status=404)
