@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "monitor": ("ranking.monitor", "coverage and drift of the image score per model and segment (index or files)"),
     "stream": ("pipelines.streaming", "streaming indexing from Pub/Sub: aggregator -> analyzer -> feeder"),
     "stream-demo": ("pipelines.stream_demo", "run the streaming job on a local Pub/Sub emulator and check the index"),
+    "emulator": ("pipelines.pubsub_emulator", "start a local Pub/Sub emulator for stream and replay; publish your messages"),
     "replay": ("pipelines.replay", "republish dead letters (a Pub/Sub subscription or deadletter*.jsonl files)"),
     "serve-triton": ("scoring.triton_server", "serve an export-triton repository with the local tritonserver"),
 }

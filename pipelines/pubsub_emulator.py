@@ -1,4 +1,4 @@
-"""Google's Pub/Sub emulator on 127.0.0.1, for the streaming demo, tests and benchmarks.
+"""Google's Pub/Sub emulator on 127.0.0.1, for the streaming demo, tests, benchmarks and ``imagescore emulator``.
 
 It runs ``gcloud beta emulators pubsub start --host-port=127.0.0.1:PORT``. The gcloud
 wrapper starts a Java child and does not stop it when it is stopped itself, so the
@@ -14,12 +14,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 
 PROJECT = "imagescore-local"
 START_TIMEOUT_S = 60.0
+
+
+TOPICS = {"item-updates": "item-updates", "dead-letters": "dead-letters"}  # topic -> its one subscription
 
 
 def _free_port() -> int:
@@ -63,14 +67,16 @@ class PubSubEmulator:
     workdir: str
 
     @classmethod
-    def start(cls, project: str = PROJECT, timeout_s: float = START_TIMEOUT_S) -> PubSubEmulator:
-        """Start the emulator on a free port and wait until it answers; raises with its log otherwise."""
+    def start(cls, project: str = PROJECT, timeout_s: float = START_TIMEOUT_S,
+              port: int | None = None) -> PubSubEmulator:
+        """Start the emulator (on a free port unless ``port``) and wait until it answers; raises with its log
+        otherwise."""
         gcloud = gcloud_path()
         if gcloud is None:
             raise FileNotFoundError("gcloud is not installed; the Pub/Sub emulator comes with the Google Cloud SDK "
                                     "(gcloud components install pubsub-emulator, and a Java runtime)")
         workdir = tempfile.mkdtemp(prefix="imagescore-pubsub-")
-        port = _free_port()
+        port = port or _free_port()
         log = open(os.path.join(workdir, "emulator.log"), "wb")
         process = subprocess.Popen(
             [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
@@ -151,3 +157,98 @@ class PubSubEmulator:
         finally:
             subscriber.close()
             publisher.transport.close() if hasattr(publisher, "transport") else None
+
+
+def publish_lines(host: str, topic: str, path: str) -> int:
+    """Publish every non-blank line of ``path`` as one message (its bytes as they are) to ``topic`` on the
+    emulator at ``host``; returns the count. Waits for each publish, so a failure names its line."""
+    from google.cloud import pubsub_v1
+
+    os.environ["PUBSUB_EMULATOR_HOST"] = host
+    publisher = pubsub_v1.PublisherClient()
+    count = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            data = line.rstrip(b"\r\n")
+            if data.strip():
+                try:
+                    publisher.publish(topic, data).result(timeout=30)
+                except Exception as exc:  # the client raises NotFound, DeadlineExceeded, ...
+                    raise RuntimeError(f"{path}:{number}: publishing to {topic} on {host} failed: {exc}") from None
+                count += 1
+    return count
+
+
+def _parser():
+    from imagescore import ArgumentParser
+
+    parser = ArgumentParser(prog="imagescore emulator", description=(
+        "Run the streaming job on your own messages: start Google's Pub/Sub emulator on 127.0.0.1 with the "
+        "topics and subscriptions `imagescore stream` and `imagescore replay` use, print the commands, and "
+        "stop on Ctrl-C. With --publish, send a JSONL file's lines (one message each) to an emulator that runs."))
+    parser.add_argument("--port", type=int, default=8085, help="the emulator's port on 127.0.0.1")
+    parser.add_argument("--publish", metavar="FILE",
+                        help="publish each line of FILE to --topic on the running emulator at $PUBSUB_EMULATOR_HOST "
+                             "(else 127.0.0.1:--port), then exit")
+    parser.add_argument("--topic", default="item-updates", help="the topic --publish sends to")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    from imagescore import UsageError
+
+    args = _parser().parse_args(argv)
+    if args.publish:
+        if not os.path.isfile(args.publish):
+            raise UsageError(f"--publish {args.publish!r} is not a file; give a JSONL file, one message per line")
+        host = os.environ.get("PUBSUB_EMULATOR_HOST") or f"127.0.0.1:{args.port}"
+        try:
+            with urllib.request.urlopen(f"http://{host}/", timeout=2):
+                pass
+        except OSError:
+            raise UsageError(f"no Pub/Sub emulator answers at {host}; start one with `imagescore emulator` in "
+                             "another shell (and export the PUBSUB_EMULATOR_HOST it prints)") from None
+        topic = f"projects/{os.environ.get('PUBSUB_PROJECT_ID') or PROJECT}/topics/{args.topic}"
+        try:
+            count = publish_lines(host, topic, args.publish)
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"published {count} message(s) from {args.publish} to {topic}")
+        return 0
+    if gcloud_path() is None:
+        raise UsageError("gcloud is not installed; the Pub/Sub emulator comes with the Google Cloud SDK "
+                         "(gcloud components install pubsub-emulator, and a Java runtime)")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", args.port)) == 0:
+            raise UsageError(f"port {args.port} on 127.0.0.1 is taken (an emulator already running?); "
+                             "pass another --port")
+    emulator = PubSubEmulator.start(port=args.port)
+    try:
+        for topic, subscription in TOPICS.items():
+            emulator.create(topic, subscription)
+        updates, dead = emulator.subscription("item-updates"), emulator.topic("dead-letters")
+        print(f"""Pub/Sub emulator on {emulator.host} (project {emulator.project}); in another shell:
+
+  export PUBSUB_EMULATOR_HOST={emulator.host} PUBSUB_PROJECT_ID={emulator.project}
+  imagescore emulator --publish my-updates.jsonl          # one item update (JSON) per line
+  imagescore stream --input-subscription {updates} \\
+      --deadletter-topic {dead} --es-url http://localhost:9200 --es-index items
+  imagescore replay --subscription {emulator.subscription("dead-letters")} --topic {emulator.topic("item-updates")}
+
+Ctrl-C stops the emulator; its topics and messages go with it.""", flush=True)
+        while emulator.process.poll() is None:
+            time.sleep(0.5)
+        print(f"imagescore emulator: the emulator exited with {emulator.process.returncode}; log:\n"
+              f"{emulator.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imagescore emulator: stopped; its topics and messages are gone", flush=True)
+        return 0
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    from imagescore import job_main
+
+    job_main("python -m pipelines.pubsub_emulator", run)
