@@ -180,7 +180,7 @@ def publish_lines(host: str, topic: str, path: str) -> int:
 
 
 def _parser():
-    from imagescore import ArgumentParser
+    from cli_common import ArgumentParser
 
     parser = ArgumentParser(prog="imagescore emulator", description=(
         "Run the streaming job on your own messages: start Google's Pub/Sub emulator on 127.0.0.1 with the "
@@ -195,7 +195,7 @@ def _parser():
 
 
 def run(argv: list[str] | None = None) -> int:
-    from imagescore import UsageError
+    from cli_common import UsageError
 
     args = _parser().parse_args(argv)
     if args.publish:
@@ -249,6 +249,6 @@ Ctrl-C stops the emulator; its topics and messages go with it.""", flush=True)
 
 
 if __name__ == "__main__":
-    from imagescore import job_main
+    from cli_common import job_main
 
     job_main("python -m pipelines.pubsub_emulator", run)

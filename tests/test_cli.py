@@ -19,7 +19,7 @@ FLAGS = {"demo": "--output", "backfill": "--deadletter", "collect": "--logs", "l
          "analyze": "--labels", "simulate": "--quality-effect", "embed": "--backbone", "train": "--grid",
          "evaluate": "--runs", "export-triton": "--repository", "query": "--formula", "rerank-eval": "--scores",
          "ab-readout": "--control", "simulate-ab": "--srm-loss", "monitor": "--psi-alert",
-         "stream": "--deadletter-topic", "stream-demo": "--triton", "replay": "--subscription", "serve-triton": "--grpc-port"}
+         "stream": "--deadletter-topic", "stream-demo": "--triton", "replay": "--subscription", "serve-triton": "--grpc-port", "emulator": "--publish"}
 
 
 def test_every_command_is_covered():
