@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable
 
 USAGE_EXIT = 2
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+#: the flags that name where a command writes; Ctrl-C removes Beam's temporary folders there
+OUTPUT_FLAGS = ("--output", "--deadletter")
 
 #: taken out of argv by :func:`guarded` before a job parses it, so every command has them
 VERBOSE_FLAGS = ("-v", "--verbose")
@@ -146,7 +150,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> int:
-    """Run a job's ``run(argv)`` and return its exit code; a :class:`UsageError` becomes one line and 2.
+    """Run a job's ``run(argv)`` and return its exit code; a :class:`UsageError` becomes one line and 2,
+    Ctrl-C one line and 130 (see :func:`interrupted`).
 
     ``-v``/``--verbose`` are taken out of argv here and set up logging (:func:`setup_logging`).
     ``run`` returns an exit code, or a Beam ``PipelineResult`` carrying ``exit_code``
@@ -159,9 +164,45 @@ def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> i
     except UsageError as exc:
         print(f"{prog}: error: {exc.message}", file=sys.stderr)
         return USAGE_EXIT
+    except KeyboardInterrupt:
+        print(interrupted(prog, argv), file=sys.stderr)
+        return INTERRUPTED_EXIT
     if isinstance(result, int):
         return result
     return int(getattr(result, "exit_code", 0) or 0)
+
+
+def output_dirs(argv: list[str]) -> list[str]:
+    """The local directories a command's argv names with :data:`OUTPUT_FLAGS` (``--flag DIR`` or ``--flag=DIR``)."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in OUTPUT_FLAGS:
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            if value and "://" not in value:
+                dirs.append(value)
+    return dirs
+
+
+def interrupted(prog: str, argv: list[str]) -> str:
+    """Tidy up after Ctrl-C and say so in one line: what was interrupted, what was kept, what was removed.
+
+    Beam's file sinks write into ``beam-temp-*`` folders beside their output and move the files into
+    place when the write finishes; an interrupted run leaves them behind, and no later run removes
+    them. Files already in place (finished shards, dead letters) are kept.
+    """
+    import glob
+    import shutil
+
+    removed = 0
+    for directory in output_dirs(argv):
+        for temp in glob.glob(os.path.join(glob.escape(directory), "**", "beam-temp-*"), recursive=True):
+            shutil.rmtree(temp, ignore_errors=True)
+            removed += 1
+    dirs = output_dirs(argv)
+    kept = f"kept what was already written under {', '.join(dirs)}" if dirs else "it writes no files"
+    tidy = f"; removed {removed} unfinished temporary folder(s) (beam-temp-*)" if removed else ""
+    return f"{prog}: interrupted (Ctrl-C) before it finished; {kept}{tidy}; run it again to redo the rest"
 
 
 def job_main(prog: str, run: Callable[[list[str]], object]) -> None:

@@ -15,6 +15,7 @@ on ``BundleBasedDirectRunner`` with ``--streaming`` (never a run-time download).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -72,6 +73,7 @@ def _validate(so: StreamingOptions, es_url: str | None, local: bool) -> None:
     if so.id_attribute and local:
         raise _fail("--id-attribute is not supported on the local runner (BundleBasedDirectRunner refuses "
                     "id_label); drop it locally, or run on Dataflow, which deduplicates by it")
+    _check_paths(so)
     if so.max_message_bytes <= 0:
         raise _fail(f"--max-message-bytes must be positive, got {so.max_message_bytes}")
     if so.aggregate_seconds < 0 or so.es_max_buffer_seconds <= 0 or so.model_unavailable_seconds < 0:
@@ -83,6 +85,56 @@ def _validate(so: StreamingOptions, es_url: str | None, local: bool) -> None:
                     f"(got {so.drain_seconds:g})")
 
 
+
+
+def _pubsub_paths(so: StreamingOptions) -> list[tuple[str, str, str]]:
+    """``(flag, kind, path)`` of every Pub/Sub resource the job's flags name."""
+    named = [("--input-subscription", "subscription", so.input_subscription), ("--input-topic", "topic", so.input_topic),
+             ("--output-topic", "topic", so.output_topic), ("--deadletter-topic", "topic", so.deadletter_topic)]
+    return [(flag, kind, path) for flag, kind, path in named if path]
+
+
+def _check_paths(so: StreamingOptions) -> None:
+    """Each topic and subscription flag in Pub/Sub's own form (Beam's parser), refused by flag name."""
+    from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
+    for flag, kind, path in _pubsub_paths(so):
+        try:
+            (parse_subscription if kind == "subscription" else parse_topic)(path)
+        except ValueError as exc:
+            raise _fail(f"{flag} {path!r}: {str(exc).rstrip('.')}; give projects/PROJECT/{kind}s/NAME, where PROJECT is a Google "
+                        f"Cloud project id (6-30 lowercase letters, digits and hyphens)") from None
+
+
+def check_pubsub_exists(so: StreamingOptions, timeout_s: float = 10.0) -> None:
+    """On the local runner, refuse a topic or subscription that does not exist, and a Pub/Sub that does not
+    answer, before the job starts: the direct runner would otherwise retry its reads forever.
+    (Dataflow checks them itself when the job is submitted.)"""
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+
+    from pipelines.pubsub_emulator import subscriber_client
+    where = f"the emulator at {os.environ['PUBSUB_EMULATOR_HOST']}" if os.environ.get("PUBSUB_EMULATOR_HOST") \
+        else "Google Cloud Pub/Sub"
+    try:
+        subscriber, publisher = subscriber_client(), pubsub_v1.PublisherClient()
+    except Exception as exc:  # google.auth raises DefaultCredentialsError without credentials
+        raise _fail(f"cannot reach {where}: {exc}; locally, start `imagescore emulator` and export the "
+                    "PUBSUB_EMULATOR_HOST it prints, or log in with `gcloud auth application-default login`") from None
+    try:
+        for flag, kind, path in _pubsub_paths(so):
+            try:
+                if kind == "subscription":
+                    subscriber.get_subscription(subscription=path, timeout=timeout_s)
+                else:
+                    publisher.get_topic(topic=path, timeout=timeout_s)
+            except exceptions.NotFound:
+                raise _fail(f"{flag} {path!r} does not exist on {where}; create it first (`imagescore emulator` "
+                            f"creates the local ones)") from None
+            except exceptions.GoogleAPICallError as exc:
+                raise _fail(f"{flag} {path!r}: {where} refused or did not answer ({exc.message}); check "
+                            "PUBSUB_EMULATOR_HOST or your credentials") from None
+    finally:
+        subscriber.close()
 
 
 def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], float] = time.time) -> None:
@@ -156,6 +208,8 @@ def launch(argv: list[str], clock: Callable[[], float] = time.time) -> tuple[bea
         if is_local(opts) else None   # made before the Pipeline, which copies the options it tags
     pipeline = beam.Pipeline(options=opts)
     build(pipeline, opts, clock)
+    if patches is not None:
+        check_pubsub_exists(so)
     if patches is None:
         return pipeline.run(), None
     patches.__enter__()

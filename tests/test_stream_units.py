@@ -89,6 +89,23 @@ def test_aggregator_keeps_newest_by_version_then_publish_time_then_message_id():
     assert counter(result, "version_from_publish_time") == 2
 
 
+def test_aggregator_lets_a_delete_win_a_version_tie_whichever_was_published_last():
+    version = "2026-01-02T00:00:00Z"
+    stream = (TestStream()
+              .add_elements([message({"id": "a", "deleted": True, "updated_at": version}, "1", 10),
+                             message(item("a", version, 2), "2", 11),    # published after the delete
+                             message(item("b", version, 3), "3", 10),
+                             message({"id": "b", "deleted": True, "updated_at": version}, "4", 11)])
+              .advance_processing_time(6)
+              .advance_watermark_to_infinity())
+    p = streaming_pipeline()
+    parsed = p | stream | ParseUpdates("aggregator")
+    newest = (parsed.updates | KeepNewest(5.0, clock=zero)).updates
+    assert_that(newest | beam.Map(lambda u: (u.id, u.deleted, u.message_id)),
+                equal_to([("a", True, "1"), ("b", True, "4")]))
+    p.run().wait_until_finish()
+
+
 def test_parse_routes_bad_messages_to_dead_letters_with_exact_bytes():
     bad_utf8 = b'{"id": "x\xff"}'
     stream = (TestStream()

@@ -6,8 +6,8 @@ are keyed by item id; the first one starts a processing-time timer of
 ``seconds``; until it fires, each later update either replaces the kept one (it
 is newer) or is dropped, and either way one update is counted ``superseded``.
 
-Newest means the larger ``updated_at``; ties go to the later publish time, then
-the larger message id. Beam's ``Deduplicate`` keeps the *first* element, which is
+Newest means the larger ``updated_at``; ties go to a delete (as in the writer's
+guard, docs/stale-guard.md), then to the later publish time, then the larger message id. Beam's ``Deduplicate`` keeps the *first* element, which is
 the wrong rule here. A stale update that arrives in a later window is passed on:
 the writer's stale-update guard refuses it against the indexed version.
 
@@ -85,6 +85,8 @@ class KeepNewest(beam.PTransform):
 
     def expand(self, updates):
         return (updates
-                | "KeyById" >> beam.Map(lambda update: (update.id, update))
+                # typed, so Beam keys the state with a deterministic str coder (it warns otherwise)
+                | "KeyById" >> beam.Map(lambda update: (update.id, update)).with_output_types(
+                    beam.typehints.KV[str, beam.typehints.Any])
                 | "KeepNewest" >> beam.ParDo(_KeepNewestFn(self._seconds, self._clock)).with_outputs(
                     DEAD_LETTER, main="updates"))

@@ -82,8 +82,9 @@ class Update:
 
     @property
     def order_key(self) -> tuple:
-        """Newest wins: larger version, then later publish time, then larger message id (numeric order)."""
-        return self.version, self.publish_time, len(self.message_id), self.message_id
+        """Newest wins: larger version, then a delete (deletes win ties, as in the stale-update guard), then
+        later publish time, then larger message id (numeric order)."""
+        return self.version, self.deleted, self.publish_time, len(self.message_id), self.message_id
 
     @property
     def thumbnail(self) -> str:
