@@ -170,3 +170,27 @@ def test_demo_refuses_a_bad_model_before_drawing_the_catalog(tmp_path, capsys):
     assert code == 2
     assert "--model 'bogus'" in error_line(err, "demo")
     assert not (tmp_path / "demo").exists()
+
+
+def test_stream_with_a_project_that_is_not_a_project_id_names_the_flag(capsys, monkeypatch):
+    monkeypatch.setenv("ES_URL", f"http://127.0.0.1:{closed_port()}")
+    code, err = cli(["stream", "--input-subscription", "projects/P/subscriptions/item-updates",
+                     "--deadletter-topic", "projects/P/topics/dead"], capsys)
+    assert code == 2
+    line = error_line(err, "stream")
+    assert "--input-subscription 'projects/P/subscriptions/item-updates'" in line and "project id" in line
+
+
+def test_stream_with_a_subscription_that_does_not_exist_names_it(pubsub, es_url, es_index, capsys):
+    from tests.fixtures.pubsub import unique
+    _, (subscription,) = pubsub.create(unique("real"), unique("real-sub"))
+    dead, _ = pubsub.create(unique("dead"))
+    missing = subscription + "-missing"
+    code, err = cli(["stream", "--input-subscription", missing, "--deadletter-topic", dead, "--es-url", es_url,
+                     "--es-index", es_index], capsys)
+    assert code == 2
+    line = error_line(err, "stream")
+    assert f"--input-subscription {missing!r} does not exist on the emulator at {pubsub.host}" in line
+    code, err = cli(["stream", "--input-subscription", subscription, "--deadletter-topic", dead + "-missing",
+                     "--es-url", es_url, "--es-index", es_index], capsys)
+    assert code == 2 and "--deadletter-topic" in error_line(err, "stream")
