@@ -83,6 +83,14 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         super().add_text(plain_text(text) if text else text)
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for every non-Beam command: defaults in ``--help``, no abbreviations, and a
     mistake (an unknown flag, a bad value) raised as :class:`UsageError`."""
@@ -94,6 +102,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument(*VERBOSE_FLAGS, action="store_true", help=VERBOSE_HELP)
 
     def parse_args(self, args=None, namespace=None):
+        known = [flag for action in self._actions for flag in action.option_strings]
+        # A typo is named before argparse complains that the flag it meant is missing (--outptu, not
+        # "required: --output"); a token that is a number (a negative value) is not a flag.
+        typos = [token for token in (sys.argv[1:] if args is None else args)
+                 if token.startswith("-") and token.split("=", 1)[0] not in known and not _is_number(token)]
+        if typos:
+            raise UsageError(unknown_flags_message(typos, known))
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             known = [flag for action in self._actions for flag in action.option_strings]

@@ -194,3 +194,14 @@ def test_stream_with_a_subscription_that_does_not_exist_names_it(pubsub, es_url,
     code, err = cli(["stream", "--input-subscription", subscription, "--deadletter-topic", dead + "-missing",
                      "--es-url", es_url, "--es-index", es_index], capsys)
     assert code == 2 and "--deadletter-topic" in error_line(err, "stream")
+
+
+def test_a_typo_of_a_required_flag_says_did_you_mean(tmp_path, capsys):
+    code, err = cli(["label", "--windows", "w.jsonl", "--outptu", str(tmp_path / "labels")], capsys)
+    assert code == 2
+    assert "unknown flag --outptu (did you mean --output?)" in error_line(err, "label")
+
+
+def test_a_negative_number_is_a_value_not_a_flag(capsys):
+    code, err = cli(["query", "--match", "bag", "--w", "-0.5"], capsys)
+    assert "unknown flag" not in err  # refused, if at all, for its value
