@@ -162,6 +162,8 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+    # The client warns of every failed node on its own; the command's one error line says the same.
+    logging.getLogger("elastic_transport").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> int:

@@ -57,6 +57,39 @@ def subscriber_client():
     return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
+def check_pubsub(resources: list[tuple[str, str, str]], timeout_s: float = 10.0) -> None:
+    """Refuse, as one :class:`~cli_common.UsageError` naming the flag, a topic or subscription that does not
+    exist and a Pub/Sub that does not answer: before a local job starts, whose reads would otherwise retry
+    forever. ``resources`` are ``(flag, "topic" | "subscription", path)``."""
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+
+    from cli_common import UsageError
+    where = f"the emulator at {os.environ['PUBSUB_EMULATOR_HOST']}" if os.environ.get("PUBSUB_EMULATOR_HOST") \
+        else "Google Cloud Pub/Sub"
+    try:
+        subscriber, publisher = subscriber_client(), pubsub_v1.PublisherClient()
+    except Exception as exc:  # google.auth raises DefaultCredentialsError without credentials
+        raise UsageError(f"cannot reach {where}: {str(exc).split(' To set up')[0]} Locally, start `imagescore "
+                         "emulator` and export the PUBSUB_EMULATOR_HOST it prints; for Google Cloud, run "
+                         "`gcloud auth application-default login`") from None
+    try:
+        for flag, kind, path in resources:
+            try:
+                if kind == "subscription":
+                    subscriber.get_subscription(subscription=path, timeout=timeout_s)
+                else:
+                    publisher.get_topic(topic=path, timeout=timeout_s)
+            except exceptions.NotFound:
+                raise UsageError(f"{flag} {path!r} does not exist on {where}; create it first (`imagescore "
+                                 "emulator` creates the local ones)") from None
+            except exceptions.GoogleAPICallError as exc:
+                raise UsageError(f"{flag} {path!r}: {where} refused or did not answer ({exc.message}); check "
+                                 "PUBSUB_EMULATOR_HOST or your credentials") from None
+    finally:
+        subscriber.close()
+
+
 @dataclasses.dataclass
 class PubSubEmulator:
     """A running emulator: its ``host`` (``127.0.0.1:PORT``), project and process."""

@@ -66,9 +66,12 @@ def replay_subscription(subscription: str, topic: str | None, *, reasons: list[s
     """Republish matching dead letters from ``subscription`` to ``topic``; ack each after its publish succeeded."""
     from google.cloud import pubsub_v1
 
+    from pipelines.pubsub_emulator import check_pubsub, subscriber_client
     from transforms.deadletter_topic import to_record
 
-    subscriber = pubsub_v1.SubscriberClient()
+    check_pubsub([("--subscription", "subscription", subscription)]
+                 + ([("--topic", "topic", topic)] if topic and not dry_run else []))
+    subscriber = subscriber_client()   # dead letters up to Pub/Sub's 10 MB, from the emulator too
     publisher = pubsub_v1.PublisherClient() if not dry_run else None
     totals = {"replayed": 0, "skipped": 0, "failed": 0}
     seen: set[str] = set()

@@ -105,38 +105,6 @@ def _check_paths(so: StreamingOptions) -> None:
                         f"Cloud project id (6-30 lowercase letters, digits and hyphens)") from None
 
 
-def check_pubsub_exists(so: StreamingOptions, timeout_s: float = 10.0) -> None:
-    """On the local runner, refuse a topic or subscription that does not exist, and a Pub/Sub that does not
-    answer, before the job starts: the direct runner would otherwise retry its reads forever.
-    (Dataflow checks them itself when the job is submitted.)"""
-    from google.api_core import exceptions
-    from google.cloud import pubsub_v1
-
-    from pipelines.pubsub_emulator import subscriber_client
-    where = f"the emulator at {os.environ['PUBSUB_EMULATOR_HOST']}" if os.environ.get("PUBSUB_EMULATOR_HOST") \
-        else "Google Cloud Pub/Sub"
-    try:
-        subscriber, publisher = subscriber_client(), pubsub_v1.PublisherClient()
-    except Exception as exc:  # google.auth raises DefaultCredentialsError without credentials
-        raise _fail(f"cannot reach {where}: {exc}; locally, start `imagescore emulator` and export the "
-                    "PUBSUB_EMULATOR_HOST it prints, or log in with `gcloud auth application-default login`") from None
-    try:
-        for flag, kind, path in _pubsub_paths(so):
-            try:
-                if kind == "subscription":
-                    subscriber.get_subscription(subscription=path, timeout=timeout_s)
-                else:
-                    publisher.get_topic(topic=path, timeout=timeout_s)
-            except exceptions.NotFound:
-                raise _fail(f"{flag} {path!r} does not exist on {where}; create it first (`imagescore emulator` "
-                            f"creates the local ones)") from None
-            except exceptions.GoogleAPICallError as exc:
-                raise _fail(f"{flag} {path!r}: {where} refused or did not answer ({exc.message}); check "
-                            "PUBSUB_EMULATOR_HOST or your credentials") from None
-    finally:
-        subscriber.close()
-
-
 def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], float] = time.time) -> None:
     """Add the streaming job (or one ``--stage``) to ``pipeline``. ``clock`` is what the processing-time
     timers and the latency read; tests inject the runner's test clock."""
@@ -208,8 +176,9 @@ def launch(argv: list[str], clock: Callable[[], float] = time.time) -> tuple[bea
         if is_local(opts) else None   # made before the Pipeline, which copies the options it tags
     pipeline = beam.Pipeline(options=opts)
     build(pipeline, opts, clock)
-    if patches is not None:
-        check_pubsub_exists(so)
+    if patches is not None:  # Dataflow checks them itself when the job is submitted
+        from pipelines.pubsub_emulator import check_pubsub
+        check_pubsub(_pubsub_paths(so))
     if patches is None:
         return pipeline.run(), None
     patches.__enter__()

@@ -120,3 +120,13 @@ def test_setup_logging_only_changes_the_level_when_called_again():
     finally:
         root.handlers = [h for h in root.handlers if type(h).__name__ != "_StderrHandler"]
         root.setLevel(level)
+
+
+@pytest.mark.parametrize("command", sorted(FLAGS))
+def test_every_command_names_a_flag_typo_with_did_you_mean(command, capsys):
+    """The error matrix's flag-typo column (docs/errors.md): a known flag with its last letter doubled."""
+    typo = FLAGS[command] + FLAGS[command][-1]
+    code = imagescore.main([command, typo, "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"unknown flag {typo} (did you mean {FLAGS[command]}?)" in err, err

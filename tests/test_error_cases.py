@@ -205,3 +205,30 @@ def test_a_typo_of_a_required_flag_says_did_you_mean(tmp_path, capsys):
 def test_a_negative_number_is_a_value_not_a_flag(capsys):
     code, err = cli(["query", "--match", "bag", "--w", "-0.5"], capsys)
     assert "unknown flag" not in err  # refused, if at all, for its value
+
+
+def test_replay_without_pubsub_credentials_says_how_to_get_them(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))  # no ambient credentials
+    code, err = cli(["replay", "--subscription", "projects/my-project/subscriptions/dead",
+                     "--topic", "projects/my-project/topics/updates"], capsys)
+    assert code == 2
+    line = error_line(err, "replay")
+    assert "imagescore emulator" in line and "gcloud auth application-default login" in line
+
+
+def test_replay_of_a_subscription_that_does_not_exist_names_it(pubsub, capsys):
+    from tests.fixtures.pubsub import unique
+    topic, _ = pubsub.create(unique("replay-target"))
+    missing = pubsub.subscription(unique("replay-missing"))
+    code, err = cli(["replay", "--subscription", missing, "--topic", topic], capsys)
+    assert code == 2
+    assert f"--subscription {missing!r} does not exist" in error_line(err, "replay")
+
+
+def test_monitor_against_nothing_listening_is_one_line(tmp_path, capsys):
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, err = cli(["monitor", "--es-url", url, "--es-index", "items", "--output", str(tmp_path / "m")], capsys)
+    assert code == 2
+    assert f"not reachable at {url}" in error_line(err, "monitor")
+    assert "WARNING" not in err

@@ -20,8 +20,8 @@ from pipelines.local_runner import accounted
 from tests.fixtures.pubsub import unique
 
 ROOT = Path(__file__).resolve().parents[1]
-SUB = "projects/p/subscriptions/s"
-DLQ = "projects/p/topics/dead"
+SUB = "projects/my-project/subscriptions/s"
+DLQ = "projects/my-project/topics/dead"
 
 
 @pytest.mark.parametrize("argv, message", [
