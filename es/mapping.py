@@ -25,6 +25,8 @@ SCORE_VERSION_FIELD = "image_score_version"  # the item version (updated_at) the
 RANK_FIELD = "image_score_rank"  # rank_feature copy of image_score, for the rank_feature query
 DELETED_FIELD = "deleted"  # true on a tombstone
 VERSION_FIELD = "updated_at"  # the item version; the stale-update guard compares it (es/guard.py)
+PROVENANCE_FIELD = "image_provenance"  # what the image's metadata says of its origin (transforms/provenance.py)
+PROVENANCE_DETAIL_FIELD = "image_provenance_detail"  # the generator or claim; what was wrong when unreadable
 CREATED_AT_FIELD = "created_at"  # owned by the item indexer; the backfill source filters on it
 
 # rank_feature values must be positive normal floats, and Elasticsearch keeps only 9 significant bits.
@@ -42,6 +44,8 @@ def score_properties() -> dict[str, dict[str, Any]]:
         SCORED_URL_FIELD: {"type": "keyword"},
         SCORE_VERSION_FIELD: {"type": "date"},
         RANK_FIELD: {"type": "rank_feature"},
+        PROVENANCE_FIELD: {"type": "keyword"},
+        PROVENANCE_DETAIL_FIELD: {"type": "keyword"},
         DELETED_FIELD: {"type": "boolean"},
     }
 
