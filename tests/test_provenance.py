@@ -1,0 +1,201 @@
+"""The provenance signal: what an image's own bytes say about whether AI made it.
+
+Every fixture is built here (tests/fixtures/provenance_images.py): XMP, PNG text chunks, EXIF,
+C2PA manifests signed with a throwaway test CA, and hostile metadata.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+from datetime import datetime, timezone
+
+import apache_beam as beam
+import pytest
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from es.guard import SCORE, guard_params, score_fields
+from es.mapping import PROVENANCE_DETAIL_FIELD, PROVENANCE_FIELD, score_properties
+from pipelines import backfill
+from pipelines.local_runner import runner_for
+from pipelines.options import job_options
+from tests.fixtures import provenance_images as fx
+from tests.fixtures.image_server import ImageServer
+from transforms.analyzer import STORED_FIELDS, _LookupStoredFn
+from transforms.provenance import (
+    AI_VALUES,
+    Provenance,
+    ProvenanceLimits,
+    generator_names,
+    named_generator,
+    read_provenance,
+)
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def trusted() -> ProvenanceLimits:
+    return ProvenanceLimits(trust_anchors=fx.c2pa_signing()[2])
+
+
+@pytest.fixture(scope="module")
+def signed_ai() -> bytes:
+    return fx.c2pa_jpeg("trainedAlgorithmicMedia", "Firefly test")
+
+
+def test_xmp_trained_algorithmic_media_is_ai_and_digital_capture_is_not():
+    assert read_provenance(fx.jpeg(fx.xmp_packet("trainedAlgorithmicMedia"))) == ("xmp_ai", "trainedAlgorithmicMedia")
+    assert read_provenance(fx.jpeg(fx.xmp_packet("digitalCapture"))) == ("none", "")
+    composite = fx.png(xmp=fx.xmp_packet("compositeWithTrainedAlgorithmicMedia"), compress_xmp=True)
+    assert read_provenance(composite) == ("xmp_ai", "compositeWithTrainedAlgorithmicMedia")
+
+
+def test_png_generator_chunks_name_their_tool():
+    a1111 = fx.png({"parameters": "a red chair\nSteps: 20, Sampler: Euler a, CFG scale: 7"})
+    comfy = fx.png({"prompt": json.dumps({"3": {"class_type": "KSampler"}}), "workflow": "{}"})
+    assert read_provenance(a1111) == ("generator_metadata", "AUTOMATIC1111")
+    assert read_provenance(comfy) == ("generator_metadata", "ComfyUI")
+    assert read_provenance(fx.png({"Software": "NovelAI"})) == ("generator_metadata", "NovelAI")
+    assert read_provenance(fx.png({"prompt": "not json, a caption"})) == ("none", "")
+
+
+def test_exif_software_names_a_generator_but_an_editor_is_not_one():
+    assert read_provenance(fx.jpeg(software="Midjourney v6")) == ("generator_metadata", "Midjourney")
+    assert read_provenance(fx.jpeg(software="Adobe Photoshop 25.0 (Macintosh)")) == ("none", "")
+    assert read_provenance(fx.png(xmp=fx.xmp_packet(creator_tool="ComfyUI"))) == ("generator_metadata", "ComfyUI")
+
+
+def test_generator_names_are_package_data_matched_as_whole_words():
+    names = generator_names()
+    for name in ("Stable Diffusion", "AUTOMATIC1111", "ComfyUI", "NovelAI", "Midjourney", "DALL·E",
+                 "Adobe Firefly", "Imagen"):
+        assert name in names
+    assert named_generator("made with dall·e 3") == "DALL·E"
+    assert named_generator("ImageNet viewer") is None and named_generator("Adobe Photoshop 25.0") is None
+
+
+def test_c2pa_manifest_signed_here_verifies_offline_and_classifies(trusted, signed_ai):
+    import c2pa
+
+    settings = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False},
+                "trust": {"trust_anchors": trusted.trust_anchors}}
+    with c2pa.Reader("image/jpeg", io.BytesIO(signed_ai), context=c2pa.Context.from_dict(settings)) as reader:
+        assert json.loads(reader.json())["validation_state"] == "Trusted"
+    assert read_provenance(signed_ai, trusted) == ("c2pa_ai", "Firefly test")
+    assert read_provenance(signed_ai) == ("c2pa_ai", "Firefly test")  # untrusted: still what it claims
+    capture = fx.c2pa_jpeg("digitalCapture", "Test Camera")
+    assert read_provenance(capture, trusted) == ("c2pa_capture", "Test Camera")
+
+
+def test_c2pa_takes_precedence_over_xmp_and_generator_metadata(trusted):
+    """A capture manifest wins over an EXIF Software that names a generator (C2PA, then XMP, then the rest)."""
+    capture = fx.c2pa_jpeg("digitalCapture", "Test Camera")
+    assert read_provenance(capture, trusted).value == "c2pa_capture"
+    both = fx.png({"parameters": "x"}, xmp=fx.xmp_packet("trainedAlgorithmicMedia"))
+    assert read_provenance(both) == ("xmp_ai", "trainedAlgorithmicMedia")
+
+
+@pytest.mark.parametrize("build, wrong", [
+    (lambda signed: fx.corrupt_manifest(signed), "C2PA manifest"),
+    (lambda _: fx.jpeg(fx.billion_laughs_xmp()), "DTDForbidden"),
+    (lambda _: fx.png(xmp=fx.xmp_packet("trainedAlgorithmicMedia") + b" " * (10 << 20)), "over 1048576"),
+    (lambda _: fx.png_with_many_text_chunks(100), "over 64 PNG text chunks"),
+    (lambda _: fx.png_with_zip_bomb_text(), "inflates past"),
+    (lambda _: fx.jpeg(b"<x:xmpmeta><unclosed"), "XMP"),
+], ids=["corrupt_manifest", "billion_laughs", "xmp_10mb", "text_chunks", "ztxt_bomb", "malformed_xmp"])
+def test_hostile_metadata_is_unreadable_with_what_was_wrong(signed_ai, build, wrong):
+    found = read_provenance(build(signed_ai))
+    assert found.value == "unreadable" and wrong in found.detail and len(found.detail) <= 80
+
+
+def test_time_cap_makes_slow_metadata_unreadable(signed_ai):
+    found = read_provenance(signed_ai, ProvenanceLimits(max_seconds=0.0))
+    assert found == ("unreadable", "metadata took over 0s to read")
+
+
+def test_any_cut_of_the_bytes_never_raises(signed_ai):
+    sources = [signed_ai, fx.png({"parameters": "x"}, xmp=fx.xmp_packet("trainedAlgorithmicMedia")),
+               fx.jpeg(fx.xmp_packet("trainedAlgorithmicMedia"), software="ComfyUI")]
+    for data in sources:
+        for cut in range(0, len(data), max(1, len(data) // 97)):
+            found = read_provenance(data[:cut])
+            assert isinstance(found, Provenance) and found.value in (*AI_VALUES, "none", "unreadable", "c2pa_capture")
+
+
+def test_score_fields_guard_and_mapping_carry_provenance():
+    fields = score_fields(0.5, "m1", "https://x/a.jpg", NOW, provenance=Provenance("xmp_ai", "trainedAlgorithmicMedia"))
+    assert fields[PROVENANCE_FIELD] == "xmp_ai" and fields[PROVENANCE_DETAIL_FIELD] == "trainedAlgorithmicMedia"
+    _, params = guard_params({"id": "a", "updated_at": "2026-11-20T00:00:00Z", **fields}, SCORE)
+    assert params["fields"][PROVENANCE_FIELD] == "xmp_ai"
+    assert params["fields"][PROVENANCE_DETAIL_FIELD] == "trainedAlgorithmicMedia"
+    old = score_fields(0.5, "m1", "https://x/a.jpg", NOW)  # a record written before the signal existed
+    _, params = guard_params({"id": "a", "updated_at": "2026-11-20T00:00:00Z", **old}, SCORE)
+    assert PROVENANCE_FIELD not in params["fields"]
+    props = score_properties()
+    assert props[PROVENANCE_FIELD] == props[PROVENANCE_DETAIL_FIELD] == {"type": "keyword"}
+
+
+def test_analyzer_reuses_provenance_with_the_score():
+    assert PROVENANCE_FIELD in STORED_FIELDS and PROVENANCE_DETAIL_FIELD in STORED_FIELDS
+    from transforms.updates import Update
+
+    update = Update(id="a", version=NOW, deleted=False, image_urls=("https://x/a.jpg",), fields={},
+                    payload="{}", message_id="1", publish_time=NOW)
+    stored = {"a": {"image_score": 0.4, "image_score_model": "m1", "image_scored_at": "2026-11-19T00:00:00.000000Z",
+                    "image_score_image_url": "https://x/a.jpg", PROVENANCE_FIELD: "c2pa_ai",
+                    PROVENANCE_DETAIL_FIELD: "Firefly"}}
+    fn = _LookupStoredFn(None, "items", "m1")
+    fn._reused = fn._failed = type("Counter", (), {"inc": lambda *a: None})()
+    fn._stored = lambda ids: stored
+    [out] = list(fn.process([update]))
+    assert out.value[PROVENANCE_FIELD] == "c2pa_ai" and out.value[PROVENANCE_DETAIL_FIELD] == "Firefly"
+
+
+class _MeanHandler(ModelHandler):
+    def load_model(self):
+        return None
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [PredictionResult(image, float(image.mean()) / 255, "mean-v1") for image in batch]
+
+
+def test_backfill_over_served_fixtures_writes_each_provenance(tmp_path, signed_ai):
+    images = {
+        "xmp_ai": (fx.jpeg(fx.xmp_packet("trainedAlgorithmicMedia")), "image/jpeg",
+                   ("xmp_ai", "trainedAlgorithmicMedia")),
+        "capture": (fx.jpeg(fx.xmp_packet("digitalCapture")), "image/jpeg", ("none", "")),
+        "a1111": (fx.png({"parameters": "a chair\nSteps: 20"}), "image/png", ("generator_metadata", "AUTOMATIC1111")),
+        "comfy": (fx.png({"prompt": '{"3": {}}'}), "image/png", ("generator_metadata", "ComfyUI")),
+        "exif_gen": (fx.jpeg(software="Midjourney v6"), "image/jpeg", ("generator_metadata", "Midjourney")),
+        "exif_editor": (fx.jpeg(software="Adobe Photoshop 25.0"), "image/jpeg", ("none", "")),
+        "c2pa": (signed_ai, "image/jpeg", ("c2pa_ai", "Firefly test")),
+        "laughs": (fx.jpeg(fx.billion_laughs_xmp()), "image/jpeg", ("unreadable", None)),
+        "big_xmp": (fx.png(xmp=b" " * (10 << 20)), "image/png", ("unreadable", None)),
+        "corrupt": (fx.corrupt_manifest(signed_ai), "image/jpeg", ("unreadable", None)),
+    }
+    with ImageServer() as server:
+        lines = []
+        for name, (data, content_type, _) in images.items():
+            url = server.route(f"/{name}", body=data, content_type=content_type)
+            lines.append(json.dumps({"id": name, "image_urls": [url], "created_at": "2026-11-19T00:00:00Z"}))
+        items = tmp_path / "items.jsonl"
+        items.write_text("\n".join(lines) + "\n")
+        out = tmp_path / "out"
+        opts = job_options(["--source", "files", "--input", str(items), "--output", str(out),
+                            "--allow-image-hosts", server.host_port, "--max-image-bytes", str(16 << 20),
+                            "--now", NOW.isoformat()])
+        pipeline = beam.Pipeline(runner=runner_for(opts), options=opts)
+        backfill.build(pipeline, opts, handler=_MeanHandler())
+        pipeline.run().wait_until_finish()
+    scores = {}
+    for path in glob.glob(f"{out}/scores*.jsonl"):
+        scores.update({row["id"]: row for row in map(json.loads, open(path)) if row})
+    assert sorted(scores) == sorted(images), glob.glob(f"{out}/deadletter/*")
+    for name, (_, _, (value, detail)) in images.items():
+        assert scores[name][PROVENANCE_FIELD] == value, name
+        if detail is not None:
+            assert scores[name][PROVENANCE_DETAIL_FIELD] == detail, name
+        else:
+            assert scores[name][PROVENANCE_DETAIL_FIELD], name
+        assert 0.0 < scores[name]["image_score"] < 1.0  # the score is never lost to its metadata
