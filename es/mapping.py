@@ -27,6 +27,8 @@ DELETED_FIELD = "deleted"  # true on a tombstone
 VERSION_FIELD = "updated_at"  # the item version; the stale-update guard compares it (es/guard.py)
 PROVENANCE_FIELD = "image_provenance"  # what the image's metadata says of its origin (transforms/provenance.py)
 PROVENANCE_DETAIL_FIELD = "image_provenance_detail"  # the generator or claim; what was wrong when unreadable
+#: the image_provenance values that say the image was made by AI (ranking's ai_factor discounts them)
+AI_PROVENANCE_VALUES = ("c2pa_ai", "xmp_ai", "generator_metadata")
 CREATED_AT_FIELD = "created_at"  # owned by the item indexer; the backfill source filters on it
 
 # rank_feature values must be positive normal floats, and Elasticsearch keeps only 9 significant bits.

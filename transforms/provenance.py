@@ -36,11 +36,13 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-C2PA_AI, C2PA_CAPTURE, XMP_AI, GENERATOR_METADATA, NONE, UNREADABLE = (
-    "c2pa_ai", "c2pa_capture", "xmp_ai", "generator_metadata", "none", "unreadable")
-PROVENANCE_VALUES = (C2PA_AI, C2PA_CAPTURE, XMP_AI, GENERATOR_METADATA, NONE, UNREADABLE)
+from es.mapping import AI_PROVENANCE_VALUES
+
 #: the values that say an image was made by AI (what ranking's ``ai_factor`` discounts)
-AI_VALUES = (C2PA_AI, XMP_AI, GENERATOR_METADATA)
+AI_VALUES = AI_PROVENANCE_VALUES
+C2PA_AI, XMP_AI, GENERATOR_METADATA = AI_VALUES
+C2PA_CAPTURE, NONE, UNREADABLE = "c2pa_capture", "none", "unreadable"
+PROVENANCE_VALUES = (C2PA_AI, C2PA_CAPTURE, XMP_AI, GENERATOR_METADATA, NONE, UNREADABLE)
 
 IPTC_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 AI_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia"})
