@@ -199,3 +199,79 @@ def test_backfill_over_served_fixtures_writes_each_provenance(tmp_path, signed_a
         else:
             assert scores[name][PROVENANCE_DETAIL_FIELD], name
         assert 0.0 < scores[name]["image_score"] < 1.0  # the score is never lost to its metadata
+
+
+# --- ranking: ai_factor ------------------------------------------------------------------------
+
+def _ranking_docs():
+    import numpy as np
+
+    return {"image_score": np.array([0.5, 0.5, 0.5, np.nan], np.float32),
+            PROVENANCE_FIELD: np.array(["xmp_ai", "c2pa_capture", None, "generator_metadata"], object)}
+
+
+@pytest.mark.parametrize("formula", ["multiplicative", "power", "additive"])
+def test_ai_factor_multiplies_only_ai_flagged_documents_in_the_mirror(formula):
+    import numpy as np
+
+    from es.boosting import Boost, search_body
+    from es.function_score import search_scores
+
+    base = {"function_score": {"query": {"match_all": {}}, "weight": 2.0, "_name": "relevance"}}
+    docs = _ranking_docs()
+    plain = search_scores(search_body(base, Boost(formula, 0.3)), docs)[1]
+    body = search_body(base, Boost(formula, 0.3, ai_factor=0.8))
+    [function] = body["query"]["bool"]["must"][0]["function_score"]["functions"]
+    assert function == {"filter": {"terms": {PROVENANCE_FIELD: list(AI_VALUES)}}, "weight": 0.8}
+    discounted = search_scores(body, docs)[1]
+    expected = np.where([True, False, False, True], plain.astype(np.float64) * np.float32(0.8), plain)
+    assert np.array_equal(discounted, expected.astype(np.float32))
+    rescored = search_scores(search_body(base, Boost(formula, 0.3, ai_factor=0.8), rescore_window=10), docs)[1]
+    assert rescored[0] < rescored[1] and rescored[3] < search_scores(
+        search_body(base, Boost(formula, 0.3), rescore_window=10), docs)[1][3]
+
+
+def test_ai_factor_of_one_leaves_the_query_unchanged_and_bad_factors_are_refused():
+    from es.boosting import Boost, search_body
+
+    assert search_body({"match_all": {}}, Boost(w=0.3)) == search_body({"match_all": {}}, Boost(w=0.3, ai_factor=1.0))
+    for bad in (0, -0.5, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="ai_factor must be a finite number > 0"):
+            Boost(ai_factor=bad)
+
+
+def test_query_cli_takes_ai_factor(capsys):
+    from ranking.query import run as query
+
+    assert query(["--match", "chair", "--ai-factor", "0.8"]) == 0
+    assert '"weight": 0.8' in capsys.readouterr().out
+
+
+def test_rerank_eval_replays_ai_factor_from_logged_provenance(tmp_path):
+    from ranking.rerank_eval import run as rerank_eval
+
+    serps = []
+    for s in range(40):
+        items = [{"item_id": f"s{s}i{i}", "position": i + 1, "score": float(10 - i), "clicked": i == 1,
+                  PROVENANCE_FIELD: "xmp_ai" if i == 0 else "none"} for i in range(4)]
+        serps.append({"serp_id": f"s{s}", "platform": "web", "query": "q", "items": items})
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text("".join(json.dumps(serp) + "\n" for serp in serps))
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps({"id": item["item_id"], "image_score": 0.5}) + "\n"
+                              for serp in serps for item in serp["items"]))
+    out = tmp_path / "out"
+    assert rerank_eval(["--logs", str(logs), "--scores", str(scores), "--formula", "multiplicative", "--w", "0",
+                        "--ai-factor", "0.5", "--bootstrap", "20", "--output", str(out)]) == 0
+    rows = json.loads((out / "rerank.json").read_text())
+    mrr = next(r for r in rows if r["platform"] == "all" and r["metric"].startswith("mrr") and r["w"] == 0)
+    assert mrr["ai_factor"] == 0.5 and mrr["delta"] > 0  # the AI image at the top drops below the clicked one
+    for serp in serps:
+        for item in serp["items"]:
+            del item[PROVENANCE_FIELD]
+    logs.write_text("".join(json.dumps(serp) + "\n" for serp in serps))
+    from imagescore import UsageError
+    with pytest.raises(UsageError, match="needs each item's image_provenance"):
+        rerank_eval(["--logs", str(logs), "--scores", str(scores), "--formula", "multiplicative", "--w", "0",
+                     "--ai-factor", "0.5",
+                     "--output", str(out)])
