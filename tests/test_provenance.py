@@ -275,3 +275,73 @@ def test_rerank_eval_replays_ai_factor_from_logged_provenance(tmp_path):
         rerank_eval(["--logs", str(logs), "--scores", str(scores), "--formula", "multiplicative", "--w", "0",
                      "--ai-factor", "0.5",
                      "--output", str(out)])
+
+
+# --- reports: collect, analyze, the demo's contact sheet --------------------------------------
+
+def _serp_line(**item_extra) -> str:
+    return json.dumps({"serp_id": "s1", "query": "bag", "platform": "web", "ts": "2024-01-01T00:00:00Z", "items": [
+        {"item_id": "a", "position": 1, "price": 100, "image_url": "https://x/a.jpg", "clicked": False},
+        {"item_id": "b", "position": 2, "price": 100, "image_url": "https://x/b.jpg", "clicked": True,
+         **item_extra}]})
+
+
+def test_collect_carries_provenance_into_windows_and_refuses_a_bad_one():
+    from pipelines.collect import make_window, parse_serp
+    from transforms.deadletter import Rejected
+
+    window, _ = make_window(parse_serp(_serp_line(image_provenance="xmp_ai")), min_items=1)
+    by_id = {it["item_id"]: it for it in window["items"]}
+    assert by_id["b"]["image_provenance"] == "xmp_ai" and "image_provenance" not in by_id["a"]
+    with pytest.raises(Rejected, match="image_provenance must be a non-empty string"):
+        parse_serp(_serp_line(image_provenance=3))
+
+
+def test_analyze_reports_click_through_of_ai_flagged_images(tmp_path):
+    from training.analyze import AI_PROVENANCE, analyze
+
+    assert AI_PROVENANCE == AI_VALUES  # training/ keeps its own copy of es.mapping's list
+    windows, labels = [], []
+    for s in range(30):
+        items = []
+        for i, provenance in enumerate(["xmp_ai", "none", "none", None]):
+            item = {"item_id": f"i{i}", "position": i + 1, "price": 10.0, "image_url": f"https://x/{s}/{i}.jpg",
+                    "clicked": i == 1 + s % 2, "liked": False, "purchased": False}
+            if provenance is not None:
+                item["image_provenance"] = provenance
+            items.append(item)
+            labels.append({"serp_id": f"s{s}", "item_id": f"i{i}", "score": 9 - i, "label": 1.0 - i / 3,
+                           "rationale": "a bright photo"})
+        windows.append({"serp_id": f"s{s}", "platform": "web", "split": "train", "items": items})
+    (tmp_path / "w.jsonl").write_text("".join(json.dumps(w) + "\n" for w in windows))
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps(label) + "\n" for label in labels))
+    figures = analyze([str(tmp_path / "w.jsonl")], [str(tmp_path / "l.jsonl")], str(tmp_path / "out"),
+                      wordnet_dir=str(tmp_path / "no-wordnet"), permutations=10)
+    provenance = figures["provenance"]
+    assert provenance["items_with_provenance"] == 90 and provenance["items_without_provenance"] == 30
+    assert (provenance["ai_flagged"]["items"], provenance["ai_flagged"]["clicks"]) == (30, 0)
+    assert (provenance["other"]["items"], provenance["other"]["clicks"]) == (60, 30)
+    assert provenance["ai_flagged"]["median_value"] == 1.0  # the judge liked them; nobody clicked them
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## AI-flagged images (image_provenance)" in report and "| ai_flagged | 30 | 0 |" in report
+
+
+def test_contact_sheet_marks_ai_flagged_images(tmp_path):
+    from PIL import Image
+
+    from pipelines.demo import AI_MARK, THUMB, contact_sheet
+
+    (tmp_path / "images").mkdir()
+    catalog = {}
+    for name in ("ai", "plain"):
+        Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "images" / f"{name}.png")
+        catalog[name] = {"image_urls": [f"http://127.0.0.1:1/images/{name}.png"], "title": name}
+    scores = [{"id": "ai", "image_score": 0.9, "image_score_model": "m", PROVENANCE_FIELD: "c2pa_ai",
+               PROVENANCE_DETAIL_FIELD: "Firefly"},
+              {"id": "plain", "image_score": 0.5, "image_score_model": "m", PROVENANCE_FIELD: "none",
+               PROVENANCE_DETAIL_FIELD: ""}]
+    html_path, png_path = contact_sheet(scores, [], catalog, tmp_path, tmp_path)
+    page = html_path.read_text()
+    assert page.count("<figure class=ai>") == 1 and "AI: c2pa_ai Firefly" in page
+    sheet = Image.open(png_path).convert("RGB")
+    assert sheet.getpixel((2, 2)) == AI_MARK and sheet.getpixel((THUMB + 2, 2)) == (255, 255, 255)
