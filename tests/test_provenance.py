@@ -136,6 +136,23 @@ def test_score_fields_guard_and_mapping_carry_provenance():
     assert props[PROVENANCE_FIELD] == props[PROVENANCE_DETAIL_FIELD] == {"type": "keyword"}
 
 
+def test_score_mode_writes_provenance_through_the_guard(es_config, es_client, es_index):
+    from es.bulk_writer import write_batch
+    from tests.fixtures.es import seed_items
+
+    seed_items(es_client, es_index, {"a": {"title": "chair", "created_at": "2025-05-01T00:00:00Z"}})
+    first = {"id": "a", "updated_at": "2025-05-02T00:00:00Z",
+             **score_fields(0.7, "m1", "http://img.test/a.jpg", NOW, provenance=Provenance("c2pa_ai", "Firefly"))}
+    assert write_batch(es_config, es_index, [first], mode="score")["written"] == ["a"]
+    doc = es_client.get(index=es_index, id="a")["_source"]
+    assert (doc["title"], doc[PROVENANCE_FIELD], doc[PROVENANCE_DETAIL_FIELD]) == ("chair", "c2pa_ai", "Firefly")
+    plain = {"id": "a", "updated_at": "2025-05-03T00:00:00Z",
+             **score_fields(0.4, "m1", "http://img.test/a2.jpg", NOW, provenance=Provenance("none", ""))}
+    assert write_batch(es_config, es_index, [plain], mode="score")["written"] == ["a"]
+    doc = es_client.get(index=es_index, id="a")["_source"]
+    assert (doc["image_score"], doc[PROVENANCE_FIELD], doc[PROVENANCE_DETAIL_FIELD]) == (0.4, "none", "")
+
+
 def test_analyzer_reuses_provenance_with_the_score():
     assert PROVENANCE_FIELD in STORED_FIELDS and PROVENANCE_DETAIL_FIELD in STORED_FIELDS
     from transforms.updates import Update
