@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8,<4",  # training curves and analysis plots
     "nltk>=3.8,<4",  # reads WordNet for analyze's adjectives (pure Python; the WordNet files come from the OS)
     "tea-tasting>=1,<2",  # A/B readout: Welch tests, delta-method ratio CIs, CUPED, power, Holm
+    "c2pa-python>=0.38,<0.39",  # reads C2PA manifests offline for the provenance signal (manylinux wheel)
+    "defusedxml>=0.7.1",  # parses untrusted XMP without DTDs or entity expansion
 ]
 
 EXTRAS = {
@@ -58,7 +60,7 @@ setup(
     python_requires=">=3.11",
     py_modules=["imagescore", "cli_common"],
     packages=find_packages(include=["pipelines*", "transforms*", "es*", "scoring*", "training*", "labeling*", "ranking*"]),
-    package_data={"labeling": ["prompts/*.txt"]},
+    package_data={"labeling": ["prompts/*.txt"], "transforms": ["data/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["imagescore=imagescore:main"]},

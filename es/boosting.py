@@ -19,6 +19,12 @@ listings are not buried while they wait for scoring).
   hits, but only when no outer ``function_score`` wraps it; it has no
   ``missing`` (an unscored listing gets no image term).
 
+``ai_factor`` (default 1: off) multiplies the final score of documents whose
+``image_provenance`` says AI made the image (``es.mapping.AI_PROVENANCE_VALUES``): an
+outer ``function_score`` with one ``{filter: {terms: ...}, weight: ai_factor}`` function,
+``boost_mode: multiply``; a document the filter does not match gets factor 1. Vision-LLM
+judges may prefer AI-generated images, and this is the lever that takes that back.
+
 w lives inside the function (``factor`` / ``boost`` of the image clause),
 never in a query's top-level ``boost``. Every query excludes tombstones
 (``deleted: true``) in a non-scoring ``must_not``.
@@ -38,7 +44,7 @@ from elasticsearch.dsl.query import Query
 
 from es.function_score import POWER_SCRIPT, as_dict
 from es.mapping import DELETED_FIELD as TOMBSTONE_FIELD
-from es.mapping import RANK_FEATURE_FLOOR, SCORE_FIELD
+from es.mapping import AI_PROVENANCE_VALUES, PROVENANCE_FIELD, RANK_FEATURE_FLOOR, SCORE_FIELD
 from es.mapping import RANK_FIELD as RANK_FEATURE_FIELD
 from es.names import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME  # noqa: F401  (part of this interface)
 
@@ -53,10 +59,17 @@ class Boost:
     # rank_feature only: the function and its parameters, as Elasticsearch spells them.
     rank_function: str = "saturation"
     rank_params: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"pivot": 0.5})
+    # multiplies the final score of documents whose image says AI made it; 1 leaves them alone
+    ai_factor: float = 1.0
 
     def __post_init__(self):
         if self.formula not in FORMULAS:
             raise ValueError(f"formula {self.formula!r} is not one of {', '.join(FORMULAS)}")
+        factor = self.ai_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
+                or factor <= 0:
+            raise ValueError(f"ai_factor must be a finite number > 0 (e.g. 0.8 to demote AI-made images by 20%), "
+                             f"got {factor!r}")
         for name in ("w", "missing"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -162,6 +175,15 @@ def additive(base: Query | dict, boost: Boost) -> Query:
     return Q(root)
 
 
+def ai_discounted(query: Query, boost: Boost) -> Query:
+    """``query`` with its score times ``boost.ai_factor`` where the image says AI made it; ``query`` at 1."""
+    if boost.ai_factor == 1:
+        return query
+    ai = F.SF({"filter": Q("terms", **{PROVENANCE_FIELD: list(AI_PROVENANCE_VALUES)}).to_dict(),
+               "weight": boost.ai_factor})
+    return Q("function_score", query=query, functions=[ai], boost_mode="multiply")
+
+
 def build_query(base: Query | dict, boost: Boost, *, exclude_deleted: bool = True) -> Query:
     """The boosted query for ``boost.formula`` around ``base`` (a DSL query or its dict)."""
     base_q = Q(as_dict(base)) if isinstance(base, dict) else base
@@ -171,6 +193,7 @@ def build_query(base: Query | dict, boost: Boost, *, exclude_deleted: bool = Tru
         query = power(base_q, boost)
     else:
         query = additive(base_q, boost)
+    query = ai_discounted(query, boost)
     return not_deleted(query) if exclude_deleted else query
 
 
@@ -190,10 +213,10 @@ def rescore_search(base: Query | dict, boost: Boost, window_size: int) -> Search
                      else [power_function(boost)])
         rescore_query = Q("function_score", query=Q("match_all"), functions=functions,
                           score_mode="sum", boost_mode="replace")
-        spec = {"rescore_query": rescore_query.to_dict(), "query_weight": 1, "rescore_query_weight": 1,
-                "score_mode": "multiply"}
+        spec = {"rescore_query": ai_discounted(rescore_query, boost).to_dict(), "query_weight": 1,
+                "rescore_query_weight": 1, "score_mode": "multiply"}
     else:
-        spec = {"rescore_query": additive(base_q, boost).to_dict(), "query_weight": 0,
+        spec = {"rescore_query": ai_discounted(additive(base_q, boost), boost).to_dict(), "query_weight": 0,
                 "rescore_query_weight": 1, "score_mode": "total"}
     return Search().query(not_deleted(base_q)).extra(rescore={"window_size": window_size, "query": spec})
 

@@ -7,7 +7,8 @@ older version never overwrites a newer one, in any order of arrival. Two modes:
 * ``mode="score"`` (the backfill; streaming with ``--write score``) writes only the score
   fields to a document another indexer owns. A record is
   ``{"id", "updated_at", "image_score", "image_score_model", "image_scored_at",
-  "image_score_image_url"}``, exactly those keys; ``updated_at`` is the item version the
+  "image_score_image_url"}``, exactly those keys, plus optionally ``image_provenance`` and
+  ``image_provenance_detail`` (the scored image's provenance); ``updated_at`` is the item version the
   score was computed from. It is compared with the stored ``image_score_version``; a
   tombstone is never written onto; a missing document is not created.
 * ``mode="document"`` (streaming's default) upserts the whole processed item: ``id``,

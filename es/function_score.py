@@ -12,7 +12,9 @@ scorers, ``FeatureField`` and ``QueryRescorer``:
   when no function matches the factor is 1 in every ``score_mode``;
 * ``field_value_factor`` without ``missing`` fails on a document that lacks the
   field; ``log`` is log10 and ``ln`` the natural log;
-* a negative (or NaN) function result or final score is an error.
+* a negative (or NaN) function result or final score is an error;
+* ``term``/``terms`` filters match keyword values exactly (``terms`` is what the
+  ``ai_factor`` function filters on).
 
 Documents are a mapping of field name to a 1-d numpy array (NaN where a
 numeric field is missing; float32 arrays hold ``float`` fields, float64 arrays
@@ -92,7 +94,7 @@ def evaluate(query: dict, docs: Docs, leaf: Leaf | None = None) -> tuple[np.ndar
         return np.ones(n, bool), np.full(n, np.float32(body.get("boost", 1.0)), np.float32)
     if kind == "match_none":
         return np.zeros(n, bool), np.zeros(n, np.float32)
-    if kind in ("term", "exists"):
+    if kind in ("term", "terms", "exists"):
         mask = _filter_mask(query, docs, leaf)
         return mask, np.where(mask, np.float32(1.0), np.float32(0.0)).astype(np.float32)
     if kind == "bool":
@@ -118,6 +120,15 @@ def _filter_mask(query: dict, docs: Docs, leaf: Leaf | None) -> np.ndarray:
         if values is None:
             return np.zeros(n, bool)
         return np.array([v is not None and v == value for v in values.tolist()], dtype=bool)
+    if kind == "terms":
+        (name, wanted), = ((k, v) for k, v in body.items() if k not in ("boost", "_name"))
+        if not isinstance(wanted, list):
+            raise UnsupportedQuery(f"terms on {name!r} must list its values; a terms lookup is not mirrored")
+        values = _field(docs, name)
+        if values is None:
+            return np.zeros(n, bool)
+        allowed = set(wanted)
+        return np.array([v is not None and v in allowed for v in values.tolist()], dtype=bool)
     if kind == "exists":
         values = _field(docs, body["field"])
         return np.zeros(n, bool) if values is None else _numeric_present(values)

@@ -42,6 +42,8 @@ from es.client import scrubbed_errors
 from es.mapping import (
     DELETED_FIELD,
     MODEL_FIELD,
+    PROVENANCE_DETAIL_FIELD,
+    PROVENANCE_FIELD,
     RANK_FIELD,
     SCORE_FIELD,
     SCORE_VERSION_FIELD,
@@ -67,8 +69,11 @@ GUARD_SCRIPT_SOURCE = (
     "else { if (!params.score) { s.clear(); } s.putAll(params.fields); }"
 )
 
-# What a score-mode record carries, besides id and updated_at.
-SCORE_RECORD_FIELDS = (SCORE_FIELD, MODEL_FIELD, SCORED_AT_FIELD, SCORED_URL_FIELD)
+# What a score-mode record carries, besides id and updated_at: the required fields, then the
+# provenance of the scored image (optional: records written before it existed lack it).
+REQUIRED_SCORE_FIELDS = (SCORE_FIELD, MODEL_FIELD, SCORED_AT_FIELD, SCORED_URL_FIELD)
+PROVENANCE_FIELDS = (PROVENANCE_FIELD, PROVENANCE_DETAIL_FIELD)
+SCORE_RECORD_FIELDS = (*REQUIRED_SCORE_FIELDS, *PROVENANCE_FIELDS)
 
 
 class BadRecord(ValueError):
@@ -86,15 +91,20 @@ def canonical_version(value: Any, field: str = VERSION_FIELD) -> str:
         raise BadRecord(f"{exc}; fix the producer and replay the record") from None
 
 
-def score_fields(score: float, model_id: str, image_url: str, scored_at: datetime | None = None) -> dict[str, Any]:
+def score_fields(score: float, model_id: str, image_url: str, scored_at: datetime | None = None,
+                 provenance: tuple[str, str] | None = None) -> dict[str, Any]:
     """The :data:`SCORE_RECORD_FIELDS` of one inference, built once for every job that writes a score.
 
     ``scored_at`` (default: now) is written in the canonical form of the versions, so every
-    score of every job spells its time the same way.
+    score of every job spells its time the same way. ``provenance``: ``(value, detail)`` of the
+    scored image (``transforms.provenance.Provenance``), written beside the score when known.
     """
-    return {SCORE_FIELD: float(score), MODEL_FIELD: model_id,
-            SCORED_AT_FIELD: canonical_version(scored_at or datetime.now(timezone.utc), SCORED_AT_FIELD),
-            SCORED_URL_FIELD: image_url}
+    fields = {SCORE_FIELD: float(score), MODEL_FIELD: model_id,
+              SCORED_AT_FIELD: canonical_version(scored_at or datetime.now(timezone.utc), SCORED_AT_FIELD),
+              SCORED_URL_FIELD: image_url}
+    if provenance is not None:
+        fields[PROVENANCE_FIELD], fields[PROVENANCE_DETAIL_FIELD] = provenance
+    return fields
 
 
 def _checked_score_fields(record: dict, doc_id: str) -> dict[str, Any]:
@@ -124,12 +134,13 @@ def guard_params(record: Any, mode: WriteMode | str) -> tuple[str, dict[str, Any
         raise BadRecord(f"record {doc_id!r}: {exc}") from None
     if mode is WriteMode.SCORE:
         unknown = sorted(set(record) - {"id", VERSION_FIELD, *SCORE_RECORD_FIELDS})
-        absent = [name for name in SCORE_RECORD_FIELDS if record.get(name) is None]
+        absent = [name for name in REQUIRED_SCORE_FIELDS if record.get(name) is None]
         if unknown or absent:
             raise BadRecord(f"score record {doc_id!r} must hold exactly id, {VERSION_FIELD} and "
-                            f"{', '.join(SCORE_RECORD_FIELDS)}; " + (f"unexpected {unknown}" if unknown else "")
+                            f"{', '.join(REQUIRED_SCORE_FIELDS)} (and optionally "
+                            f"{', '.join(PROVENANCE_FIELDS)}); " + (f"unexpected {unknown}" if unknown else "")
                             + ("; " if unknown and absent else "") + (f"missing {absent}" if absent else ""))
-        fields = {name: record[name] for name in SCORE_RECORD_FIELDS}
+        fields = {name: record[name] for name in SCORE_RECORD_FIELDS if record.get(name) is not None}
         fields.update(_checked_score_fields(record, doc_id))
         fields[SCORE_VERSION_FIELD] = version
         return doc_id, {"score": True, "version": version, "fields": fields}

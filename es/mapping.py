@@ -18,9 +18,12 @@ from elasticsearch import Elasticsearch
 from es.client import EsError, EsVersionMismatch, scrubbed_errors
 
 from es.names import (  # noqa: F401  (the field names are part of this module's interface)
+    AI_PROVENANCE_VALUES,
     CREATED_AT_FIELD,
     DELETED_FIELD,
     MODEL_FIELD,
+    PROVENANCE_DETAIL_FIELD,
+    PROVENANCE_FIELD,
     RANK_FIELD,
     SCORE_FIELD,
     SCORE_VERSION_FIELD,
@@ -44,6 +47,8 @@ def score_properties() -> dict[str, dict[str, Any]]:
         SCORED_URL_FIELD: {"type": "keyword"},
         SCORE_VERSION_FIELD: {"type": "date"},
         RANK_FIELD: {"type": "rank_feature"},
+        PROVENANCE_FIELD: {"type": "keyword"},
+        PROVENANCE_DETAIL_FIELD: {"type": "keyword"},
         DELETED_FIELD: {"type": "boolean"},
     }
 

@@ -38,6 +38,10 @@ SCORE_VERSION_FIELD = "image_score_version"  # the item version (updated_at) the
 RANK_FIELD = "image_score_rank"  # rank_feature copy of image_score, for the rank_feature query
 DELETED_FIELD = "deleted"  # true on a tombstone
 VERSION_FIELD = "updated_at"  # the item version; the stale-update guard compares it (es/guard.py)
+PROVENANCE_FIELD = "image_provenance"  # what the image's metadata says of its origin (transforms/provenance.py)
+PROVENANCE_DETAIL_FIELD = "image_provenance_detail"  # the generator or claim; what was wrong when unreadable
+#: the image_provenance values that say the image was made by AI (ranking's ai_factor discounts them)
+AI_PROVENANCE_VALUES = ("c2pa_ai", "xmp_ai", "generator_metadata")
 CREATED_AT_FIELD = "created_at"  # owned by the item indexer; the backfill source filters on it
 
 RELEVANCE_NAME = "relevance"

@@ -36,6 +36,7 @@ from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.items import Item, ParseItems, parse_time
+from transforms.provenance import ProvenanceLimits
 from transforms.score_images import SCORED, ScoreImages, ScoreRecordFn
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, handler: ModelHandler 
     parsed = payloads | "Parse" >> ParseItems()
     recent = parsed.items | "KeepRecent" >> beam.ParDo(_KeepRecent(since))
     scored = recent | "Score" >> ScoreImages(handler or mo.score_handler(), input_size, io.fetch_policy(),
-                                             io.max_image_pixels)
+                                             io.max_image_pixels, provenance=ProvenanceLimits())
     to_records = scored[SCORED] | "ToRecord" >> ScoreRecordFn.apply(score_record, "score")
     records = to_records.records
 

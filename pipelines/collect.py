@@ -61,6 +61,7 @@ WINDOW_ITEMS = "window_items"
 _SERP_FIELDS = {"serp_id": str, "query": str, "platform": str, "ts": str, "items": list}
 _ITEM_FIELDS = ("item_id", "position", "price", "image_url", "clicked")
 ENGINE_FIELDS = ("score", "relevance_score")  # optional per item; carried into windows when logged
+PROVENANCE = "image_provenance"  # optional per item: the indexed image_provenance, for analyze's AI click-through
 
 
 # --------------------------------------------------------------------------- parsing
@@ -106,6 +107,12 @@ def _parse_item(raw: Any, serp_id: str, index: int) -> dict:
         if not _is_number(value) or value < 0 or not math.isfinite(value):
             raise Rejected("bad_field", f"{where}: {name} must be a finite number >= 0 or absent, got {value!r}")
         engine[name] = float(value)
+    provenance = raw.get(PROVENANCE)
+    if provenance is not None:
+        if not isinstance(provenance, str) or not provenance:
+            raise Rejected("bad_field", f"{where}: {PROVENANCE} must be a non-empty string or absent, "
+                                        f"got {provenance!r}")
+        engine[PROVENANCE] = provenance
     return {"item_id": item_id, "position": position, "price": None if price is None else float(price),
             "image_url": raw["image_url"].strip(), **flags, **engine}  # one spelling for every later join
 
@@ -205,7 +212,7 @@ def make_window(serp: dict, max_price_diff: float = 0.2, before: int = 5, after:
         "serp_id": serp["serp_id"], "query": serp["query"], "platform": serp["platform"], "ts": serp["ts"],
         "anchor_item_id": anchor["item_id"],
         "items": [{k: item[k] for k in ("item_id", "position", "price", "image_url", "clicked", "liked", "purchased")
-                   + ENGINE_FIELDS if k in item}
+                   + ENGINE_FIELDS + (PROVENANCE,) if k in item}
                   for item in window_items],
     }
     return window, drops
@@ -318,7 +325,8 @@ def parquet_schema():
     import pyarrow as pa
     item = pa.struct([("item_id", pa.string()), ("position", pa.int64()), ("price", pa.float64()),
                       ("image_url", pa.string()), ("clicked", pa.bool_()), ("liked", pa.bool_()),
-                      ("purchased", pa.bool_()), ("score", pa.float64()), ("relevance_score", pa.float64())])
+                      ("purchased", pa.bool_()), ("score", pa.float64()), ("relevance_score", pa.float64()),
+                      (PROVENANCE, pa.string())])
     return pa.schema([("serp_id", pa.string()), ("query", pa.string()), ("platform", pa.string()),
                       ("ts", pa.string()), ("split", pa.string()), ("anchor_item_id", pa.string()),
                       ("items", pa.list_(item))])

@@ -22,7 +22,9 @@ from urllib.parse import urlparse
 from PIL import Image, ImageDraw
 
 from cli_common import ArgumentParser, UsageError, job_main
+from es.names import AI_PROVENANCE_VALUES
 
+AI_MARK = (200, 0, 160)  # the frame and label of an image whose metadata says AI made it
 THUMB = 128
 COLUMNS = 12
 LINE = 14  # pixel height of one text line of the broken-items list in the PNG
@@ -43,7 +45,9 @@ def _local_image(url: str, root: Path) -> Path | None:
 
 
 def contact_sheet(scores: list[dict], dead: list[dict], catalog: dict[str, dict], root: Path, out: Path) -> tuple[Path, Path]:
-    """Write ``contact_sheet.html`` and ``contact_sheet.png``: images ranked by score, then the broken items."""
+    """Write ``contact_sheet.html`` and ``contact_sheet.png``: images ranked by score, then the broken items.
+
+    An image whose ``image_provenance`` says AI made it is framed and labelled ``AI`` with the detail."""
     ranked = sorted(scores, key=lambda s: -s["image_score"])
     broken_items = sorted(dead, key=lambda d: (d["stage"], d["reason"], str(d.get("id") or "")))
     cells = []
@@ -56,9 +60,13 @@ def contact_sheet(scores: list[dict], dead: list[dict], catalog: dict[str, dict]
         path = _local_image(record.get("image_urls", [""])[0], root)
         title = html.escape(record.get("title", ""))
         rel = os.path.relpath(path, out) if path else ""
-        cells.append(f'<figure><img src="{html.escape(rel)}" loading="lazy" width="{THUMB}" height="{THUMB}">'
+        ai = score.get("image_provenance") in AI_PROVENANCE_VALUES
+        flag = (f'<br><span class="ai">AI: {html.escape(score["image_provenance"])} '
+                f'{html.escape(score.get("image_provenance_detail") or "")}</span>') if ai else ""
+        cells.append(f'<figure{" class=ai" if ai else ""}><img src="{html.escape(rel)}" loading="lazy" '
+                     f'width="{THUMB}" height="{THUMB}">'
                      f'<figcaption>#{rank + 1} <b>{score["image_score"]:.3f}</b><br>{html.escape(score["id"])}'
-                     f'<br><small>{title}</small></figcaption></figure>')
+                     f'<br><small>{title}</small>{flag}</figcaption></figure>')
         if path:
             with Image.open(path) as img:
                 thumb = img.convert("RGB")
@@ -66,6 +74,9 @@ def contact_sheet(scores: list[dict], dead: list[dict], catalog: dict[str, dict]
             x, y = (rank % COLUMNS) * THUMB, (rank // COLUMNS) * (THUMB + 16)
             sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
             draw.text((x + 4, y + THUMB + 2), f"#{rank + 1} {score['image_score']:.3f}", fill="black")
+            if ai:
+                draw.rectangle((x + 1, y + 1, x + THUMB - 2, y + THUMB - 2), outline=AI_MARK, width=3)
+                draw.text((x + THUMB - 22, y + THUMB + 2), "AI", fill=AI_MARK)
     y = grid_height + 4
     draw.text((4, y), f"{len(broken_items)} broken and hostile items (id, stage, reason):", fill="black")
     for d in broken_items:
@@ -77,9 +88,10 @@ def contact_sheet(scores: list[dict], dead: list[dict], catalog: dict[str, dict]
         for d in broken_items)
     page = f"""<!doctype html><meta charset="utf-8"><title>imagescore demo: contact sheet</title>
 <style>body{{font:14px sans-serif;margin:2em}} figure{{display:inline-block;width:{THUMB}px;margin:4px;vertical-align:top}}
-img{{object-fit:contain;background:#eee}} figcaption{{font-size:11px}} td{{padding:2px 8px;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:anywhere}}</style>
+img{{object-fit:contain;background:#eee}} figure.ai img{{outline:3px solid rgb{AI_MARK}}} .ai{{color:rgb{AI_MARK}}} figcaption{{font-size:11px}} td{{padding:2px 8px;border-bottom:1px solid #ddd;vertical-align:top;overflow-wrap:anywhere}}</style>
 <h1>Images ranked by image_score</h1><p>{len(ranked)} scored by <code>{html.escape(ranked[0]['image_score_model'] if ranked else '')}</code>,
-highest first. {len(dead)} items could not be scored (below).</p>
+highest first. {len(dead)} items could not be scored (below). Framed <span class="ai">AI</span>: the image's metadata
+says AI made it (<code>image_provenance</code>).</p>
 {''.join(cells)}
 <h2>Broken and hostile items</h2><table><tr><th>id</th><th>stage</th><th>reason</th><th>error</th></tr>{broken}</table>
 """

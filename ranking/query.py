@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--formula", choices=FORMULAS, default="multiplicative")
     p.add_argument("--w", type=float, default=0.3, help="weight of the image score")
     p.add_argument("--missing", type=float, default=0.5, help="image score of documents without one")
+    p.add_argument("--ai-factor", type=float, default=1.0,
+                   help="multiply the score of listings whose image says AI made it (image_provenance) by this, "
+                        "e.g. 0.8; 1 leaves them alone")
     p.add_argument("--rank-function", choices=RANK_FUNCTIONS, default="saturation")
     p.add_argument("--rank-params", default='{"pivot": 0.5}', help="rank_feature function parameters (JSON)")
     p.add_argument("--platform", choices=PLATFORMS, help="use this platform's formula and w from --platform-config")
@@ -63,7 +66,7 @@ def body_for(args) -> dict:
     from es.boosting import Boost, PlatformBoosts, search_body
     try:
         default = Boost(args.formula, args.w, args.missing, rank_function=args.rank_function,
-                        rank_params=json.loads(args.rank_params))
+                        rank_params=json.loads(args.rank_params), ai_factor=args.ai_factor)
         boosts = (PlatformBoosts.from_json(args.platform_config, default) if args.platform_config
                   else PlatformBoosts(default))
         if args.platform and not args.platform_config:
@@ -105,6 +108,7 @@ def run(argv: list[str] | None = None) -> int:
     for hit in response["hits"]["hits"]:
         source = hit.get("_source", {})
         print(f"{hit['_id']}  score {hit['_score']}  image_score {source.get('image_score', 'missing')}  "
+              f"provenance {source.get('image_provenance', 'unknown')}  "
               f"matched {json.dumps(hit.get('matched_queries', {}))}")
         print("\n".join("    " + line for line in explain_lines(hit.get("_explanation", {}))))
     return 0

@@ -1,7 +1,8 @@
 """Replay logged SERPs under a boosting formula, ranking each window as Elasticsearch would.
 
 The logs hold, per shown item, the engine's ``score`` and (when the query
-named its relevance clause) the ``relevance_score``. The replay builds the
+named its relevance clause) the ``relevance_score``, and, when known, the
+item's ``image_provenance`` (what an ``ai_factor`` below 1 discounts). The replay builds the
 real query with :mod:`es.boosting` around stand-ins that return those logged
 figures, and evaluates it with the scoring mirror :mod:`es.function_score`:
 
@@ -33,6 +34,7 @@ from es.boosting import (
     rescore_search,
 )
 from es.function_score import evaluate, search_scores
+from es.mapping import PROVENANCE_FIELD
 
 LOGGED_SCORE, LOGGED_RELEVANCE, OTHER_FACTORS = "_logged_score", "_logged_relevance", "_other_factors"
 
@@ -52,6 +54,7 @@ class Logs:
     relevance: np.ndarray   # per item: logged relevance_score, NaN where the log has none
     image_urls: np.ndarray  # per item (object), for the sample page
     image_score: np.ndarray | None = None  # per item: float32, NaN where no score is known
+    image_provenance: np.ndarray | None = None  # per item (object): the logged image_provenance, None where unknown
 
     @property
     def n_serps(self) -> int:
@@ -84,7 +87,7 @@ def _number(value, where: str, name: str, required: bool) -> float:
 
 
 _COLUMNS = ("serp_ids", "platforms", "queries", "serp", "item_ids", "position", "clicked", "score", "relevance",
-            "urls")
+            "urls", "provenance")
 
 
 def _read_lines(path: str) -> dict[str, list]:
@@ -115,6 +118,8 @@ def _read_lines(path: str) -> dict[str, list]:
                 out["score"].append(_number(it.get("score"), at, "score", True))
                 out["relevance"].append(_number(it.get("relevance_score"), at, "relevance_score", False))
                 out["urls"].append(it.get("image_url", ""))
+                provenance = it.get(PROVENANCE_FIELD)
+                out["provenance"].append(None if provenance is None else str(provenance))
     return out
 
 
@@ -139,6 +144,8 @@ def _read_columnar(path: str) -> dict[str, list | np.ndarray] | None:
         clicked = flat.field("clicked").cast(pa.bool_()) if "clicked" in fields else pa.nulls(len(flat), pa.bool_())
         urls = flat.field("image_url").cast(pa.string()) if "image_url" in fields else pa.nulls(len(flat), pa.string())
         item_ids = flat.field("item_id").cast(pa.string())
+        provenance = (flat.field(PROVENANCE_FIELD).cast(pa.string()) if PROVENANCE_FIELD in fields
+                      else pa.nulls(len(flat), pa.string()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError):
         return None
     if score.null_count or position.null_count or item_ids.null_count:
@@ -157,7 +164,8 @@ def _read_columnar(path: str) -> dict[str, list | np.ndarray] | None:
             "queries": column("query", ""), "serp": parent[order], "item_ids": np.array(item_ids.to_pylist(), object)[order],
             "position": position_np[order], "clicked": clicked.fill_null(False).to_numpy(zero_copy_only=False)[order],
             "score": score_np[order], "relevance": rel_np[order],
-            "urls": np.array(urls.fill_null("").to_pylist(), object)[order]}
+            "urls": np.array(urls.fill_null("").to_pylist(), object)[order],
+            "provenance": np.array(provenance.to_pylist(), object)[order]}
 
 
 def load_logs(pattern: str) -> Logs:
@@ -172,10 +180,12 @@ def load_logs(pattern: str) -> Logs:
     cat = {name: (np.concatenate([np.asarray(p[name]) for p in parts]) if parts else np.array([]))
            for name in _COLUMNS if name not in ("serp_ids", "serp")}
     serp = np.concatenate([np.asarray(p["serp"], np.int64) + off for p, off in zip(parts, offsets)])
+    provenance = np.concatenate([np.asarray(p["provenance"], object) for p in parts])
     return Logs([sid for p in parts for sid in p["serp_ids"]], cat["platforms"].astype(object),
                 cat["queries"].astype(object), serp, cat["item_ids"].astype(object),
                 cat["position"].astype(np.int64), cat["clicked"].astype(bool), cat["score"].astype(np.float64),
-                cat["relevance"].astype(np.float64), cat["urls"].astype(object))
+                cat["relevance"].astype(np.float64), cat["urls"].astype(object),
+                image_provenance=provenance if any(v is not None for v in provenance.tolist()) else None)
 
 
 def load_scores(pattern: str) -> dict[str, float]:
@@ -226,6 +236,12 @@ def replay_docs(logs: Logs, boost: Boost) -> dict[str, np.ndarray]:
     if logs.image_score is None:
         raise ValueError("attach image scores (attach_scores) before replaying")
     docs = {LOGGED_SCORE: logs.score, SCORE_FIELD: logs.image_score}
+    if boost.ai_factor != 1:
+        if logs.image_provenance is None:
+            raise ValueError(f"ai_factor {boost.ai_factor:g} needs each item's image_provenance in the logs, and "
+                             "no logged item has one; log the indexed image_provenance with each shown item, "
+                             "or replay with ai_factor 1")
+        docs[PROVENANCE_FIELD] = logs.image_provenance
     if boost.formula in ("additive", "rank_feature"):
         lacking = np.isnan(logs.relevance)
         if lacking.any():

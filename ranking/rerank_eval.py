@@ -56,8 +56,14 @@ def propensities(logs: Logs, path: str | None) -> tuple[np.ndarray, str]:
 
 def sweep(logs: Logs, formulas: list[str], ws: list[float], *, missing: float = 0.5, k: int = 10,
           theta: np.ndarray, n_boot: int = 1000, seed: int = 0, rescore_window: int | None = None,
-          rank_function: str = "saturation", rank_params: dict | None = None) -> tuple[list[dict], dict]:
-    """The rows of ``rerank.json`` and the new ranks of every (formula, w)."""
+          rank_function: str = "saturation", rank_params: dict | None = None,
+          ai_factor: float = 1.0) -> tuple[list[dict], dict]:
+    """The rows of ``rerank.json`` and the new ranks of every (formula, w).
+
+    Deltas are against the logged order (w = 0, ai_factor 1); with ``ai_factor`` every w,
+    0 included, also multiplies AI-flagged items' scores by it, so the w = 0 row shows
+    what the discount alone does.
+    """
     # The scoring mirror and its query builders import elasticsearch: loaded when the sweep runs, not for --help.
     from es.boosting import Boost
     from ranking.replay import new_ranks, replay_scores
@@ -68,20 +74,29 @@ def sweep(logs: Logs, formulas: list[str], ws: list[float], *, missing: float = 
     names = metric_names(k)
     per: dict[tuple[str, float], dict] = {}
     ranks: dict[tuple[str, float], np.ndarray] = {}
+    logged: dict[str, dict] = {}
     for formula in formulas:
         for w in ws:
             boost = Boost(formula, w, missing, rank_function=rank_function,
-                          rank_params=rank_params or {"pivot": 0.5})
+                          rank_params=rank_params or {"pivot": 0.5}, ai_factor=ai_factor)
             scores, rescored = replay_scores(logs, boost, rescore_window)
             ranks[formula, w] = new_ranks(logs, scores, rescored)
             per[formula, w] = per_serp(logs.serp, logs.n_serps, logs.clicked, ranks[formula, w], logged_rank,
                                        propensity, pairs, k)
+        if ai_factor == 1:
+            logged[formula] = per[formula, 0.0]
+        else:
+            boost = Boost(formula, 0.0, missing, rank_function=rank_function,
+                          rank_params=rank_params or {"pivot": 0.5})
+            scores, rescored = replay_scores(logs, boost, rescore_window)
+            logged[formula] = per_serp(logs.serp, logs.n_serps, logs.clicked, new_ranks(logs, scores, rescored),
+                                       logged_rank, propensity, pairs, k)
     platforms = ["all"] + sorted(set(logs.platforms.tolist()))
     rows = []
     for platform in platforms:
         mask = np.ones(logs.n_serps, bool) if platform == "all" else logs.platforms == platform
         for formula in formulas:
-            base = per[formula, 0.0]
+            base = logged[formula]
             keys = [(w, m) for w in ws for m in names]
             num = np.stack([per[formula, w][m][0][mask] for w, m in keys], axis=1)
             den = np.stack([per[formula, w][m][1][mask] for w, m in keys], axis=1)
@@ -92,7 +107,7 @@ def sweep(logs: Logs, formulas: list[str], ws: list[float], *, missing: float = 
                 total = den[:, c].sum()
                 value = num[:, c].sum() / total if total else float("nan")
                 delta = delta_num[:, c].sum() / total if total else float("nan")
-                rows.append({"formula": formula, "w": w, "platform": platform, "metric": m,
+                rows.append({"formula": formula, "w": w, "ai_factor": ai_factor, "platform": platform, "metric": m,
                              "value": float(value), "delta": float(delta), "ci_low": float(low[c]),
                              "ci_high": float(high[c]), "serps": int((den[:, c] > 0).sum())})
     return rows, ranks
@@ -195,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore-window", type=int, help="replay the boost as a rescore of this many top hits")
     p.add_argument("--rank-function", default="saturation", help="rank_feature function (saturation, log, ...)")
     p.add_argument("--rank-params", default='{"pivot": 0.5}', help="rank_feature function parameters as JSON")
+    p.add_argument("--ai-factor", type=float, default=1.0,
+                   help="also multiply AI-flagged items' scores by this (the logs' image_provenance), e.g. 0.8")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of SERPs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=12, help="SERPs on the sample page")
@@ -219,7 +236,7 @@ def run(argv: list[str] | None = None) -> int:
         theta, source = propensities(logs, args.propensities)
         rows, ranks = sweep(logs, formulas, ws, missing=args.missing, k=args.k, theta=theta, n_boot=args.bootstrap,
                             seed=args.seed, rescore_window=args.rescore_window, rank_function=args.rank_function,
-                            rank_params=json.loads(args.rank_params))
+                            rank_params=json.loads(args.rank_params), ai_factor=args.ai_factor)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     os.makedirs(args.output, exist_ok=True)
@@ -229,8 +246,8 @@ def run(argv: list[str] | None = None) -> int:
         json.dump({"source": source, "propensities": [round(float(t), 6) for t in theta]}, fh, indent=1)
     platforms = list(dict.fromkeys(r["platform"] for r in rows))
     with open(os.path.join(args.output, "rerank.md"), "w") as fh:
-        fh.write("# rerank-eval\n\nvalue (delta vs w = 0 [95% CI, SERP bootstrap]); propensities: "
-                 f"{source}; {logs.n_serps} SERPs.\n")
+        fh.write("# rerank-eval\n\nvalue (delta vs the logged order [95% CI, SERP bootstrap]); propensities: "
+                 f"{source}; {logs.n_serps} SERPs; ai_factor {args.ai_factor:g}.\n")
         for platform in platforms:
             fh.write(f"\n## {platform}\n\n{table_markdown(rows, platform)}\n")
             plot(os.path.join(args.output, f"rerank_{platform}.png"), rows, platform)

@@ -26,7 +26,9 @@ def test_score_fields_have_the_documented_types():
     assert score_properties() == {"image_score": {"type": "float"}, "image_score_model": {"type": "keyword"},
                                   "image_scored_at": {"type": "date"}, "image_score_image_url": {"type": "keyword"},
                                   "image_score_version": {"type": "date"},
-                                  "image_score_rank": {"type": "rank_feature"}, "deleted": {"type": "boolean"}}
+                                  "image_score_rank": {"type": "rank_feature"},
+                                  "image_provenance": {"type": "keyword"},
+                                  "image_provenance_detail": {"type": "keyword"}, "deleted": {"type": "boolean"}}
     assert document_properties() == {**score_properties(), "updated_at": {"type": "date"}}
     body = index_template_body("items-*", {"created_at": {"type": "date"}})
     assert body["index_patterns"] == ["items-*"]
@@ -59,7 +61,7 @@ def test_put_mapping_twice_is_harmless(es_client):
         assert {k: types[k] for k in score_properties()} == {
             "image_score": "float", "image_score_model": "keyword", "image_scored_at": "date",
             "image_score_image_url": "keyword", "image_score_version": "date", "image_score_rank": "rank_feature",
-            "deleted": "boolean"}
+            "image_provenance": "keyword", "image_provenance_detail": "keyword", "deleted": "boolean"}
         assert types["title"] == "text" and "updated_at" not in types  # score mode: the item indexer owns it
         ensure_score_mapping(es_client, index, owns_documents=True)
         assert _types(es_client, index)["updated_at"] == "date"

@@ -229,7 +229,8 @@ def test_rerank_eval_end_to_end_finds_the_quality_effect_and_not_a_null_one(worl
     rows = _rows(out["quality"])
     assert {r["platform"] for r in rows} == {"all", "web", "ios", "android"}
     assert len(rows) == 2 * 3 * 4 * 6  # formula x w (0 added) x platform x metric
-    assert set(rows[0]) == {"formula", "w", "platform", "metric", "value", "delta", "ci_low", "ci_high", "serps"}
+    assert set(rows[0]) == {"formula", "w", "ai_factor", "platform", "metric", "value", "delta", "ci_low", "ci_high",
+                            "serps"}
     for formula in ("multiplicative", "additive"):
         assert _row(rows, formula, 0.0, "ips_dcg@10")["delta"] == 0.0
         assert _row(rows, formula, 3.0, "ips_dcg@10")["ci_low"] > 0

@@ -129,7 +129,9 @@ def load(window_globs: list[str], label_globs: list[str], include_tied: bool = F
                              "platform": str(win.get("platform") or "unknown"), "split": win.get("split"),
                              "clicked": item.get("clicked") is True, "liked": item.get("liked") is True,
                              "purchased": item.get("purchased") is True, "value": label["value"],
-                             "tied": label["tied"], "rationale": label["rationale"]})
+                             "tied": label["tied"], "rationale": label["rationale"],
+                             "provenance": item.get("image_provenance")
+                             if isinstance(item.get("image_provenance"), str) else None})
             if rows and not include_tied and all(r["tied"] for r in rows):
                 inputs.tied_windows_excluded += 1
                 inputs.tied_items_excluded += len(rows)
@@ -156,6 +158,37 @@ COMPARISONS = (
     # disjoint groups, so the KS test's independence assumption holds
     ("purchased_vs_clicked", "purchased", "clicked_not_purchased"),
 )
+
+
+# The image_provenance values that say AI made the image: es.mapping.AI_PROVENANCE_VALUES (training/
+# imports no es/ module; tests/test_provenance.py holds the two equal).
+AI_PROVENANCE = ("c2pa_ai", "xmp_ai", "generator_metadata")
+
+
+def _wilson(clicks: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    centre = (clicks + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(clicks * (n - clicks) / n + z * z / 4) / (n + z * z)
+    return centre - half, centre + half
+
+
+def provenance_click_through(rows: list[dict]) -> dict | None:
+    """Click-through and label of AI-flagged images vs the others, over the items whose window
+    carries ``image_provenance``; None when no item does. Does the judge's taste for AI images
+    (if any) match what people click?"""
+    known = [r for r in rows if r.get("provenance") is not None]
+    if not known:
+        return None
+    out: dict = {"items_with_provenance": len(known), "items_without_provenance": len(rows) - len(known)}
+    for name, group in (("ai_flagged", [r for r in known if r["provenance"] in AI_PROVENANCE]),
+                        ("other", [r for r in known if r["provenance"] not in AI_PROVENANCE])):
+        n, clicks = len(group), sum(r["clicked"] for r in group)
+        low, high = _wilson(clicks, n) if n else (float("nan"), float("nan"))
+        values = np.array([r["value"] for r in group], float)
+        out[name] = {"items": n, "clicks": clicks, "ctr": clicks / n if n else float("nan"),
+                     "ctr_ci_low": low, "ctr_ci_high": high,
+                     "median_value": float(np.median(values)) if n else float("nan"),
+                     "mean_value": float(values.mean()) if n else float("nan")}
+    return out
 
 
 def describe(values: np.ndarray) -> dict:
@@ -395,6 +428,23 @@ def write_report(out_dir: str, inputs: Inputs, figures: dict, value: str) -> str
     lines += [_result_row(f"{p}: clicked vs not clicked", r) for p, r in figures["platforms"].items()]
     if figures.get("platform_plot"):
         lines += ["", f"![platforms]({figures['platform_plot']})"]
+    provenance = figures.get("provenance")
+    lines += ["", "## AI-flagged images (image_provenance)", ""]
+    if provenance is None:
+        lines += ["The windows carry no `image_provenance`; log the indexed field with each shown item to see "
+                  "whether AI-flagged images are clicked as the judge scores them."]
+    else:
+        lines += [(f"Items with a provenance: {provenance['items_with_provenance']} (without: "
+                  f"{provenance['items_without_provenance']}). AI-flagged: `c2pa_ai`, `xmp_ai`, "
+                  "`generator_metadata`. Click-through is within the collected windows (one click each), "
+                  "with a 95% Wilson interval."), "",
+                  f"| images | items | clicks | click-through [95% CI] | median {value} | mean {value} |",
+                  "|---|---|---|---|---|---|"]
+        for name in ("ai_flagged", "other"):
+            g = provenance[name]
+            lines.append(f"| {name} | {g['items']} | {g['clicks']} | {_fmt(g['ctr'])} "
+                         f"[{_fmt(g['ctr_ci_low'])}, {_fmt(g['ctr_ci_high'])}] | {_fmt(g['median_value'])} | "
+                         f"{_fmt(g['mean_value'])} |")
     lines += ["", "## Adjectives in the rationales (paper Fig. 5)", ""]
     adjectives = figures["adjectives"]
     if "skipped" in adjectives:
@@ -450,6 +500,7 @@ def analyze(window_globs: list[str], label_globs: list[str], out_dir: str, *, al
     if platforms:
         figures["platform_plot"] = "platforms.png"
         plot_platforms(os.path.join(out_dir, figures["platform_plot"]), rows, platforms, value)
+    figures["provenance"] = provenance_click_through(rows)
     adjectives = adjective_tables(rows, wordnet_dir, top)
     if "groups" in adjectives and any(g["top"] for g in adjectives["groups"].values()):
         adjectives["plot"] = "adjectives.png"

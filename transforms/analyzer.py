@@ -13,8 +13,9 @@
 
 The output is a :class:`FeedRecord`: the item's fields, ``updated_at`` (the version),
 and ``image_score``, ``image_score_model``, ``image_scored_at``,
-``image_score_image_url`` and ``image_score_version`` (the version the score was
-computed for).
+``image_score_image_url``, ``image_score_version`` (the version the score was
+computed for), ``image_provenance`` and ``image_provenance_detail`` (what the image's
+metadata says of its origin; reused with the score).
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from es.client_dofn import EsClientDoFn
 from es.mapping import (
     DELETED_FIELD,
     MODEL_FIELD,
+    PROVENANCE_DETAIL_FIELD,
+    PROVENANCE_FIELD,
     RANK_FIELD,
     SCORE_FIELD,
     SCORE_VERSION_FIELD,
@@ -39,14 +42,17 @@ from es.timestamps import iso
 from transforms.deadletter import DEAD_LETTER
 from transforms.fetch import FetchPolicy
 from transforms.messages import FeedRecord, Update, element_dead_letter
+from transforms.provenance import ProvenanceLimits
 from transforms.score_images import SCORED, ScoreImages, ScoreRecordFn
 
 STAGE = "analyzer"
 REUSED = "reused"
 SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION = (
     SCORE_FIELD, MODEL_FIELD, SCORED_AT_FIELD, SCORED_URL_FIELD, SCORE_VERSION_FIELD)
+#: what the image's metadata said of its origin: reused with the score (same image, same reading)
+PROVENANCE_FIELDS = (PROVENANCE_FIELD, PROVENANCE_DETAIL_FIELD)
 #: what the reuse check reads of a stored document
-STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION)
+STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION, *PROVENANCE_FIELDS)
 #: fields only the analyzer and the writer set; an incoming message's values for them are dropped
 DERIVED_FIELDS = frozenset({*STORED_FIELDS, RANK_FIELD, DELETED_FIELD})
 
@@ -101,6 +107,8 @@ class _LookupStoredFn(EsClientDoFn):
                 if reusable(previous, update, self._model_id):
                     fields = {name: previous[name] for name in (SCORE, MODEL, SCORED_AT, IMAGE_URL)}
                     fields[SCORE_VERSION] = previous.get(SCORE_VERSION) or iso(update.version)
+                    fields.update({name: previous[name] for name in PROVENANCE_FIELDS
+                                   if previous.get(name) is not None})
                     reused = feed_record(update, fields)
                 else:
                     reused = None
@@ -155,7 +163,7 @@ class Analyze(beam.PTransform):
             documents.append(looked_up[REUSED])
             to_score = looked_up.to_score
         scored = to_score | "Score" >> ScoreImages(self._handler, self._input_size, self._policy,
-                                                   self._max_pixels, stage=STAGE)
+                                                   self._max_pixels, stage=STAGE, provenance=ProvenanceLimits())
         to_documents = scored[SCORED] | "ToDocument" >> ScoreRecordFn.apply(scored_document, STAGE)
         documents.append(to_documents.records)
         dead = [tombstones[DEAD_LETTER], to_documents[DEAD_LETTER], scored[DEAD_LETTER]]

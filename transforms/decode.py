@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
+from transforms.provenance import ProvenanceLimits, WithProvenance, read_provenance
 
 # Pillow format IDs parsed at all. A camera JPEG carrying extra pictures (MPO) opens through JPEG.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -192,10 +193,11 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, size: int, max_pixels: int, stage: str):
+    def __init__(self, size: int, max_pixels: int, stage: str, provenance: ProvenanceLimits | None):
         self._size = size
         self._max_pixels = max_pixels
         self._stage = stage
+        self._provenance = provenance
         self._decoded = beam.metrics.Metrics.counter("imagescore", f"{stage}_decoded")
         self._bytes = beam.metrics.Metrics.distribution("imagescore", f"{stage}_input_bytes")
 
@@ -203,16 +205,22 @@ class _DecodeFn(beam.DoFn):
         item, data = element
         try:
             self._bytes.update(len(data))
+            # read before decoding: the decoded pixels keep none of the metadata
+            provenance = None if self._provenance is None else read_provenance(data, self._provenance)
             array = decode_image(data, self._size, self._max_pixels)
         except Exception as exc:  # every failure becomes a dead letter (counted there); nothing is dropped
             yield to_dead_letter(self._stage, exc, item.payload, id=item.id)
             return
         self._decoded.inc()
-        yield item, array
+        yield (item if provenance is None else WithProvenance(item, provenance)), array
 
 
 class DecodeImages(beam.PTransform):
     """``(Item, bytes)`` -> ``(Item, uint8 [size, size, 3])``, plus a tagged ``deadletter`` output.
+
+    With ``provenance`` (caps), the key is :class:`~transforms.provenance.WithProvenance`
+    ``(item, provenance)``: what the image's metadata says about its origin, read from the
+    bytes before decoding.
 
     Apply it and read ``result[DecodeImages.MAIN]`` (or ``result.decoded``) and
     ``result[DEAD_LETTER]`` (or ``result.deadletter``).
@@ -220,14 +228,16 @@ class DecodeImages(beam.PTransform):
 
     MAIN = "decoded"
 
-    def __init__(self, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, stage: str = "decode"):
+    def __init__(self, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, stage: str = "decode",
+                 provenance: ProvenanceLimits | None = None):
         super().__init__()
         if size <= 0 or max_pixels <= 0:
             raise ValueError(f"size and max_pixels must be positive, got size={size} max_pixels={max_pixels}")
         self._size = size
         self._max_pixels = max_pixels
         self._stage = stage
+        self._provenance = provenance
 
     def expand(self, pcoll):
         return pcoll | f"Decode[{self._stage}]" >> beam.ParDo(
-            _DecodeFn(self._size, self._max_pixels, self._stage)).with_outputs(DEAD_LETTER, main=self.MAIN)
+            _DecodeFn(self._size, self._max_pixels, self._stage, self._provenance)).with_outputs(DEAD_LETTER, main=self.MAIN)

@@ -14,6 +14,10 @@ decode failures keep those transforms' reasons.
 Elements are anything with ``id``, ``thumbnail`` and ``payload`` (:class:`~transforms.items.Item`,
 :class:`~transforms.updates.Update`). :class:`ScoreRecordFn` turns a scored element into the
 record a job writes, with the score fields built once (:func:`es.guard.score_fields`).
+
+With ``provenance`` (caps), the decode step reads what the image's metadata says about its
+origin (:mod:`transforms.provenance`) and the key of a ``scored`` result is
+:class:`~transforms.provenance.WithProvenance`; :class:`ScoreRecordFn` writes it with the score.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from es.guard import score_fields
 from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
 from transforms.decode import DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
+from transforms.provenance import ProvenanceLimits, WithProvenance
 from transforms.triton_handler import ModelUnavailable
 
 SCORED = "scored"
@@ -46,6 +51,8 @@ class _InferenceDeadLettersFn(beam.DoFn):
         unavailable = isinstance(exc, ModelUnavailable) or "ModelUnavailable" in str(error)
         reason = "model_unavailable" if unavailable else "inference_error"
         for element, _ in (batch if isinstance(batch, list) else [batch]):
+            if isinstance(element, WithProvenance):
+                element = element.element
             count_dead_letter(self._stage, reason)
             yield dead_letter(self._stage, reason, exc, element.payload, id=element.id)
 
@@ -58,8 +65,10 @@ class ScoreImages(beam.PTransform):
     """
 
     def __init__(self, handler: ModelHandler, input_size: int, policy: FetchPolicy = FetchPolicy(),
-                 max_pixels: int = DEFAULT_MAX_PIXELS, stage: str | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, stage: str | None = None,
+                 provenance: ProvenanceLimits | None = None):
         super().__init__()
+        self._provenance = provenance
         self._handler = handler
         self._input_size = input_size
         self._policy = policy
@@ -70,7 +79,7 @@ class ScoreImages(beam.PTransform):
         stages = {} if self._stage is None else {"stage": self._stage}
         fetched = elements | "Fetch" >> FetchImages(self._policy, **stages)
         decoded = fetched[FetchImages.MAIN] | "Decode" >> DecodeImages(
-            self._input_size, max_pixels=self._max_pixels, **stages)
+            self._input_size, max_pixels=self._max_pixels, provenance=self._provenance, **stages)
         scored, failed = (decoded[DecodeImages.MAIN]
                           | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
         inference_failures = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(
@@ -100,8 +109,12 @@ class ScoreRecordFn(beam.DoFn):
 
     def process(self, keyed_result: tuple[Any, PredictionResult]):
         element, result = keyed_result
+        provenance = None
+        if isinstance(element, WithProvenance):
+            element, provenance = element
         try:
-            record = self._build(element, score_fields(result.inference, result.model_id, element.thumbnail))
+            record = self._build(element, score_fields(result.inference, result.model_id, element.thumbnail,
+                                                       provenance=provenance))
         except Exception as exc:  # noqa: BLE001 -- a record that cannot be built is that element's dead letter
             count_dead_letter(self._stage, "unexpected_error")
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
