@@ -155,7 +155,7 @@ def test_score_mode_writes_provenance_through_the_guard(es_config, es_client, es
 
 def test_analyzer_reuses_provenance_with_the_score():
     assert PROVENANCE_FIELD in STORED_FIELDS and PROVENANCE_DETAIL_FIELD in STORED_FIELDS
-    from transforms.updates import Update
+    from transforms.messages import Update
 
     update = Update(id="a", version=NOW, deleted=False, image_urls=("https://x/a.jpg",), fields={},
                     payload="{}", message_id="1", publish_time=NOW)

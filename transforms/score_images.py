@@ -12,7 +12,7 @@ replay them once it is back) or ``inference_error``; the other batches go on. Fe
 decode failures keep those transforms' reasons.
 
 Elements are anything with ``id``, ``thumbnail`` and ``payload`` (:class:`~transforms.items.Item`,
-:class:`~transforms.updates.Update`). :class:`ScoreRecordFn` turns a scored element into the
+:class:`~transforms.messages.Update`). :class:`ScoreRecordFn` turns a scored element into the
 record a job writes, with the score fields built once (:func:`es.guard.score_fields`).
 
 With ``provenance`` (caps), the decode step reads what the image's metadata says about its
