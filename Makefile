@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: demo stream-demo test test-es test-es8 test-latest install install-dev bench clean system-deps
+.PHONY: demo stream-demo lint test test-es test-es8 test-latest install install-dev bench clean system-deps
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -34,7 +34,11 @@ system-deps:
 	  || echo "note: install WordNet for analyze's adjectives: sudo apt-get install wordnet-base"; }
 
 # -p randomly: random test order, with the seed that replays it printed in the header (docs/testing.md).
-test: $(VENV)/.installed-dev system-deps
+# pyflakes, import order, bugbear and pyupgrade (ruff.toml).
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+test: lint $(VENV)/.installed-dev system-deps
 	$(PY) -m pytest -p randomly
 
 # Every Elasticsearch suite: tests/test_es_*.py and tests/test_*_es.py (name new ones that way), and the

@@ -49,6 +49,7 @@ EXTRAS["dev"] = sorted(
         "ir-measures>=0.3,<0.5",  # trec_eval-semantics oracle for the rerank-eval ranking metrics
         "scikit-learn>=1.3,<2",  # its bundled china/flower photos are part of the handcrafted scorer's held-out split
         "PyWavelets>=1.4,<2",  # its bundled aerial and stair-tower photos are in that held-out split too
+        "ruff==0.17.6",  # `make lint`, run by `make test` (ruff.toml); pinned so the rules do not move under CI
         "hypothesis>=6.100,<7",  # property tests: arbitrary bytes and JSON through the stream parser (tests/test_poison.py)
     }
 )

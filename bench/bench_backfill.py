@@ -15,7 +15,7 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root, out = Path(tmp) / "catalog", Path(tmp) / "out"
         root.mkdir()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with ImageServer(root) as server:
             entries = build_catalog(root, server.url, products=args.products, now=now)
             write_catalog(entries, root / "items.jsonl")

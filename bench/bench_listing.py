@@ -27,8 +27,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scoring.handcrafted import HandcraftedScorer  # noqa: E402
-from scoring.photos import (HELDOUT_OBJECTS, HELDOUT_TEXTURES, LISTING_PAIR_KINDS, TUNE_OBJECTS,  # noqa: E402
-                            TUNE_TEXTURES, listing_pairs)
+from scoring.photos import (  # noqa: E402
+    HELDOUT_OBJECTS,
+    HELDOUT_TEXTURES,
+    LISTING_PAIR_KINDS,
+    TUNE_OBJECTS,
+    TUNE_TEXTURES,
+    listing_pairs,
+)
 from transforms.decode import decode_image  # noqa: E402
 
 SPLITS = {"tune": (TUNE_OBJECTS, TUNE_TEXTURES), "heldout": (HELDOUT_OBJECTS, HELDOUT_TEXTURES)}

@@ -50,8 +50,8 @@ def main() -> int:
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--loop-serps", type=int, default=5000, help="SERPs replayed by the plain loop")
     args = p.parse_args()
-    from ranking.rerank_eval import propensities, sweep
     from ranking.replay import attach_scores, load_logs
+    from ranking.rerank_eval import propensities, sweep
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "training.simulate", "--output", tmp, "--serps", str(args.serps),
                         "--items", str(args.items), "--no-images"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         runs[name] = (scorer, head, make_optimizer(head, 1e-3, 0.01), [])
         epoch(scorer, head, runs[name][2], X, W, L, batches[:3])  # warm-up
     for _ in range(args.rounds):
-        for name, (scorer, head, optimizer, times) in runs.items():
+        for scorer, head, optimizer, times in runs.values():
             times.append(epoch(scorer, head, optimizer, X, W, L, batches))
     ours = pairs / statistics.median(runs["ours"][3])
     naive = pairs / statistics.median(runs["naive"][3])

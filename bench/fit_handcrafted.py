@@ -37,13 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-
 from bench_handcrafted_spearman import DISTORTIONS, LEVELS, distorted, png_bytes  # noqa: E402
 from bench_listing import jpeg_crop  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
+
 from scoring.handcrafted import HandcraftedScorer, terms  # noqa: E402
-from transforms.decode import decode_image  # noqa: E402
 from scoring.photos import TUNE_OBJECTS, TUNE_TEXTURES, degrade, draw_product, listing_pairs, tune_photos  # noqa: E402
+from transforms.decode import decode_image  # noqa: E402
 
 #: how much the listing pairs count against the distortion pairs
 LISTING_SHARE = 0.35
@@ -88,7 +88,7 @@ def tuning_set() -> tuple[list, list[tuple[int, int, str]]]:
         images.append((img, fmt))
         return len(images) - 1
 
-    for name, photo in tune_photos():
+    for _name, photo in tune_photos():
         for kind in DISTORTIONS:
             idx = [add(distorted(photo, kind, level)) for level in LEVELS]
             pairs += [(idx[i], idx[j], "distortion") for i in range(len(idx)) for j in range(i + 1, len(idx))]

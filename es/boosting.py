@@ -43,8 +43,8 @@ from elasticsearch.dsl import function as F
 from elasticsearch.dsl.query import Query
 
 from es.function_score import POWER_SCRIPT, as_dict
+from es.mapping import AI_PROVENANCE_VALUES, PROVENANCE_FIELD, SCORE_FIELD
 from es.mapping import DELETED_FIELD as TOMBSTONE_FIELD
-from es.mapping import AI_PROVENANCE_VALUES, PROVENANCE_FIELD, RANK_FEATURE_FLOOR, SCORE_FIELD
 from es.mapping import RANK_FIELD as RANK_FEATURE_FIELD
 from es.names import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME  # noqa: F401  (part of this interface)
 

@@ -33,7 +33,7 @@ of the same version, is still ``noop``.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -100,7 +100,7 @@ def score_fields(score: float, model_id: str, image_url: str, scored_at: datetim
     scored image (``transforms.provenance.Provenance``), written beside the score when known.
     """
     fields = {SCORE_FIELD: float(score), MODEL_FIELD: model_id,
-              SCORED_AT_FIELD: canonical_version(scored_at or datetime.now(timezone.utc), SCORED_AT_FIELD),
+              SCORED_AT_FIELD: canonical_version(scored_at or datetime.now(UTC), SCORED_AT_FIELD),
               SCORED_URL_FIELD: image_url}
     if provenance is not None:
         fields[PROVENANCE_FIELD], fields[PROVENANCE_DETAIL_FIELD] = provenance

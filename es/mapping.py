@@ -16,7 +16,6 @@ from typing import Any
 from elasticsearch import Elasticsearch
 
 from es.client import EsError, EsVersionMismatch, scrubbed_errors
-
 from es.names import (  # noqa: F401  (the field names are part of this module's interface)
     AI_PROVENANCE_VALUES,
     CREATED_AT_FIELD,

@@ -12,7 +12,7 @@ It lives in ``es/`` because the guard needs it and ``es/`` imports nothing else 
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 #: the length of every :func:`iso` string (``YYYY-MM-DDTHH:MM:SS.ffffffZ``)
@@ -35,15 +35,15 @@ def parse_iso(value: Any, field: str) -> datetime:
     else:
         raise ValueError(f"{field} must be an ISO 8601 string, got {type(value).__name__} {value!r}")
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except OverflowError:  # an offset that moves year 1 or year 9999 out of datetime's range
         raise ValueError(f"{field} {value!r} is outside the years 1-9999 once converted to UTC") from None
 
 
 def iso(moment: datetime) -> str:
     """``moment`` in the canonical form: UTC, ISO 8601 with microseconds and ``Z``, always 27 characters."""
-    utc = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
             f".{utc.microsecond:06d}Z")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import openai
 from openai.types.chat import ChatCompletion
 
-from labeling.ratelimit import TokenBucket
 from es.secrets import LLM_API_KEY_ENVS, install_log_scrubber, scrub
+from labeling.ratelimit import TokenBucket
 from transforms.deadletter import Rejected
 
 # Servers without auth (a local vLLM or Ollama) ignore the key, but the openai client insists on one.

@@ -17,7 +17,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from cli_common import ArgumentParser, UsageError, check_share, job_main, run_outcome

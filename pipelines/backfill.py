@@ -18,22 +18,29 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from cli_common import UsageError, job_main
 from es.bulk_writer import WriteToElasticsearch, bulk_lines, update_action
 from es.guard import WriteMode
 from es.mapping import VERSION_FIELD
 from es.source import ReadItemsFromElasticsearch
-from cli_common import UsageError, job_main
 from pipelines.flags import BackfillFlags, help_requested
-from pipelines.options import (ElasticsearchOptions, ImageOptions, JobIOOptions, ModelOptions, job_options,
-                               max_deadletter_share, require_files)
-from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
+from pipelines.options import (
+    ElasticsearchOptions,
+    ImageOptions,
+    JobIOOptions,
+    ModelOptions,
+    job_options,
+    max_deadletter_share,
+    require_files,
+)
+from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from transforms.deadletter import DEAD_LETTER, Rejected, count_dead_letter, dead_letter
 from transforms.items import Item, ParseItems, parse_time
 from transforms.provenance import ProvenanceLimits
@@ -107,7 +114,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, handler: ModelHandler 
         BackfillOptions, JobIOOptions, ImageOptions, ModelOptions, ElasticsearchOptions))
     _validate(bo, jo, eo.es_url)
     try:
-        now = parse_time(bo.now, "--now") if bo.now else datetime.now(timezone.utc)
+        now = parse_time(bo.now, "--now") if bo.now else datetime.now(UTC)
     except Rejected as exc:
         raise UsageError(str(exc)) from None
     model_id, input_size = mo.model_info()

@@ -18,7 +18,7 @@ import os
 import struct
 import threading
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,8 +26,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scoring.photos import (DEGRADATIONS, LISTING_OBJECTS, LISTING_TEXTURES, compose_listing, cutout, degrade,
-                            draw_product, sample_photos, studio_background, texture)
+from scoring.photos import (
+    DEGRADATIONS,
+    LISTING_OBJECTS,
+    LISTING_TEXTURES,
+    compose_listing,
+    cutout,
+    degrade,
+    draw_product,
+    sample_photos,
+    studio_background,
+    texture,
+)
 
 HUGE_PATH = "/huge.jpg"  # streamed without Content-Length, larger than any byte cap
 HUGE_BYTES = 25_000_000
@@ -82,7 +92,7 @@ def listing_shot(obj: Image.Image, shot: str, background: str, size: int = 512) 
 def build_catalog(root: Path, base_url: str, *, seed: int = 7, products: int = 160,
                   now: datetime | None = None) -> list[CatalogEntry]:
     """Write ``root/images/*`` and return the catalog entries whose URLs point at ``base_url``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -204,7 +214,7 @@ class ImageServer:
     def url(self) -> str:
         return f"http://{self.host_port}"
 
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         self._thread.start()
         return self
 

@@ -31,10 +31,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from cli_common import UsageError, job_main, run_outcome
 from pipelines.flags import CollectFlags, help_requested
+from pipelines.local_runner import runner_for
 from pipelines.options import JobIOOptions, job_options, max_deadletter_share, require_files
 from pipelines.report import counters, top_reasons
-from pipelines.local_runner import runner_for
-
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.items import json_object, parse_time
 

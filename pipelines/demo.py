@@ -7,15 +7,13 @@ files, and draws a contact sheet of the images ranked by score.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import html
 import json
 import os
-import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -192,7 +190,7 @@ def run(argv: list[str] | None = None) -> int:
         for stale in glob.glob(str(out / pattern)):
             os.remove(stale)
     root.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with ImageServer(root) as server:
         entries = build_catalog(root, server.url, seed=args.seed, products=args.products, now=now)
         items_path = root / "items.jsonl"

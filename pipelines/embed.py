@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -30,10 +31,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from cli_common import UsageError, job_main
 from pipelines.flags import EmbedFlags, help_requested
-from pipelines.options import (ImageOptions, JobIOOptions, ModelOptions, job_options, max_deadletter_share,
-                               require_files)
-from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from pipelines.local_runner import runner_for
+from pipelines.options import ImageOptions, JobIOOptions, ModelOptions, job_options, max_deadletter_share, require_files
+from pipelines.report import finish, print_counters, ship_packages, top_reasons
 from scoring.backbone import load_backbone
 from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
 from transforms.embed_handler import BackboneModelHandler
@@ -48,7 +48,7 @@ SCHEMA = pa.schema([
     ("embedding", pa.list_(pa.float32())),
     ("backbone_id", pa.string()),
 ])
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class EmbedOptions(EmbedFlags, PipelineOptions):
@@ -190,7 +190,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, run_id: str | None = N
     backbone_id, input_size = backbone.backbone_id, backbone.input_size
     del backbone
     out = jo.output.rstrip("/")
-    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
     if eo.windows:
         reader = (beam.io.ReadFromParquet(eo.windows) if eo.windows.endswith(".parquet")

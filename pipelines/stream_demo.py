@@ -21,7 +21,6 @@ import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from cli_common import ArgumentParser, UsageError, job_main
@@ -30,7 +29,7 @@ from pipelines.pubsub_emulator import PubSubEmulator
 from pipelines.update_stream import UpdateStream, build_update_stream
 
 if TYPE_CHECKING:
-    from pipelines import streaming
+    pass
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "items"

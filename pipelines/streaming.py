@@ -15,7 +15,6 @@ on ``BundleBasedDirectRunner`` with ``--streaming`` (never a run-time download).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -24,10 +23,15 @@ from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from cli_common import UsageError, job_main
-from es.names import WriteMode
 from pipelines.flags import StreamingFlags, help_requested
-from pipelines.local_runner import LOCAL_STREAMING_RUNNER, DirectRunnerPatches, LocalRun, print_progress, \
-    print_summary, run_until
+from pipelines.local_runner import (
+    LOCAL_STREAMING_RUNNER,
+    DirectRunnerPatches,
+    LocalRun,
+    print_progress,
+    print_summary,
+    run_until,
+)
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, job_options
 from pipelines.report import ship_packages
 from transforms.aggregator import KeepNewest
@@ -36,7 +40,6 @@ from transforms.deadletter import DEAD_LETTER
 from transforms.deadletter_topic import PublishDeadLetters
 from transforms.feeder import Feed
 from transforms.messages import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     ParseDocuments,
     ParseUpdates,
     document_message,

@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from es.timestamps import iso
 from pipelines.catalog import CatalogEntry
 
 AGGREGATOR_REASONS = frozenset({"malformed_json", "missing_id", "bad_id", "no_images", "bad_date", "bad_version",
                                 "bad_encoding", "bad_field", "message_too_large"})
-BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _at(seconds: float) -> str:

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -70,9 +69,9 @@ def read_rows(path: str) -> pa.Table:
 
 def exposure_times(column: pa.ChunkedArray) -> pa.Array:
     """``exposed_at`` as UTC microseconds: ISO-8601 strings (a time without a zone is UTC) or timestamps."""
+
     import pyarrow as pa
     import pyarrow.compute as pc
-    from datetime import UTC, datetime
     if column.null_count:
         raise ValueError(f"column 'exposed_at' has {column.null_count} nulls; every exposure needs its time")
     if pa.types.is_timestamp(column.type):

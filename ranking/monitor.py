@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from cli_common import ArgumentParser, UsageError, job_main
 from es.monitoring import PERCENTS, IndexSummary, TooManyGroups
 from es.names import DELETED_FIELD, MODEL_FIELD, SCORE_FIELD, SCORE_VERSION_FIELD, SCORED_AT_FIELD, VERSION_FIELD
-
 
 PSI_FLOOR = 1e-4
 DRIFT_EXIT = 3

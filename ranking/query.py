@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from cli_common import ArgumentParser, UsageError, job_main
 from es.names import FORMULAS, PLATFORMS, RANK_FUNCTIONS, RELEVANCE_NAME

@@ -26,7 +26,6 @@ from elasticsearch.dsl import function as F
 
 from es.boosting import (
     RANK_FEATURE_FIELD,
-    RANK_FEATURE_FLOOR,
     RELEVANCE_NAME,
     SCORE_FIELD,
     Boost,
@@ -34,7 +33,7 @@ from es.boosting import (
     rescore_search,
 )
 from es.function_score import evaluate, search_scores
-from es.mapping import PROVENANCE_FIELD
+from es.mapping import PROVENANCE_FIELD, RANK_FEATURE_FLOOR
 
 LOGGED_SCORE, LOGGED_RELEVANCE, OTHER_FACTORS = "_logged_score", "_logged_relevance", "_other_factors"
 

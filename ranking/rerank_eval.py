@@ -15,18 +15,17 @@ import argparse
 import html
 import json
 import os
-import sys
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cli_common import ArgumentParser, UsageError, job_main
 from es.names import FORMULAS
 from ranking.metrics import metric_names, per_serp, skip_above_rows
 from ranking.propensity import estimate_em, for_ranks, load_propensities
 from training.metrics import group_bootstrap_ci
 from training.samples import _src as image_src
-from cli_common import ArgumentParser, UsageError, job_main
 
 if TYPE_CHECKING:
     from ranking.replay import Logs

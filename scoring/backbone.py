@@ -79,7 +79,7 @@ class Backbone(ImageModule):
         raise ValueError(f"backbone {self.backbone_id} has no text tower, so it cannot embed text; "
                          "use an hf: or open_clip: CLIP backbone for the CLIP Score baseline")
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         # Frozen: whatever a caller asks, dropout and friends stay off.
         return super().train(False)
 

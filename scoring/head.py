@@ -44,7 +44,7 @@ class HeadConfig:
                 "dropout": list(self.dropout), "activation": self.activation}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HeadConfig":
+    def from_dict(cls, data: dict) -> HeadConfig:
         return cls(input_dim=int(data["input_dim"]), hidden=tuple(data["hidden"]),
                    dropout=tuple(data["dropout"]), activation=data["activation"])
 

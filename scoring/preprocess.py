@@ -60,7 +60,7 @@ class PreprocessConfig:
             raise ValueError(f"interpolation must be bicubic or bilinear, got {self.interpolation!r}")
 
     @classmethod
-    def from_hf_dict(cls, config: dict[str, Any], default_size: int) -> "PreprocessConfig":
+    def from_hf_dict(cls, config: dict[str, Any], default_size: int) -> PreprocessConfig:
         """Read a Hugging Face ``preprocessor_config.json`` (old int sizes and new dict sizes)."""
         crop = _side(config.get("crop_size"), default_size) if config.get("do_center_crop", True) else None
         resize = _side(config.get("size"), default_size) if config.get("do_resize", True) else None
@@ -76,7 +76,7 @@ class PreprocessConfig:
         return cls(crop=crop, resize=resize, mean=mean, std=std, interpolation=interpolation, crop_offset="floor")
 
     @classmethod
-    def from_hf_dir(cls, directory: str, default_size: int) -> "PreprocessConfig":
+    def from_hf_dir(cls, directory: str, default_size: int) -> PreprocessConfig:
         """The directory's ``preprocessor_config.json``, or OpenAI CLIP's defaults at ``default_size``."""
         path = os.path.join(directory, "preprocessor_config.json")
         if not os.path.exists(path):

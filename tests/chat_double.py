@@ -100,7 +100,7 @@ class ChatDouble:
     def request_count(self) -> int:
         return len(self.requests)
 
-    def start(self) -> "ChatDouble":
+    def start(self) -> ChatDouble:
         self._thread.start()
         return self
 
@@ -109,7 +109,7 @@ class ChatDouble:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "ChatDouble":
+    def __enter__(self) -> ChatDouble:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from labeling import label
 from pipelines import collect
-from training import analyze, simulate
 from tests.fixtures.tools import missing_tool
+from training import analyze, simulate
 from training.adjectives import DEFAULT_WORDNET_DIR, INSTALL_HINT, AdjectiveFinder, WordNetMissing, load_wordnet
 
 

@@ -7,7 +7,7 @@ be dead-lettered with its own reason, the too-old item must be a counted skip.
 import glob
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import numpy as np
@@ -20,14 +20,14 @@ from es.guard import GUARD_SCRIPT_ID, canonical_version
 from es.mapping import score_properties
 from pipelines import backfill
 from pipelines.catalog import LISTING_SHOTS, ImageServer, build_catalog, write_catalog
+from pipelines.local_runner import runner_for
 from pipelines.options import job_options
 from pipelines.report import counters
-from pipelines.local_runner import runner_for
-from tests.fixtures.catalog_scores import expected_scores
 from scoring.photos import LISTING_OBJECTS
+from tests.fixtures.catalog_scores import expected_scores
 from transforms.triton_handler import ModelUnavailable
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def _jsonl(pattern):

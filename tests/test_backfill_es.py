@@ -6,7 +6,7 @@ scored by the same model.
 """
 import glob
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,7 +18,7 @@ from pipelines.report import counters
 from tests.fixtures.catalog_scores import expected_scores
 from tests.fixtures.es import seed_items
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def _jsonl(pattern):

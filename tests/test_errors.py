@@ -20,8 +20,8 @@ from PIL import Image
 
 import imagescore
 from cli_common import UsageError
-from pipelines.options import job_options
 from pipelines.local_runner import LOCAL_BATCH_RUNNER
+from pipelines.options import job_options
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-20T12:00:00+00:00"

@@ -160,6 +160,7 @@ def test_a_pit_expires_after_keep_alive_without_requests(es_double, es_client, e
 
 def test_a_dropped_connection_reaches_the_client_as_a_connection_error(es_double, es_config, es_index):
     from elasticsearch import ConnectionError as EsConnectionError
+
     from es.client import make_client
     es_double.fail_connections(times=1, path=r"/_count$")
     client = make_client(es_config)  # no transport retries: the caller sees the drop

@@ -23,6 +23,7 @@ from elasticsearch import ApiError, BadRequestError, NotFoundError
 
 from tests.es_double import EsDouble
 
+
 class ManualClock:
     """The double's clock, moved by hand, so a refresh interval elapses exactly when a test says."""
 

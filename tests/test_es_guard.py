@@ -15,7 +15,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from es.bulk_writer import WriteToElasticsearch, update_action, write_batch
 from es.client import EsConfig
-from es.mapping import ensure_score_mapping
 from es.guard import (
     DOCUMENT,
     GUARD_SCRIPT_ID,
@@ -27,6 +26,7 @@ from es.guard import (
     guard_params,
     guard_script,
 )
+from es.mapping import ensure_score_mapping
 from pipelines.local_runner import local_runner
 from tests.es_double import scripts as es_double_script
 

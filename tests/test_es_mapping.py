@@ -7,8 +7,8 @@ import pytest
 
 from es.client import EsError
 from es.mapping import (
-    ensure_index_template,
     document_properties,
+    ensure_index_template,
     ensure_score_mapping,
     index_template_body,
     rank_feature_value,

@@ -21,8 +21,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from es.bulk_writer import FAILED, WRITTEN, WriteSettings, WriteToElasticsearch, _BulkWriteFn
 from es.client import EsConfig
-from pipelines.options import ElasticsearchOptions, job_options
 from pipelines.local_runner import local_runner
+from pipelines.options import ElasticsearchOptions, job_options
 from tests.fixtures.es import seed_items
 from tests.fixtures.forwarder import TcpForwarder
 from tests.test_es_writer import items, score

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fixtures.training import write_world
 from training import baselines as B
 from training.data import load_dataset
-from training.evaluate import PAPER, evaluate_methods, run as evaluate_run
+from training.evaluate import PAPER, evaluate_methods
+from training.evaluate import run as evaluate_run
 from training.samples import render_samples
 from training.train import run as train_run
-from tests.fixtures.training import write_world
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,17 @@ from scipy.stats import spearmanr
 
 from scoring.handcrafted import CALIBRATION, HandcraftedScorer, calibrate, terms
 from scoring.model import load_model
-from scoring.photos import (DEGRADATIONS, compose_listing, cutout, degrade, draw_product,
-                            listing_pairs, sample_photos, studio_background, texture)
+from scoring.photos import (
+    DEGRADATIONS,
+    compose_listing,
+    cutout,
+    degrade,
+    draw_product,
+    listing_pairs,
+    sample_photos,
+    studio_background,
+    texture,
+)
 from transforms.decode import decode_image
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

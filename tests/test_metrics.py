@@ -3,8 +3,16 @@ import itertools
 import numpy as np
 import pytest
 
-from training.metrics import (bootstrap_ci, ca_outcomes, ca_stats, click_accuracy, opa_outcomes, opa_stats,
-                              ordered_pair_accuracy, within_group_pairs)
+from training.metrics import (
+    bootstrap_ci,
+    ca_outcomes,
+    ca_stats,
+    click_accuracy,
+    opa_outcomes,
+    opa_stats,
+    ordered_pair_accuracy,
+    within_group_pairs,
+)
 
 
 def brute_opa(scores, labels, groups):

@@ -77,10 +77,11 @@ def test_quality_world_image_score_beats_random(tmp_path):
     assert os.path.getsize(os.path.join(out["eval"], "samples.html")) > 1000
 
     # the run directory serves as one model: uint8 images in, same ranking as the head on stored embeddings
+    import pyarrow.parquet as pq
+
     from scoring.checkpoint import load_head
     from scoring.model import load_model
     from transforms.decode import decode_image
-    import pyarrow.parquet as pq
     model = load_model(out["run"], device="cpu")
     assert model.model_id.startswith("handcrafted-mlp:run-fl@")
     rows = pq.read_table(glob.glob(os.path.join(out["emb"], "embeddings*.parquet"))[0]).to_pylist()[:16]

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from cli_common import UsageError
 from es.client import EsConfig
 from es.guard import WriteMode
 from es.index_setup import IndexSetupError, prepare_index
-from cli_common import UsageError
 from pipelines.options import ElasticsearchOptions, ImageOptions, ModelOptions, job_options
 from transforms.fetch import FetchPolicy
 from transforms.inference import ScoreModelHandler

@@ -5,10 +5,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scoring.photos import (DEGRADATIONS, HELDOUT_OBJECTS, HELDOUT_TEXTURES, LISTING_OBJECTS, LISTING_PAIR_KINDS,
-                            LISTING_TEXTURES, PRODUCT_KINDS, TUNE_OBJECTS, TUNE_TEXTURES, compose_listing, cutout,
-                            degrade, draw_product, heldout_photos, listing_pairs, sample_photos, studio_background,
-                            texture, tune_photos)
+from scoring.photos import (
+    DEGRADATIONS,
+    HELDOUT_OBJECTS,
+    HELDOUT_TEXTURES,
+    LISTING_OBJECTS,
+    LISTING_PAIR_KINDS,
+    LISTING_TEXTURES,
+    PRODUCT_KINDS,
+    TUNE_OBJECTS,
+    TUNE_TEXTURES,
+    compose_listing,
+    cutout,
+    degrade,
+    draw_product,
+    heldout_photos,
+    listing_pairs,
+    sample_photos,
+    studio_background,
+    texture,
+    tune_photos,
+)
 
 
 def test_draw_product_is_deterministic_per_seed_and_differs_across_seeds():

@@ -11,7 +11,7 @@ import io
 import json
 import pickle
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import pytest
@@ -26,21 +26,21 @@ from hypothesis import strategies as st
 
 from es.guard import GUARD_SCRIPT_SOURCE, BadRecord, canonical_version
 from es.timestamps import ISO_LENGTH, iso, parse_iso
+from tests.test_stream_units import counter, direct_runner_patches, streaming_pipeline, zero  # noqa: F401 (an autouse fixture)
 from transforms.aggregator import KeepNewest
 from transforms.deadletter import DEAD_LETTER, dead_letter
 from transforms.deadletter_topic import PUBLISH_REQUEST_LIMIT, TRUNCATED, payload_bytes, to_message
 from transforms.items import MAX_ID_BYTES, ParseItems, parse_item
 from transforms.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    ParseUpdates,
     Update,
     _ParseDocumentFn,
     _ParseUpdatesFn,
-    ParseUpdates,
     parse_update,
 )
-from tests.test_stream_units import counter, direct_runner_patches, streaming_pipeline, zero  # noqa: F401 (an autouse fixture)
 
-PUBLISHED = datetime(2026, 1, 5, tzinfo=timezone.utc)
+PUBLISHED = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def record(item_id, updated_at="2026-01-02T00:00:00Z", **extra) -> dict:
@@ -149,8 +149,9 @@ def test_json_nested_past_the_parser_stack_is_malformed_json():
 
 
 def test_the_backfill_parse_stage_rejects_the_same_poisons(tmp_path):
-    from pipelines.local_runner import local_runner
     from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipelines.local_runner import local_runner
 
     poisons = {"s": encoded(record("a\ud800b")).decode(), "l": json.dumps(record("x" * 600)),
                "v": json.dumps(record("old", "0999-01-01")), "e": json.dumps(record(""))}
@@ -166,10 +167,10 @@ def test_the_backfill_parse_stage_rejects_the_same_poisons(tmp_path):
 # --------------------------------------------------------------------------- dates and dead letters
 
 def test_one_iso_parser_and_a_zero_padded_canonical_form():
-    assert iso(datetime(999, 1, 1, tzinfo=timezone.utc)) == "0999-01-01T00:00:00.000000Z"
+    assert iso(datetime(999, 1, 1, tzinfo=UTC)) == "0999-01-01T00:00:00.000000Z"
     assert canonical_version("0999-01-01") == "0999-01-01T00:00:00.000000Z"   # was 26 characters
     assert "v.length() == 27" in GUARD_SCRIPT_SOURCE and ISO_LENGTH == 27
-    assert parse_iso("2026-11-20T19:00:00+09:00", "t") == datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
+    assert parse_iso("2026-11-20T19:00:00+09:00", "t") == datetime(2026, 11, 20, 10, tzinfo=UTC)
     with pytest.raises(ValueError, match="outside the years"):
         parse_iso("0001-01-01T00:00:00+01:00", "t")
     with pytest.raises(BadRecord, match="updated_at '10000-01-01' is not an ISO 8601 timestamp"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import pytest
@@ -31,7 +31,7 @@ from transforms.provenance import (
     read_provenance,
 )
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ the assertions.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import pytest
@@ -16,7 +16,6 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.local_runner import DirectRunnerPatches
 from transforms.aggregator import KeepNewest
@@ -31,7 +30,7 @@ def zero() -> float:
 def message(record, message_id: str, published: float) -> PubsubMessage:
     data = record if isinstance(record, bytes) else json.dumps(record).encode()
     msg = PubsubMessage(data, {}, message_id=message_id)
-    msg.publish_time = datetime.fromtimestamp(published, timezone.utc)
+    msg.publish_time = datetime.fromtimestamp(published, UTC)
     return msg
 
 
@@ -132,8 +131,8 @@ def test_parse_routes_bad_messages_to_dead_letters_with_exact_bytes():
 
 def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_config, es_index, es_client):
     from es.guard import ensure_guard_script
-    from transforms.messages import FeedRecord
     from transforms.feeder import Feed
+    from transforms.messages import FeedRecord
 
     ensure_guard_script(es_client)
     def doc(n: int) -> FeedRecord:
@@ -141,7 +140,7 @@ def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_con
                   "image_score_model": "m", "image_scored_at": "2026-01-02T00:00:00.000000Z",
                   "image_score_image_url": "http://x/1.jpg", "image_score_version": "2026-01-02T00:00:00.000000Z",
                   "created_at": "2026-01-01T00:00:00Z"}
-        return FeedRecord(fields, json.dumps({"id": f"f{n}"}), str(n), datetime.fromtimestamp(0, timezone.utc))
+        return FeedRecord(fields, json.dumps({"id": f"f{n}"}), str(n), datetime.fromtimestamp(0, UTC))
 
     es_double.seed(es_index, {f"f{n}": {"created_at": "2026-01-01T00:00:00Z"} for n in range(8)})
     es_double.requests.clear()

@@ -6,10 +6,20 @@ import pytest
 import torch
 
 from scoring.head import HeadConfig, ScoreHead
-from training.data import load_dataset
-from training.train import (TrainConfig, config_from_args, build_parser, grid_search, run, score_pairs,
-                            score_pairs_naive, spec_from_backbone_id, train_head, window_batches)
 from tests.fixtures.training import write_world
+from training.data import load_dataset
+from training.train import (
+    TrainConfig,
+    build_parser,
+    config_from_args,
+    grid_search,
+    run,
+    score_pairs,
+    score_pairs_naive,
+    spec_from_backbone_id,
+    train_head,
+    window_batches,
+)
 
 FAST = dict(epochs=8, bootstrap=200)
 

@@ -275,7 +275,8 @@ def build_dataset(windows: list[Window], labels: dict[str, dict[str, float]], em
             part["pair_group"].append(g)
     splits = {}
     for name, part in parts.items():
-        ints = lambda key: np.asarray(part[key], dtype=np.int64)  # noqa: E731
+        def ints(key: str, part: dict = part) -> np.ndarray:
+            return np.asarray(part[key], dtype=np.int64)
         splits[name] = SplitData(
             serp_ids=part["serp_ids"], queries=part["queries"], group=ints("group"), row=ints("row"),
             item_id=part["item_id"], image_url=part["image_url"], position=ints("position"),

@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta

@@ -58,7 +58,7 @@ class TrainConfig:
     run_name: str | None = None    # default: the run directory's name
     bootstrap: int = 1000          # bootstrap resamples (SERPs) for the reported CIs
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         from scoring.head import ACTIVATIONS
         from training.losses import LOSSES
         problems = []

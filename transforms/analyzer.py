@@ -19,13 +19,12 @@ metadata says of its origin; reused with the score).
 """
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 
-from es.client import EsConfig, EsError, call_with_retries
+from es.client import EsConfig, call_with_retries
 from es.client_dofn import EsClientDoFn
 from es.mapping import (
     DELETED_FIELD,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
@@ -107,7 +107,7 @@ def _write_dead_letter(failure, timestamp=beam.DoFn.TimestampParam):
         return letter
     letter = dead_letter(STAGE, reason, error, record, id=doc_id)
     if float(timestamp) > 0:
-        letter["publish_time"] = iso(datetime.fromtimestamp(float(timestamp), timezone.utc))
+        letter["publish_time"] = iso(datetime.fromtimestamp(float(timestamp), UTC))
     return letter
 
 

@@ -10,7 +10,8 @@ training data).
 """
 from __future__ import annotations
 
-from typing import Any, Generic, Iterable, Optional, Sequence, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -35,7 +36,7 @@ class TorchImageModelHandler(ModelHandler[np.ndarray, PredictionResult, ModelT],
         self._device = device
 
     def run_inference(self, batch: Sequence[np.ndarray], model: ModelT,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         outputs, model_id = model.infer(np.stack(batch))
         return [PredictionResult(example, self.result_value(output), model_id)
                 for example, output in zip(batch, outputs)]

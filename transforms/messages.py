@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -62,7 +62,7 @@ PUBLISH_TIME = "imagescore_publish_time"
 ITEM_ID = "item_id"
 #: ``--max-message-bytes``' default: a listing record is a few kilobytes
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-EPOCH = datetime.fromtimestamp(0, timezone.utc)
+EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -136,11 +136,11 @@ def message_origin(message: PubsubMessage, fallback: Timestamp | None = None) ->
             pass
     if isinstance(message.publish_time, datetime):
         try:
-            return message_id, message.publish_time.astimezone(timezone.utc)
+            return message_id, message.publish_time.astimezone(UTC)
         except (OverflowError, ValueError):
             pass
     try:
-        return message_id, datetime.fromtimestamp(float(fallback) if fallback is not None else 0.0, timezone.utc)
+        return message_id, datetime.fromtimestamp(float(fallback) if fallback is not None else 0.0, UTC)
     except (OverflowError, ValueError, OSError):  # an element without a time (Beam's MIN_TIMESTAMP)
         return message_id, EPOCH
 

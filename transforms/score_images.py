@@ -64,14 +64,14 @@ class ScoreImages(beam.PTransform):
     default they are ``fetch``, ``decode`` and ``inference``.
     """
 
-    def __init__(self, handler: ModelHandler, input_size: int, policy: FetchPolicy = FetchPolicy(),
+    def __init__(self, handler: ModelHandler, input_size: int, policy: FetchPolicy | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, stage: str | None = None,
                  provenance: ProvenanceLimits | None = None):
         super().__init__()
         self._provenance = provenance
         self._handler = handler
         self._input_size = input_size
-        self._policy = policy
+        self._policy = policy or FetchPolicy()
         self._max_pixels = max_pixels
         self._stage = stage
 

@@ -59,7 +59,7 @@ def _similarity(a: str, b: str) -> float:
 
 def unknown_field(parser: str, name: str, candidates: Iterable[str]) -> str:
     """Elasticsearch's ``SuggestingErrorOnUnknown`` message: ``[parser] unknown field [x] did you mean [y]?``."""
-    scored = sorted(((-_similarity(name, c), c) for c in candidates if _similarity(name, c) > 0.5))
+    scored = sorted((-_similarity(name, c), c) for c in candidates if _similarity(name, c) > 0.5)
     message = f"[{parser}] unknown field [{name}]"
     if len(scored) == 1:
         return f"{message} did you mean [{scored[0][1]}]?"
