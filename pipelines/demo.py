@@ -134,6 +134,21 @@ def index_catalog(entries: list, es_url: str, index: str) -> tuple[list[dict], C
     return [doc["_source"] for doc in docs], refused
 
 
+def _check_cluster(es_url: str) -> None:
+    """The cluster answers at ``--es-url``, before the catalog is drawn; else one usage line naming it."""
+    from es.client import EsError, make_client, scrubbed_errors, usage_message
+    from pipelines.options import ElasticsearchOptions, job_options
+    config = job_options(["--es-url", es_url]).view_as(ElasticsearchOptions).es_config()
+    client = make_client(config)
+    try:
+        with scrubbed_errors(f"asking {config.safe_url()} who it is"):
+            client.info()
+    except EsError as exc:
+        raise UsageError(usage_message(exc, config)) from None
+    finally:
+        client.close()
+
+
 def _reasons(counts: Counter | dict) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n)
 
@@ -183,6 +198,8 @@ def run(argv: list[str] | None = None) -> int:
         score_model_info(args.model)  # a bad --model is refused before the catalog is drawn
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    if args.es_url:
+        _check_cluster(args.es_url)
 
     out = Path(args.output).resolve()
     root = out / "catalog"

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -151,13 +153,20 @@ def replay_files(pattern: str, *, output: str | None, topic: str | None, reasons
     """Backfill dead letters -> a JSONL file of their payloads (backfill input), or a topic."""
     from transforms.deadletter_topic import payload_bytes
     totals = {"replayed": 0, "skipped": 0, "failed": 0}
+    letters = read_letters(pattern)
+    first = next(letters, None)  # a glob that matches nothing is refused before anything is opened
     publisher = None
     if topic and not dry_run:
         from google.cloud import pubsub_v1
+
+        from pipelines.pubsub_emulator import check_pubsub
+        check_pubsub([("--topic", "topic", topic)])
         publisher = pubsub_v1.PublisherClient()
+    if output and not dry_run:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     sink = open(output, "wb") if output and not dry_run else None
     try:
-        for letter in read_letters(pattern):
+        for letter in itertools.chain([first] if first is not None else [], letters):
             if limit is not None and totals["replayed"] >= limit:
                 break
             if not _matches({"reason": letter.get("reason"), "stage": letter.get("stage")}, reasons, stages):

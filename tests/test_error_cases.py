@@ -232,3 +232,25 @@ def test_monitor_against_nothing_listening_is_one_line(tmp_path, capsys):
     assert code == 2
     assert f"not reachable at {url}" in error_line(err, "monitor")
     assert "WARNING" not in err
+
+
+def test_demo_with_elasticsearch_not_listening_refuses_before_the_catalog(tmp_path, capsys):
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, err = cli(["demo", "--output", str(tmp_path / "demo"), "--es-url", url], capsys)
+    assert code == 2
+    assert f"not reachable at {url}" in error_line(err, "demo")
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("command, argv, flag", [
+    ("export-triton", ["--model", "{missing}", "--repository", "{out}"], "--model"),
+    ("query", ["--base-query", "{missing}"], "--base-query"),
+    ("replay", ["--files", "{missing}*.jsonl", "--output", "{out}/retry.jsonl"], "--files"),
+])
+def test_a_missing_input_is_one_line_naming_its_flag(command, argv, flag, tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    code, err = cli([command, *[a.format(missing=missing, out=tmp_path / "out") for a in argv]], capsys)
+    assert code == 2
+    line = error_line(err, command)
+    assert flag in line and missing in line
+    assert not (tmp_path / "out").exists()
