@@ -163,7 +163,9 @@ def setup_logging(verbose: bool = False) -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     # The client warns of every failed node on its own; the command's one error line says the same.
-    logging.getLogger("elastic_transport").setLevel(logging.INFO if verbose else logging.ERROR)
+    # urllib3 warns of every retry of an image fetch, which the fetcher budgets and dead-letters itself.
+    for noisy in ("elastic_transport", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> int:

@@ -338,9 +338,9 @@ def read_count(totals: dict[str, int]) -> int:
 
 def latency_ms(result) -> tuple[float | None, float | None]:
     """``(p50, p99)`` publish-to-write latency in ms from the job's histogram, ``None`` before any write."""
+    from pipelines.report import query_metrics
     from transforms.feeder import LATENCY_HISTOGRAM  # here, so batch jobs choosing a runner do not import it
-
-    histograms = result.metrics().query(MetricsFilter().with_namespace("imagescore").with_name(LATENCY_HISTOGRAM))
+    histograms = query_metrics(result, MetricsFilter().with_namespace("imagescore").with_name(LATENCY_HISTOGRAM))
     for found in histograms.get("histograms", []):
         data = found.committed if found.committed is not None else found.attempted
         histogram = getattr(data, "histogram", None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
@@ -20,10 +21,23 @@ def ship_packages(opts: PipelineOptions) -> None:
         setup.setup_file = SETUP_PY
 
 
+def query_metrics(result, metrics_filter: MetricsFilter, attempts: int = 20) -> dict:
+    """``result.metrics().query(...)``, retried while the job runs: the direct runner's metrics are dicts
+    its executor threads update while a query iterates them ("dictionary changed size during iteration")."""
+    for _ in range(attempts - 1):
+        try:
+            return result.metrics().query(metrics_filter)
+        except RuntimeError as exc:
+            if "changed size during iteration" not in str(exc):
+                raise
+            time.sleep(0.01)
+    return result.metrics().query(metrics_filter)
+
+
 def counters(result, namespace: str = "imagescore") -> dict[str, int]:
     """The committed values of the job's counters in ``namespace``, by name."""
     totals: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+    for counter in query_metrics(result, MetricsFilter().with_namespace(namespace))["counters"]:
         name = counter.key.metric.name
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[name] = totals.get(name, 0) + (value or 0)
