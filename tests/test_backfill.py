@@ -96,7 +96,7 @@ def test_files_to_output_every_record_lands_once(catalog, tmp_path):
         assert params["score"] is True and params["version"] == canonical_version(record["updated_at"])
         assert set(params["fields"]) == set(score_properties()) - {"deleted"}
     assert all(set(s) == {"id", "updated_at", "image_score", "image_score_model", "image_scored_at",
-                          "image_score_image_url"} for s in scores)
+                          "image_score_image_url", "image_provenance", "image_provenance_detail"} for s in scores)
     c = counters(result)
     assert c["items_read"] == len(entries)
 
