@@ -206,9 +206,14 @@ def _blur_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
     return matrix.float()
 
 
-def _tiles(size: int, radius: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """``(start, stop, lo, hi)``: output rows ``start:stop`` of a banded blur read only input rows ``lo:hi``."""
-    return [(a, min(a + tile, size), max(0, a - radius), min(size, a + tile + radius)) for a in range(0, size, tile)]
+def _tiles(size: int, radius: int, start: int = 0, stop: int | None = None) -> list[tuple[int, int, int, int]]:
+    """``(a, b, lo, hi)``: outputs ``start + a`` to ``start + b`` of a banded blur read only inputs ``lo:hi``.
+
+    A blur's outputs are computed :data:`_TILE` at a time, and only from ``start`` to ``stop``.
+    """
+    stop = size if stop is None else stop
+    return [(a - start, min(a + _TILE, stop) - start, max(0, a - radius), min(size, a + _TILE + radius, stop + radius))
+            for a in range(start, stop, _TILE)]
 
 
 def _dilate(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -240,25 +245,24 @@ def _quantiles(sorted_values: torch.Tensor, qs: tuple[float, ...]) -> torch.Tens
 
 
 def _blur_rows(x: torch.Tensor, matrix: torch.Tensor, tiles: list[tuple[int, int, int, int]]) -> torch.Tensor:
-    """``x`` ``[N, H, W]`` blurred along W by the banded ``matrix`` (:func:`_blur_matrix`), one tile at a time.
+    """``x`` ``[N, H, W]`` blurred along W by the banded ``matrix`` (rows of :func:`_blur_matrix`), tile by tile.
 
     oneDNN runs a one-channel convolution an order of magnitude slower than BLAS
     runs the same arithmetic as a matrix product, and a dense product would
-    spend most of its work on zeros: each tile of output columns multiplies
-    only the input columns the kernel reaches (:func:`_tiles`). The sums run in
-    another order than ``F.conv2d``'s, so results differ from it by float32
-    rounding only (~1e-7).
+    spend most of its work on zeros: each tile of outputs multiplies only the
+    inputs the kernel reaches (:func:`_tiles`). The sums run in another order
+    than ``F.conv2d``'s, so results differ from it by float32 rounding only (~1e-7).
     """
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.empty_like(flat)
+    out = torch.empty_like(x.narrow(-1, 0, matrix.shape[0]))
+    flat, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
     for a, b, lo, hi in tiles:
-        torch.mm(flat[:, lo:hi], matrix[a:b, lo:hi].t(), out=out[:, a:b])
-    return out.view_as(x)
+        torch.mm(flat[:, lo:hi], matrix[a:b, lo:hi].t(), out=flat_out[:, a:b])
+    return out
 
 
 def _blur_columns(x: torch.Tensor, matrix: torch.Tensor, tiles: list[tuple[int, int, int, int]]) -> torch.Tensor:
     """``x`` ``[N, H, W]`` blurred along H, as :func:`_blur_rows`."""
-    out = torch.empty_like(x)
+    out = torch.empty_like(x.narrow(-2, 0, matrix.shape[0]))
     for a, b, lo, hi in tiles:
         torch.matmul(matrix[a:b, lo:hi], x[:, lo:hi], out=out[:, a:b])
     return out
@@ -300,11 +304,15 @@ class HandcraftedScorer(ScoreModel):
     def __init__(self, weights: dict[str, float] | None = None):
         super().__init__()
         self.weights = dict(WEIGHTS if weights is None else weights)
-        self._tiles = []
+        # Detail is measured inside a margin (reflected borders bias the coarse bands): the blurs compute
+        # only the pixels inside it, except the one whose rows blockiness reuses over the whole frame.
+        size, self._margin = self.input_size, int(math.ceil(3 * _BAND_SIGMAS[-1]))
+        self._tiles, self._inner_tiles = [], []
         for i, sigma in enumerate(_BAND_SIGMAS):
             kernel = _gaussian_kernel(sigma)
-            self.register_buffer(f"blur{i}", _blur_matrix(kernel, self.input_size), persistent=False)
-            self._tiles.append(_tiles(self.input_size, kernel.numel() // 2, _TILE))
+            self.register_buffer(f"blur{i}", _blur_matrix(kernel, size), persistent=False)
+            self._tiles.append(_tiles(size, kernel.numel() // 2))
+            self._inner_tiles.append(_tiles(size, kernel.numel() // 2, self._margin, size - self._margin))
         self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ features
@@ -327,10 +335,10 @@ class HandcraftedScorer(ScoreModel):
         n, size = y.shape[0], y.shape[-1]
         pooled = F.avg_pool2d(rgb, 4)
         del rgb
-        # Every measure of detail works inside a margin (reflected borders bias the coarse bands), on
-        # 16x16 patches. The margin and the patches are whole 4x4 cells of the pooled grid, so the
-        # clipping mask (constant on each cell) weighs each cell's mean band energy.
-        margin = int(math.ceil(3 * _BAND_SIGMAS[-1]))
+        # Every measure of detail works inside the margin, on 16x16 patches. The margin and the patches
+        # are whole 4x4 cells of the pooled grid, so the clipping mask (constant on each cell) weighs
+        # each cell's mean band energy.
+        margin = self._margin
         crop = (Ellipsis, slice(margin, -margin), slice(margin, -margin))
         usable = self._unclipped(pooled)[:, margin // 4:-(margin // 4), margin // 4:-(margin // 4)]   # [N, h, w]
         cells_per_patch = _PATCH // 4
@@ -341,15 +349,18 @@ class HandcraftedScorer(ScoreModel):
         unsaturated = torch.maximum(torch.maximum(shifted[..., 0], shifted[..., 1]), shifted[..., 2]) <= 253
         unsaturated = F.avg_pool2d(unsaturated.float(), _PATCH).flatten(1)
         detail, energies = [], []
-        blurred = y
+        blurred = y[crop]
+        inner = slice(margin, size - margin)
         for i in range(len(_BAND_SIGMAS)):
-            matrix, tiles = getattr(self, f"blur{i}"), self._tiles[i]
-            rows = _blur_rows(y, matrix, tiles)
+            matrix = getattr(self, f"blur{i}")
             if _BAND_SIGMAS[i] == _BLOCK_SIGMA:
-                smooth_rows = rows                                    # blockiness smooths along rows alike
-            coarser = _blur_columns(rows, matrix, tiles)
+                smooth_rows = _blur_rows(y, matrix, self._tiles[i])   # blockiness smooths along rows alike
+                rows = smooth_rows[..., inner]
+            else:
+                rows = _blur_rows(y, matrix[inner], self._inner_tiles[i])
+            coarser = _blur_columns(rows, matrix[inner], self._inner_tiles[i])
             del rows
-            squared = torch.sub(blurred[crop], coarser[crop]).square_()
+            squared = torch.sub(blurred, coarser).square_()
             blurred = coarser
             cell_energy = F.avg_pool2d(squared, 4) * usable           # [N, h, w]
             del squared
