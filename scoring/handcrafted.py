@@ -233,6 +233,12 @@ def _dilate(mask: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
+def _cell_means(x: torch.Tensor) -> torch.Tensor:
+    """Means of the 4x4 cells of ``x`` ``[N, H, W]``: ``F.avg_pool2d(x, 4)`` in half its time (down, then across)."""
+    h, w = x.shape[-2:]
+    return x.view(-1, h // 4, 4, w).sum(2).view(-1, h // 4, w // 4, 4).sum(3) / 16
+
+
 def _quantiles(sorted_values: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     """``[len(qs), N]``: ``torch.quantile``'s linear interpolation, to the bit, of rows already sorted.
 
@@ -362,7 +368,7 @@ class HandcraftedScorer(ScoreModel):
             del rows
             squared = torch.sub(blurred, coarser).square_()
             blurred = coarser
-            cell_energy = F.avg_pool2d(squared, 4) * usable           # [N, h, w]
+            cell_energy = _cell_means(squared) * usable                # [N, h, w]
             del squared
             # Detail counts only where nothing is clipped: blown areas hold none, and the
             # edge of a blown area is a clipping artefact, not detail.
