@@ -328,12 +328,25 @@ class HandcraftedScorer(ScoreModel):
 
         Measured :data:`_CHUNK` images at a time: each image's measures depend on
         that image alone, and a chunk's full-resolution planes stay in the caches.
+        On the CPU it runs on one intra-op thread (restored afterwards): its work
+        is hundreds of small matrix products and plane-sized steps, where fanning
+        each out to more threads costs more than it gains (two threads on a
+        shared 2-core machine measured 5x slower than one). The pipelines run one
+        model per worker process and get their parallelism from Beam.
         """
         check_batch(images, self.input_size)
-        if torch.jit.is_tracing() or images.shape[0] <= _CHUNK:
+        if torch.jit.is_tracing():
             return self._measure(images)  # a trace must not bake the batch size into slices
-        parts = [self._measure(images[start:start + _CHUNK]) for start in range(0, images.shape[0], _CHUNK)]
-        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+        threads = torch.get_num_threads()
+        single = images.device.type == "cpu" and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            parts = [self._measure(images[start:start + _CHUNK]) for start in range(0, max(images.shape[0], 1), _CHUNK)]
+        finally:
+            if single:
+                torch.set_num_threads(threads)
+        return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
     def _measure(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         rgb = images.permute(0, 3, 1, 2).float().div_(255.0)
