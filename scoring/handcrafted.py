@@ -195,9 +195,7 @@ def _blur_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
     Row ``i`` holds the kernel centred on ``i``; taps that fall off an end are
     folded onto the pixel they reflect to (``-1 -> 1``, as ``F.pad(mode="reflect")``).
     """
-    r = kernel.numel() // 2
-    if size <= r:
-        raise ValueError(f"a {kernel.numel()}-tap blur needs images wider than {r} px, got {size}")
+    r = kernel.numel() // 2   # < size: the model's crop is far wider than its widest kernel
     rows = torch.arange(size).repeat_interleave(2 * r + 1)
     cols = (torch.arange(size)[:, None] + torch.arange(-r, r + 1)[None, :]).abs()
     cols = torch.where(cols > size - 1, 2 * (size - 1) - cols, cols).flatten()
@@ -342,7 +340,8 @@ class HandcraftedScorer(ScoreModel):
         if single:
             torch.set_num_threads(1)
         try:
-            parts = [self._measure(images[start:start + _CHUNK]) for start in range(0, max(images.shape[0], 1), _CHUNK)]
+            parts = [self._measure(images[start:start + _CHUNK])
+                     for start in range(0, max(images.shape[0], 1), _CHUNK)]
         finally:
             if single:
                 torch.set_num_threads(threads)
@@ -492,7 +491,7 @@ class HandcraftedScorer(ScoreModel):
 
     @staticmethod
     def _unclipped(pooled: torch.Tensor) -> torch.Tensor:
-        """``[N, H/4, W/4]``: 1 where no 4x4 block within 4 px of the block is blown or crushed.
+        """``[N, H/4, W/4]``: 1 per 4x4 block where neither it nor a neighbouring block is blown or crushed.
 
         Judged on the 4x-pooled image, so heavy noise on a bright background (single
         pixels at 255) is not mistaken for clipping; a blown area is flat at 255 and stays.
@@ -531,7 +530,8 @@ class HandcraftedScorer(ScoreModel):
         """
         # Cap each step, so a few strong natural edges cannot outweigh many faint block edges in flat areas.
         length = smooth.shape[dim] - 1
-        step = torch.sub(smooth.narrow(dim, 1, length), smooth.narrow(dim, 0, length)).abs_().clamp_max_(_BLOCK_STEP_CAP)
+        step = torch.sub(smooth.narrow(dim, 1, length), smooth.narrow(dim, 0, length))
+        step = step.abs_().clamp_max_(_BLOCK_STEP_CAP)
         w = weight.narrow(dim, 0, length)
         across = 1 if dim == 2 else 2
         weighted = step.mul_(w)
