@@ -30,6 +30,10 @@ COPY labeling ./labeling
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" torch==2.13.0 \
  && pip install --no-cache-dir -c constraints.txt .
 
+# glibc: blocks up to 32 MiB from the heap rather than mmap, and up to 128 MiB of freed heap kept, so the
+# scorer's per-batch planes are not faulted back in every batch (docs/decoding-and-baseline.md#speed).
+ENV MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728
+
 # The launcher runs this module to construct the job; the workers already have the package.
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipelines/${JOB}.py
 ENV PYTHONPATH=/template

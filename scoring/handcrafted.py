@@ -112,6 +112,8 @@ from scoring.model import ScoreModel, check_batch
 _LUMA = (0.299, 0.587, 0.114)
 _BAND_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 _PATCH = 16
+_TILE = 32          # output rows per banded-matrix product of a blur (:func:`_blur_rows`); 16-48 measure alike
+_CHUNK = 8          # images measured at a time: larger batches only spill each plane out of the caches
 _CLIP_HIGH = 0.98   # a 4x4 block this bright in some channel holds no detail: left out of detail, noise, clutter
 # A pooled pixel this bright in some channel counts as blown for the `clipped` penalties: JPEG at quality <= ~10
 # quantises a block at 255 down to ~248 (its DC step is ~160), and must not earn the blown highlights back.
@@ -128,6 +130,7 @@ _WHITE_NOISE_GAIN0 = 0.761
 # compressed, as apps re-save phone photos: 8 px -> 3 px) to a 256 px one (8 px -> 12 px). Longer periods
 # are left out: there an object's own outline and a sweep's banding peak too, and lowres judges such photos.
 _BLOCK_PERIODS = (2.7, 12.0)
+_BLOCK_SIGMA = 2.0              # px: blockiness smooths along the edges it profiles with the sigma-2 band's blur
 _BLOCK_STEP_CAP = 0.01          # luma step above which an edge counts as content, not a block seam
 _EPS = 1e-8
 _RING = 6                  # pooled px (of 96): the frame's outer ring, where the background shows
@@ -186,11 +189,87 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def _blur(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of [N, 1, H, W] with reflected borders."""
-    r = kernel.numel() // 2
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), kernel.view(1, 1, -1, 1))
+def _blur_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """``[size, size]`` matrix ``M`` with ``M @ x`` = ``kernel`` convolved along ``x``'s first axis, reflected borders.
+
+    Row ``i`` holds the kernel centred on ``i``; taps that fall off an end are
+    folded onto the pixel they reflect to (``-1 -> 1``, as ``F.pad(mode="reflect")``).
+    """
+    r = kernel.numel() // 2   # < size: the model's crop is far wider than its widest kernel
+    rows = torch.arange(size).repeat_interleave(2 * r + 1)
+    cols = (torch.arange(size)[:, None] + torch.arange(-r, r + 1)[None, :]).abs()
+    cols = torch.where(cols > size - 1, 2 * (size - 1) - cols, cols).flatten()
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    matrix.index_put_((rows, cols), kernel.double().repeat(size), accumulate=True)
+    return matrix.float()
+
+
+def _tiles(size: int, radius: int, start: int = 0, stop: int | None = None) -> list[tuple[int, int, int, int]]:
+    """``(a, b, lo, hi)``: outputs ``start + a`` to ``start + b`` of a banded blur read only inputs ``lo:hi``.
+
+    A blur's outputs are computed :data:`_TILE` at a time, and only from ``start`` to ``stop``.
+    """
+    stop = size if stop is None else stop
+    return [(a - start, min(a + _TILE, stop) - start, max(0, a - radius), min(size, a + _TILE + radius, stop + radius))
+            for a in range(start, stop, _TILE)]
+
+
+def _dilate(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.max_pool2d(mask, size, stride=1, padding=size // 2)`` of a mask >= 0, to the bit, as shifted maxima.
+
+    The same maxima, an order of magnitude faster than the pooling kernel on one channel.
+    """
+    r = size // 2
+    h, w = mask.shape[-2:]
+    padded = F.pad(mask, (r, r, r, r))   # zeros never win a maximum of values >= 0 that includes the centre
+    rows = padded[..., :, 0:w]
+    for i in range(1, size):
+        rows = torch.maximum(rows, padded[..., :, i:i + w])
+    out = rows[..., 0:h, :]
+    for i in range(1, size):
+        out = torch.maximum(out, rows[..., i:i + h, :])
+    return out
+
+
+def _cell_means(x: torch.Tensor) -> torch.Tensor:
+    """Means of the 4x4 cells of ``x`` ``[N, H, W]``: ``F.avg_pool2d(x, 4)`` in half its time (down, then across)."""
+    h, w = x.shape[-2:]
+    return x.view(-1, h // 4, 4, w).sum(2).view(-1, h // 4, w // 4, 4).sum(3) / 16
+
+
+def _quantiles(sorted_values: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """``[len(qs), N]``: ``torch.quantile``'s linear interpolation, to the bit, of rows already sorted.
+
+    One sort then serves every quantile of the same values.
+    """
+    q = torch.tensor(qs, dtype=sorted_values.dtype, device=sorted_values.device)
+    ranks = q * (sorted_values.shape[-1] - 1)
+    below, above = ranks.long(), ranks.ceil().long()
+    return sorted_values[..., below].lerp(sorted_values[..., above], ranks - below).movedim(-1, 0)
+
+
+def _blur_rows(x: torch.Tensor, matrix: torch.Tensor, tiles: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """``x`` ``[N, H, W]`` blurred along W by the banded ``matrix`` (rows of :func:`_blur_matrix`), tile by tile.
+
+    oneDNN runs a one-channel convolution an order of magnitude slower than BLAS
+    runs the same arithmetic as a matrix product, and a dense product would
+    spend most of its work on zeros: each tile of outputs multiplies only the
+    inputs the kernel reaches (:func:`_tiles`). The sums run in another order
+    than ``F.conv2d``'s, so results differ from it by float32 rounding only (~1e-7).
+    """
+    out = torch.empty_like(x.narrow(-1, 0, matrix.shape[0]))
+    flat, flat_out = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
+    for a, b, lo, hi in tiles:
+        torch.mm(flat[:, lo:hi], matrix[a:b, lo:hi].t(), out=flat_out[:, a:b])
+    return out
+
+
+def _blur_columns(x: torch.Tensor, matrix: torch.Tensor, tiles: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """``x`` ``[N, H, W]`` blurred along H, as :func:`_blur_rows`."""
+    out = torch.empty_like(x.narrow(-2, 0, matrix.shape[0]))
+    for a, b, lo, hi in tiles:
+        torch.matmul(matrix[a:b, lo:hi], x[:, lo:hi], out=out[:, a:b])
+    return out
 
 
 def _background_plane(pooled: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
@@ -229,43 +308,89 @@ class HandcraftedScorer(ScoreModel):
     def __init__(self, weights: dict[str, float] | None = None):
         super().__init__()
         self.weights = dict(WEIGHTS if weights is None else weights)
+        # Detail is measured inside a margin (reflected borders bias the coarse bands): the blurs compute
+        # only the pixels inside it, except the one whose rows blockiness reuses over the whole frame.
+        size, self._margin = self.input_size, int(math.ceil(3 * _BAND_SIGMAS[-1]))
+        self._tiles, self._inner_tiles = [], []
         for i, sigma in enumerate(_BAND_SIGMAS):
-            self.register_buffer(f"gauss{i}", _gaussian_kernel(sigma), persistent=False)
-        self.register_buffer("block_smooth", _gaussian_kernel(2.0), persistent=False)
+            kernel = _gaussian_kernel(sigma)
+            self.register_buffer(f"blur{i}", _blur_matrix(kernel, size), persistent=False)
+            self._tiles.append(_tiles(size, kernel.numel() // 2))
+            self._inner_tiles.append(_tiles(size, kernel.numel() // 2, self._margin, size - self._margin))
         self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
-
-    def _bands(self, y: torch.Tensor) -> list[torch.Tensor]:
-        blurred = [y] + [_blur(y, getattr(self, f"gauss{i}")) for i in range(len(_BAND_SIGMAS))]
-        return [blurred[i] - blurred[i + 1] for i in range(len(_BAND_SIGMAS))]
 
     # ------------------------------------------------------------------ features
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image measures (see the module docstring) of a uint8 NHWC batch."""
-        check_batch(images, self.input_size)
-        rgb = images.permute(0, 3, 1, 2).float() / 255.0
-        y = (rgb * self.luma).sum(dim=1, keepdim=True)
-        n = y.shape[0]
+        """Per-image measures (see the module docstring) of a uint8 NHWC batch.
 
+        Measured :data:`_CHUNK` images at a time: each image's measures depend on
+        that image alone, and a chunk's full-resolution planes stay in the caches.
+        On the CPU it runs on one intra-op thread (restored afterwards): its work
+        is hundreds of small matrix products and plane-sized steps, where fanning
+        each out to more threads costs more than it gains (two threads on a
+        shared 2-core machine measured 5x slower than one). The pipelines run one
+        model per worker process and get their parallelism from Beam.
+        """
+        check_batch(images, self.input_size)
+        if torch.jit.is_tracing():
+            return self._measure(images)  # a trace must not bake the batch size into slices
+        threads = torch.get_num_threads()
+        single = images.device.type == "cpu" and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            parts = [self._measure(images[start:start + _CHUNK])
+                     for start in range(0, max(images.shape[0], 1), _CHUNK)]
+        finally:
+            if single:
+                torch.set_num_threads(threads)
+        return parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+    def _measure(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        rgb = images.permute(0, 3, 1, 2).float().div_(255.0)
+        y = torch.matmul(rgb.permute(0, 2, 3, 1), self.luma.view(3))  # [N, H, W]
+        n, size = y.shape[0], y.shape[-1]
         pooled = F.avg_pool2d(rgb, 4)
-        usable = self._unclipped(pooled, y.shape[-1])                 # [N, 1, H, W] in {0, 1}
-        margin = int(math.ceil(3 * _BAND_SIGMAS[-1]))  # reflected borders bias the coarse bands
+        del rgb
+        # Every measure of detail works inside the margin, on 16x16 patches. The margin and the patches
+        # are whole 4x4 cells of the pooled grid, so the clipping mask (constant on each cell) weighs
+        # each cell's mean band energy.
+        margin = self._margin
         crop = (Ellipsis, slice(margin, -margin), slice(margin, -margin))
-        weight = usable[crop]
-        pixels = weight[0].numel()
-        # Pixels at 0 or 255 have their noise cut off; the noise floor must not come from them.
-        unsaturated = ((rgb.amax(dim=1, keepdim=True) < 254.5 / 255)
-                       & (rgb.amin(dim=1, keepdim=True) > 0.5 / 255)).float()[crop]
-        detail, floors = [], []
-        for band in self._bands(y):
-            squared = band[crop] ** 2
+        usable = self._unclipped(pooled)[:, margin // 4:-(margin // 4), margin // 4:-(margin // 4)]   # [N, h, w]
+        cells_per_patch = _PATCH // 4
+        share = F.avg_pool2d(usable, cells_per_patch).flatten(1)      # usable share of each patch
+        # Pixels at 0 or 255 have their noise cut off; the noise floor must not come from them. In uint8,
+        # k - 1 wraps 0 to 255 and takes 255 to 254, so a pixel is unsaturated where no channel's exceeds 253.
+        shifted = images[:, margin:-margin, margin:-margin] - 1
+        unsaturated = torch.maximum(torch.maximum(shifted[..., 0], shifted[..., 1]), shifted[..., 2]) <= 253
+        unsaturated = F.avg_pool2d(unsaturated.float(), _PATCH).flatten(1)
+        detail, energies = [], []
+        blurred = y[crop]
+        inner = slice(margin, size - margin)
+        for i in range(len(_BAND_SIGMAS)):
+            matrix = getattr(self, f"blur{i}")
+            if _BAND_SIGMAS[i] == _BLOCK_SIGMA:
+                smooth_rows = _blur_rows(y, matrix, self._tiles[i])   # blockiness smooths along rows alike
+                rows = smooth_rows[..., inner]
+            else:
+                rows = _blur_rows(y, matrix[inner], self._inner_tiles[i])
+            coarser = _blur_columns(rows, matrix[inner], self._inner_tiles[i])
+            del rows
+            squared = torch.sub(blurred, coarser).square_()
+            blurred = coarser
+            cell_energy = _cell_means(squared) * usable                # [N, h, w]
+            del squared
             # Detail counts only where nothing is clipped: blown areas hold none, and the
             # edge of a blown area is a clipping artefact, not detail.
-            detail.append((squared * weight).flatten(1).sum(1) / pixels)
-            floors.append(self._flat_floor(squared, weight, unsaturated))
-        detail, floor = torch.stack(detail, 1), torch.stack(floors, 1)      # [N, 4]
+            detail.append(cell_energy.flatten(1).mean(1))
+            energies.append(F.avg_pool2d(cell_energy, cells_per_patch).flatten(1) / share.clamp_min(_EPS))
+        del blurred, coarser
+        detail = torch.stack(detail, 1)                                # [N, 4]
+        floor = self._flat_floor(torch.stack(energies, 1), share, unsaturated)
         floor = floor / floor.new_tensor(_FLOOR_BIAS)
-        usable_share = weight.flatten(1).mean(1)[:, None]
+        usable_share = usable.flatten(1).mean(1)[:, None]
         clean = (detail - floor * usable_share).clamp_min(_EPS)
         noise = torch.sqrt(floor[:, 0] / _WHITE_NOISE_GAIN0)
         # A fully blown or black frame has no usable pixels: its ratios fall to ~0, not 0/0.
@@ -274,24 +399,28 @@ class HandcraftedScorer(ScoreModel):
         effective_resolution = torch.sqrt(clean[:, 0] / (detail[:, 2] + _RATIO_EPS))
         sharpness = torch.sqrt(clean[:, 1] / (detail[:, 3] + _RATIO_EPS))
 
-        py = (pooled * self.luma).sum(dim=1).flatten(1)
-        q = torch.quantile(py, torch.tensor([0.01, 0.99], device=py.device), dim=1)
+        py = (pooled * self.luma).sum(dim=1)                          # [N, h, w]
+        tones = _quantiles(py.flatten(1).sort(dim=1).values, (0.01, 0.05, 0.95, 0.99))
+        py = py.flatten(1)
         r, g, b = pooled[:, 0].flatten(1), pooled[:, 1].flatten(1), pooled[:, 2].flatten(1)
         rg, yb = r - g, 0.5 * (r + g) - b
         colourfulness = (torch.sqrt(rg.var(1) + yb.var(1))
                          + 0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2))
-        layout, subject = self._layout(pooled, self.luma)
+        layout, subject = self._layout(pooled, self.luma, py.view_as(pooled[:, 0]), tones[1], tones[2])
         # Blocks are looked for where the subject is: a smooth sweep's 8-bit banding is periodic too.
-        near_subject = F.interpolate(F.max_pool2d((subject[:, None] > 0.5).float(), 5, stride=1, padding=2), size=y.shape[-2:],
-                                     mode="bilinear", align_corners=False)
+        near_subject = F.interpolate(_dilate((subject[:, None] > 0.5).float(), 5),
+                                     size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        block = self._tiles[_BAND_SIGMAS.index(_BLOCK_SIGMA)]
+        smooth_columns = _blur_columns(y, getattr(self, f"blur{_BAND_SIGMAS.index(_BLOCK_SIGMA)}"), block)
         return {
             "noise": noise,
             "effective_resolution": effective_resolution,
             "sharpness": sharpness,
-            "blockiness": 0.5 * (self._blockiness(y, near_subject, dim=3) + self._blockiness(y, near_subject, dim=2)),
+            "blockiness": 0.5 * (self._blockiness(smooth_columns, near_subject, dim=2)
+                                 + self._blockiness(smooth_rows, near_subject, dim=1)),
             "brightness": py.mean(1),
-            "highlight": q[1],
-            "shadow": q[0],
+            "highlight": tones[3],
+            "shadow": tones[0],
             "clipped": (pooled.amax(dim=1).flatten(1) >= _BLOWN).float().mean(1),
             "contrast": py.std(1),
             "colourfulness": colourfulness.view(n),
@@ -299,13 +428,15 @@ class HandcraftedScorer(ScoreModel):
         }
 
     @staticmethod
-    def _layout(pooled: torch.Tensor, luma: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _layout(pooled: torch.Tensor, luma: torch.Tensor, y: torch.Tensor, low: torch.Tensor,
+                high: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Background and subject measures of the 4x-pooled RGB image (see the module docstring).
 
-        The background is what the frame's outer ring shows (its median colour);
-        the subject is what differs from that colour. Soft masks and smooth
-        interval widths keep every measure continuous, so near-identical shots
-        do not tie.
+        ``y`` is the pooled luma, ``low`` and ``high`` its 5th and 95th percentiles:
+        the subject's tones when no subject stands out. The background is what the
+        frame's outer ring shows (its median colour); the subject is what differs
+        from that colour. Soft masks and smooth interval widths keep every measure
+        continuous, so near-identical shots do not tie.
         """
         n, _, h, w = pooled.shape
         ring = torch.ones(h, w, dtype=torch.bool, device=pooled.device)
@@ -339,7 +470,6 @@ class HandcraftedScorer(ScoreModel):
             extents.append(inside.sum(1) / length)
             pos = (torch.arange(length, device=pooled.device, dtype=pooled.dtype) + 0.5) / length - 0.5
             centre.append((profile * pos).sum(1) / mass)
-        y = (pooled * luma).sum(dim=1)
         inside = subject > 0.5
         nan = torch.full_like(y, float("nan"))
         subject_luma = torch.where(inside, y, nan).flatten(1)
@@ -354,65 +484,63 @@ class HandcraftedScorer(ScoreModel):
             "subject_fill": subject.flatten(1).mean(1),
             "subject_extent": torch.maximum(extents[0], extents[1]),   # the longer side, as marketplaces measure
             "subject_offset": torch.sqrt(centre[0] ** 2 + centre[1] ** 2),
-            "subject_shadow": torch.where(has_subject, torch.nan_to_num(tones[0], nan=0.0), y.flatten(1).quantile(0.05, dim=1)),
-            "subject_highlight": torch.where(has_subject, torch.nan_to_num(tones[1], nan=1.0), y.flatten(1).quantile(0.95, dim=1)),
+            "subject_shadow": torch.where(has_subject, torch.nan_to_num(tones[0], nan=0.0), low),
+            "subject_highlight": torch.where(has_subject, torch.nan_to_num(tones[1], nan=1.0), high),
             "subject_clipped": subject_clipped,
         }, subject
 
     @staticmethod
-    def _unclipped(pooled: torch.Tensor, size: int) -> torch.Tensor:
-        """1 where no 4x4 block within 4 px of a pixel is blown or crushed, at full resolution.
+    def _unclipped(pooled: torch.Tensor) -> torch.Tensor:
+        """``[N, H/4, W/4]``: 1 per 4x4 block where neither it nor a neighbouring block is blown or crushed.
 
         Judged on the 4x-pooled image, so heavy noise on a bright background (single
         pixels at 255) is not mistaken for clipping; a blown area is flat at 255 and stays.
         """
         top = pooled.amax(dim=1, keepdim=True)
         clipped = ((top >= _CLIP_HIGH) | (top <= _CLIP_LOW)).float()
-        clipped = F.max_pool2d(clipped, 3, stride=1, padding=1)
-        return 1.0 - F.interpolate(clipped, size=(size, size), mode="nearest")
+        return 1.0 - _dilate(clipped, 3)[:, 0]
 
     @staticmethod
-    def _flat_floor(squared: torch.Tensor, weight: torch.Tensor, unsaturated: torch.Tensor) -> torch.Tensor:
-        """Band energy of the flattest 16x16 patches (10th percentile): the noise floor.
+    def _flat_floor(energy: torch.Tensor, share: torch.Tensor, unsaturated: torch.Tensor) -> torch.Tensor:
+        """``[N, bands]`` band energy of the flattest 16x16 patches (10th percentile): the noise floor.
 
-        A patch counts on its unclipped pixels if at least half of it is unclipped; where
-        enough of them also have no pixel at 0/255 (which would cut the noise off), only
-        those count.
+        ``energy`` ``[N, bands, patches]`` is each patch's mean band energy over its
+        unclipped pixels, ``share`` ``[N, patches]`` the unclipped share of each patch and
+        ``unsaturated`` the share with no channel at 0/255 (which would cut the noise off).
+        A patch counts if at least half of it is unclipped, so scattered blown highlights
+        (sunlit gravel) do not leave the frame without a floor; where enough patches are
+        also unsaturated, only those count.
         """
-        # A patch counts on its usable pixels, if at least half of it is usable: scattered blown
-        # highlights (sunlit gravel) must not leave the frame without a floor.
-        share = F.avg_pool2d(weight, _PATCH).flatten(1)
-        energy = F.avg_pool2d(squared * weight, _PATCH).flatten(1) / share.clamp_min(_EPS)
-        unclipped = share > 0.5
-        strict = unclipped & (F.avg_pool2d(unsaturated, _PATCH).flatten(1) > 0.98)
+        unclipped = (share > 0.5)[:, None]
+        strict = unclipped & (unsaturated > 0.98)[:, None]
         nan = torch.full_like(energy, float("nan"))
-        floor_strict = torch.nanquantile(torch.where(strict, energy, nan), _FLOOR_QUANTILE, dim=1)
-        floor_loose = torch.nanquantile(torch.where(unclipped, energy, nan), _FLOOR_QUANTILE, dim=1)
-        floor = torch.where(strict.sum(1) >= _MIN_FLOOR_PATCHES, floor_strict, floor_loose)
+        floor_strict = torch.nanquantile(torch.where(strict, energy, nan), _FLOOR_QUANTILE, dim=2)
+        floor_loose = torch.nanquantile(torch.where(unclipped, energy, nan), _FLOOR_QUANTILE, dim=2)
+        floor = torch.where(strict.sum(2) >= _MIN_FLOOR_PATCHES, floor_strict, floor_loose)
         # With few unclipped patches the floor comes from those few (the flattest of what is left);
         # with none at all, the frame counts as noise-free.
         return torch.nan_to_num(floor, nan=0.0)
 
-    def _blockiness(self, y: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
-        """Fraction of the edge profile's energy in one periodic peak (a block grid) along ``dim``."""
-        # Smooth along the edges being profiled (it keeps block edges, halves noise) and cap each
-        # step, so a few strong natural edges cannot outweigh many faint block edges in flat areas.
-        kernel = self.block_smooth
-        r = kernel.numel() // 2
-        if dim == 3:
-            smooth = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), kernel.view(1, 1, -1, 1))
-        else:
-            smooth = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-        length = y.shape[dim] - 1
-        step = (smooth.narrow(dim, 1, length) - smooth.narrow(dim, 0, length)).abs().clamp_max(_BLOCK_STEP_CAP)
+    @staticmethod
+    def _blockiness(smooth: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
+        """Fraction of the edge profile's energy in one periodic peak (a block grid) along ``dim`` of ``[N, H, W]``.
+
+        ``smooth`` is luma blurred along the other axis, the one the edges run
+        along: that keeps block edges and halves noise.
+        """
+        # Cap each step, so a few strong natural edges cannot outweigh many faint block edges in flat areas.
+        length = smooth.shape[dim] - 1
+        step = torch.sub(smooth.narrow(dim, 1, length), smooth.narrow(dim, 0, length))
+        step = step.abs_().clamp_max_(_BLOCK_STEP_CAP)
         w = weight.narrow(dim, 0, length)
-        across = 2 if dim == 3 else 3
-        mean = (step * w).flatten(1).sum(1) / (w.flatten(1).sum(1) + _EPS)
+        across = 1 if dim == 2 else 2
+        weighted = step.mul_(w)
+        mean = weighted.sum((1, 2)) / (w.sum((1, 2)) + _EPS)
         # Each line's mean step over the subject; a line with little subject shrinks to the overall mean.
-        profile = (((step * w).sum(dim=across) + mean.view(-1, 1, 1)) / (w.sum(dim=across) + 1.0)).flatten(1)
+        profile = (weighted.sum(dim=across) + mean[:, None]) / (w.sum(dim=across) + 1.0)
         profile = profile - profile.mean(dim=1, keepdim=True)
         power = torch.fft.rfft(profile, dim=1).abs() ** 2
-        freqs = torch.fft.rfftfreq(length, device=y.device)
+        freqs = torch.fft.rfftfreq(length, device=smooth.device)
         excess = (power - power[:, 1:].median(dim=1).values[:, None]).clamp_min(0.0)
         band = ((freqs >= 1.0 / _BLOCK_PERIODS[1]) & (freqs <= 1.0 / _BLOCK_PERIODS[0]))[None, :]
         # A block grid is a comb: its second harmonic (folded back past Nyquist) is there too, where a
