@@ -244,8 +244,8 @@ def test_backfill_and_stream_usage_errors_carry_no_es_url_credentials(secret_env
     items = tmp_path / "items.jsonl"
     items.write_text('{"id": "a"}\n', encoding="utf-8")
     backfill = ["backfill", "--es-url", es_url, "--input", str(items), "--deadletter", str(tmp_path / "dl")]
-    stream = ["stream", "--es-url", es_url, "--input-topic", "projects/p/topics/t",
-              "--deadletter-topic", "projects/p/topics/d"]
+    stream = ["stream", "--es-url", es_url, "--input-topic", "projects/my-project/topics/t",
+              "--deadletter-topic", "projects/my-project/topics/d"]
     for argv in (backfill, stream):
         assert imagescore.main(argv) == imagescore.USAGE_EXIT
         out = capsys.readouterr()
