@@ -27,7 +27,7 @@ INSTALL_REQUIRES = [
     "nltk>=3.8,<4",  # reads WordNet for analyze's adjectives (pure Python; the WordNet files come from the OS)
     "tea-tasting>=1,<2",  # A/B readout: Welch tests, delta-method ratio CIs, CUPED, power, Holm
     "c2pa-python>=0.38,<0.39",  # reads C2PA manifests offline for the provenance signal (manylinux wheel)
-    "defusedxml>=0.7.1",  # parses untrusted XMP without DTDs or entity expansion
+    "defusedxml>=0.7.1,<0.8",  # parses untrusted XMP without DTDs or entity expansion
 ]
 
 EXTRAS = {
