@@ -49,7 +49,7 @@ class Rejected(Exception):
 
 
 def escape_surrogates(text: str) -> str:
-    """``text`` with every lone UTF-16 surrogate written as ``\\udXXX``, so it can be encoded as UTF-8.
+    """``text`` with every lone UTF-16 surrogate written as its ``\\ud800``-style escape, so it can be encoded as UTF-8.
 
     JSON may escape a lone surrogate (``"a\\ud800b"``) and Python decodes it into a ``str``
     that no UTF-8 encoder (a Beam coder, a Pub/Sub attribute, a file) accepts.
