@@ -24,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from es.timestamps import iso
 from pipelines.catalog import CatalogEntry
 
-AGGREGATOR_REASONS = frozenset({"malformed_json", "missing_id", "bad_id", "no_images", "bad_date", "bad_version",
-                                "bad_encoding", "bad_field", "message_too_large"})
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -15,7 +15,7 @@ import pytest
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from es.guard import SCORE, guard_params, score_fields
-from es.mapping import PROVENANCE_DETAIL_FIELD, PROVENANCE_FIELD, score_properties
+from es.mapping import AI_PROVENANCE_VALUES, PROVENANCE_DETAIL_FIELD, PROVENANCE_FIELD, score_properties
 from pipelines import backfill
 from pipelines.local_runner import runner_for
 from pipelines.options import job_options
@@ -23,7 +23,6 @@ from tests.fixtures import provenance_images as fx
 from tests.fixtures.image_server import ImageServer
 from transforms.analyzer import STORED_FIELDS, _LookupStoredFn
 from transforms.provenance import (
-    AI_VALUES,
     Provenance,
     ProvenanceLimits,
     generator_names,
@@ -120,7 +119,7 @@ def test_any_cut_of_the_bytes_never_raises(signed_ai):
     for data in sources:
         for cut in range(0, len(data), max(1, len(data) // 97)):
             found = read_provenance(data[:cut])
-            assert isinstance(found, Provenance) and found.value in (*AI_VALUES, "none", "unreadable", "c2pa_capture")
+            assert isinstance(found, Provenance) and found.value in (*AI_PROVENANCE_VALUES, "none", "unreadable", "c2pa_capture")
 
 
 def test_score_fields_guard_and_mapping_carry_provenance():
@@ -239,7 +238,7 @@ def test_ai_factor_multiplies_only_ai_flagged_documents_in_the_mirror(formula):
     plain = search_scores(search_body(base, Boost(formula, 0.3)), docs)[1]
     body = search_body(base, Boost(formula, 0.3, ai_factor=0.8))
     [function] = body["query"]["bool"]["must"][0]["function_score"]["functions"]
-    assert function == {"filter": {"terms": {PROVENANCE_FIELD: list(AI_VALUES)}}, "weight": 0.8}
+    assert function == {"filter": {"terms": {PROVENANCE_FIELD: list(AI_PROVENANCE_VALUES)}}, "weight": 0.8}
     discounted = search_scores(body, docs)[1]
     expected = np.where([True, False, False, True], plain.astype(np.float64) * np.float32(0.8), plain)
     assert np.array_equal(discounted, expected.astype(np.float32))
@@ -317,7 +316,7 @@ def test_collect_carries_provenance_into_windows_and_refuses_a_bad_one():
 def test_analyze_reports_click_through_of_ai_flagged_images(tmp_path):
     from training.analyze import AI_PROVENANCE, analyze
 
-    assert AI_PROVENANCE == AI_VALUES  # training/ keeps its own copy of es.mapping's list
+    assert AI_PROVENANCE == AI_PROVENANCE_VALUES  # training/ keeps its own copy of es.mapping's list
     windows, labels = [], []
     for s in range(30):
         items = []

@@ -39,8 +39,7 @@ from PIL import Image
 from es.mapping import AI_PROVENANCE_VALUES
 
 #: the values that say an image was made by AI (what ranking's ``ai_factor`` discounts)
-AI_VALUES = AI_PROVENANCE_VALUES
-C2PA_AI, XMP_AI, GENERATOR_METADATA = AI_VALUES
+C2PA_AI, XMP_AI, GENERATOR_METADATA = AI_PROVENANCE_VALUES
 C2PA_CAPTURE, NONE, UNREADABLE = "c2pa_capture", "none", "unreadable"
 PROVENANCE_VALUES = (C2PA_AI, C2PA_CAPTURE, XMP_AI, GENERATOR_METADATA, NONE, UNREADABLE)
 
@@ -64,7 +63,7 @@ class Provenance(NamedTuple):
 
     @property
     def is_ai(self) -> bool:
-        return self.value in AI_VALUES
+        return self.value in AI_PROVENANCE_VALUES
 
 
 NO_PROVENANCE = Provenance(NONE, "")
