@@ -19,16 +19,19 @@ The script, for the two write modes:
 * ``document``: the job owns the document. Compare with the stored ``updated_at``; if the
   incoming version is strictly newer, replace the whole source with ``params.fields``
   (the processed item, or a tombstone ``{updated_at, deleted: true}``), else ``noop``.
-  A delete wins a tie: a tombstone with the same version as a live document replaces it.
+  A delete wins a tie, and a scored document completes an unscored one of its version (below).
   Sent as a scripted upsert, so a missing document is created.
 * ``score``: another indexer owns the document. Compare with the stored score's version
   (``image_score_version``) and never write onto a tombstone; merge only the score fields.
   Sent without an upsert, so a missing document is a 404 (a counted skip).
 
-Older *or equal* answers ``noop``, so a replay changes nothing. One tie goes the other way,
-because a delete wins it: a tombstone with the same version as a live document replaces it
-(counted ``deleted``). A replayed delete onto its own tombstone, or an update onto a tombstone
-of the same version, is still ``noop``.
+Older *or equal* answers ``noop``, so a replay changes nothing. Two ties in document mode go the
+other way. A delete wins a tie: a tombstone with the same version as a live document replaces it
+(counted ``deleted``). A score completes its version: a live document that carries ``image_score``
+replaces a live document of the same version that has none (the item indexed without its score
+because its image failed; the replayed dead letter puts the score on). A replayed delete onto its
+own tombstone, an update onto a tombstone of the same version, or any same-version document onto
+one that already has a score, is still ``noop``.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ from es.names import DOCUMENT, SCORE, WRITE_MODES, WriteMode  # noqa: F401  (par
 from es.timestamps import iso, parse_iso
 
 # The id carries a version: a changed script gets a new id, so a running job keeps the one it started with.
-GUARD_SCRIPT_ID = "imagescore-guard-v2"
+GUARD_SCRIPT_ID = "imagescore-guard-v3"
 GUARD_SCRIPT_SOURCE = (
     "def s = ctx._source; "
     "def v = params.score ? s.image_score_version : s.updated_at; "
@@ -64,7 +67,8 @@ GUARD_SCRIPT_SOURCE = (
     "{ throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); } "
     "int c = v == null ? -1 : v.compareTo(params.version); "
     "if ((params.score && s.deleted == true) || c > 0 "
-    "|| (c == 0 && (params.score || s.deleted == true || params.fields.deleted != true))) "
+    "|| (c == 0 && (params.score || s.deleted == true "
+    "|| (params.fields.deleted != true && (s.image_score != null || params.fields.image_score == null))))) "
     "{ ctx.op = 'noop'; } "
     "else { if (!params.score) { s.clear(); } s.putAll(params.fields); }"
 )

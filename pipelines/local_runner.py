@@ -354,7 +354,8 @@ def progress_line(totals: dict[str, int], p50: float | None, p99: float | None) 
     return (f"read {totals.get('messages_read', 0)}  scored {totals.get('scored', 0)}  "
             f"reused {totals.get('score_reused', 0)}  written {totals.get('written', 0)}  "
             f"stale {totals.get('stale', 0)}  deleted {totals.get('deleted', 0)}  "
-            f"superseded {totals.get('superseded', 0)}  dead-lettered {totals.get('deadlettered', 0)}  {latency}")
+            f"superseded {totals.get('superseded', 0)}  dead-lettered {totals.get('deadlettered', 0)}  "
+            f"indexed without score {totals.get('image_deadlettered', 0)}  {latency}")
 
 
 class LocalRun:

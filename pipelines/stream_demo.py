@@ -99,7 +99,7 @@ def check_index(es_url: str, index: str, stream: UpdateStream) -> list[str]:
     client = make_client(EsConfig.from_env(url=es_url))
     try:
         client.indices.refresh(index=index)
-        ids = [i for i, e in stream.expected.items() if e.deadletter is None]
+        ids = [i for i, e in stream.expected.items() if e.indexed]
         found = {}
         for start in range(0, len(ids), 500):
             response = client.mget(index=index, ids=ids[start:start + 500])
@@ -111,6 +111,11 @@ def check_index(es_url: str, index: str, stream: UpdateStream) -> list[str]:
         want, doc = stream.expected[item_id], found.get(item_id)
         if doc is None:
             problems.append(f"{item_id}: not in the index")
+        elif want.unscored:
+            scored = sorted(name for name in doc if name.startswith("image_score"))
+            if doc.get("deleted") is True or scored:
+                problems.append(f"{item_id}: its image failed, so it must be live without score fields; "
+                                f"it holds deleted={doc.get('deleted')} {scored}")
         elif doc.get("updated_at") != want.version:
             problems.append(f"{item_id}: indexed version {doc.get('updated_at')}, newest is {want.version}")
         elif want.deleted and doc.get("deleted") is not True:
@@ -191,7 +196,9 @@ def run(argv: list[str] | None = None) -> int:
                           file=sys.stderr)
                     break
             # The job publishes dead letters as it goes: read them while it still runs.
-            letters = _pull_dead_letters(emulator, dead_subscription, job.totals().get("deadlettered", 0))
+            now = job.totals()
+            letters = _pull_dead_letters(emulator, dead_subscription,
+                                         now.get("deadlettered", 0) + now.get("image_deadlettered", 0))
             totals = job.cancel()
             started.remove(job.cancel)
             print_summary(totals, result)
@@ -207,8 +214,10 @@ def run(argv: list[str] | None = None) -> int:
                 print(f"stream-demo: {len(problems)} item(s) differ from their newest version:\n  "
                       + "\n  ".join(problems[:20]))
             else:
+                unscored = sum(1 for e in stream.expected.values() if e.unscored)
                 print(f"stream-demo: the index holds the newest version of all "
-                      f"{sum(1 for e in stream.expected.values() if e.deadletter is None)} items")
+                      f"{sum(1 for e in stream.expected.values() if e.indexed)} items "
+                      f"({unscored} of them without a score: their image failed)")
             return 0 if balanced and not problems else 1
     finally:
         for stop in reversed(started):

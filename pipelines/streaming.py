@@ -139,7 +139,7 @@ def build(pipeline: beam.Pipeline, opts: PipelineOptions, clock: Callable[[], fl
         model_id, input_size = mo.model_info()
         handler = mo.score_handler(model_unavailable_s=so.model_unavailable_seconds)
         analyzed = newest | "Analyze" >> Analyze(handler, model_id, input_size, io.fetch_policy(),
-                                                 io.max_image_pixels, es_config, eo.es_index)
+                                                 io.max_image_pixels, es_config, eo.es_index, mode=so.write)
         dead.append(analyzed[DEAD_LETTER])
         documents = analyzed["documents"]
         if so.stage == "analyzer":

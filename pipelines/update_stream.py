@@ -6,7 +6,8 @@ that document was indexed.
 
 * Round 1: every good item's first version; bursts of price edits (published in a
   shuffled order, so versions arrive out of order); re-sent messages; the catalog's
-  broken and hostile items; a message that is not UTF-8.
+  broken and hostile items (a valid record whose image fails is indexed without a score,
+  its image dead-lettered; the rest are dead letters only); a message that is not UTF-8.
 * Round 2: price-only edits (the stored score is reused), image changes (scored
   again), deletes, and updates older than the indexed version (stale).
 * Round 3: an update of a deleted item that is older than its delete (stale: the
@@ -33,12 +34,20 @@ def _at(seconds: float) -> str:
 
 @dataclasses.dataclass
 class Expected:
-    """What the index must hold for one item, and the dead-letter reason for a broken one."""
+    """What the index must hold for one item, and the dead-letter reason for a broken one.
+
+    ``version`` None with ``unscored``: the record has no ``updated_at`` (its publish time is its version).
+    """
 
     version: str | None = None
     image_url: str | None = None
     deleted: bool = False
     deadletter: str | None = None
+    unscored: bool = False  # a valid record whose image failed: indexed without any score fields
+
+    @property
+    def indexed(self) -> bool:
+        return self.deadletter is None or self.unscored
 
 
 @dataclasses.dataclass
@@ -71,9 +80,8 @@ def build_update_stream(entries: list[CatalogEntry], *, seed: int = 7, burst_sha
         if entry.expect in ("scored", "skipped"):
             continue
         record_id = _id_of(entry.record)
-        reason = entry.expect
         if record_id:
-            expected[record_id] = Expected(deadletter=reason)
+            expected[record_id] = Expected(deadletter=entry.expect, unscored=_valid_record(entry.record))
         send(0, "broken or hostile", entry.record.encode("utf-8"))
     send(0, "not UTF-8", b'{"id": "latin-1", "title": "caf\xe9"}')
 
@@ -117,6 +125,17 @@ def build_update_stream(entries: list[CatalogEntry], *, seed: int = 7, burst_sha
     for batch in rounds[1:]:
         rng.shuffle(batch)
     return UpdateStream([r for r in rounds if r], expected, kinds)
+
+
+def _valid_record(record: str) -> bool:
+    """Whether the job's parser takes ``record`` (so only its image can fail)."""
+    from transforms.deadletter import Rejected
+    from transforms.items import parse_item  # imports Beam: only the demo's run needs it
+    try:
+        parse_item(record)
+    except Rejected:
+        return False
+    return True
 
 
 def _id_of(record: str) -> str | None:

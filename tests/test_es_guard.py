@@ -53,6 +53,15 @@ def stored_item(version: str, title: str = "bag", score: float = 0.5, score_vers
             "image_score_version": c(score_version or version)}
 
 
+def unscored(version: str, title: str = "bag") -> dict:
+    """A processed item whose image failed: indexed without the score fields (document mode)."""
+    return {"id": "it", "updated_at": version, "title": title, "created_at": "2026-11-01T00:00:00Z"}
+
+
+def stored_unscored(version: str, title: str = "bag") -> dict:
+    return {**{k: v for k, v in unscored(version, title).items() if k != "id"}, "updated_at": c(version)}
+
+
 def tombstone(version: str) -> dict:
     return {"id": "it", "updated_at": version, "deleted": True}
 
@@ -127,6 +136,18 @@ CASES = [
          (DOCUMENT, item(V2, "relisted?")), "stale", {"updated_at": c(V1), "deleted": True}),
     Case("score with a tombstone's version is stale", [(DOCUMENT, tombstone(V1))], (SCORE, score(V2)), "stale",
          {"updated_at": c(V1), "deleted": True}),
+    # A score completes its version: the item was indexed without its score (its image failed),
+    # and the replayed dead letter brings the score for that same version.
+    Case("a scored document completes its unscored version", [(DOCUMENT, unscored(V1))], (DOCUMENT, item(V2)),
+         "written", stored_item(V2)),
+    Case("an unscored document onto its scored version is stale", [(DOCUMENT, item(V1))],
+         (DOCUMENT, unscored(V2, "other")), "stale", stored_item(V1)),
+    Case("an unscored replay onto its unscored version is stale", [(DOCUMENT, unscored(V1))],
+         (DOCUMENT, unscored(V2, "other")), "stale", stored_unscored(V1)),
+    Case("a scored document onto an older version replaces it", [(DOCUMENT, unscored(V1))],
+         (DOCUMENT, item(V3, "new")), "written", stored_item(V3, "new")),
+    Case("a newer unscored document drops the old image's score", [(DOCUMENT, item(V1))],
+         (DOCUMENT, unscored(V3, "new")), "written", stored_unscored(V3, "new")),
     Case("replay of a score", [(SCORE, score(V3))], (SCORE, score(V3)), "stale",
          {**OTHER_INDEXER, **stored_score(V3)}, seed=OTHER_INDEXER),
 ]

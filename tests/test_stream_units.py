@@ -163,7 +163,10 @@ def test_feeder_batches_across_bundles_by_size_and_buffer_time(es_double, es_con
     assert counter(result, "written") == 7
 
 
-def test_dead_letters_route_per_stage_with_original_bytes_and_origin():
+@pytest.mark.parametrize("mode", ["document", "score"])
+def test_dead_letters_route_per_stage_with_original_bytes_and_origin(mode):
+    """Document mode indexes the item whose image failed without a score, and its image letter is marked;
+    score mode leaves the fields to their indexer, so the image letter is the message's outcome."""
     from transforms.analyzer import Analyze
     from transforms.deadletter_topic import to_message
     from transforms.fetch import FetchPolicy
@@ -179,21 +182,29 @@ def test_dead_letters_route_per_stage_with_original_bytes_and_origin():
     p = streaming_pipeline()
     parsed = p | stream | ParseUpdates("aggregator")
     analyzed = parsed.updates | Analyze(make_score_handler("handcrafted"), "handcrafted-v1", 224, FetchPolicy(),
-                                        40_000_000, None, "items")
+                                        40_000_000, None, "items", mode=mode)
     letters = (parsed[DEAD_LETTER], analyzed[DEAD_LETTER]) | beam.Flatten() | beam.Map(to_message)
+    indexed = {"indexed_without_score": "true"} if mode == "document" else {}
     assert_that(letters | "Msg" >> beam.Map(lambda m: (m.data, dict(m.attributes))), equal_to([
         (raw_blocked, {"stage": "analyzer", "reason": "blocked_address", "item_id": "meta", "message_id": "41",
                        "publish_time": "1970-01-01T00:01:40.000000Z",
-                       "error": Contains("169.254.169.254")}),
+                       "error": Contains("169.254.169.254"), **indexed}),
         (b"\xff\xfe not json", {"stage": "aggregator", "reason": "bad_encoding", "message_id": "42",
                                 "publish_time": "1970-01-01T00:01:41.000000Z", "error": Contains("not UTF-8")}),
     ]), label="letters")
-    assert_that(analyzed["documents"] | "Docs" >> beam.Map(lambda d: (d["id"], d["deleted"], d["updated_at"])),
-                equal_to([("gone", True, "2026-01-02T00:00:00.000000Z")]), label="tombstone")
+    # the item whose image failed: its newest fields, not one score field
+    unscored = [("meta", sorted(k for k in blocked if k != "image_score"), "2026-01-02T00:00:00.000000Z")]
+    assert_that(analyzed["documents"] | "Docs" >> beam.Map(
+        lambda d: (d["id"], True, d["updated_at"]) if d.get("deleted") else (d["id"], sorted(d), d["updated_at"])),
+                equal_to([("gone", True, "2026-01-02T00:00:00.000000Z")] + (unscored if mode == "document" else [])),
+                label="documents")
     result = p.run()
     result.wait_until_finish()
     assert counter(result, "deadletter_analyzer_blocked_address") == 1
     assert counter(result, "deadletter_aggregator_bad_encoding") == 1
+    assert counter(result, "deadlettered") == (1 if mode == "document" else 2)
+    assert counter(result, "image_deadlettered") == (1 if mode == "document" else 0)
+    assert counter(result, "indexed_without_score") == (1 if mode == "document" else 0)
 
 
 class Contains(str):

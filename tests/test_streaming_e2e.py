@@ -42,7 +42,7 @@ def record(item_id: str, version: str | None, url: str, **extra) -> bytes:
 def expected_outcomes(totals: dict) -> dict:
     return {name: totals.get(name, 0) for name in
             ("messages_read", "superseded", "written", "stale", "deleted", "missing", "deadlettered",
-             "score_reused", "scored")}
+             "image_deadlettered", "score_reused", "scored")}
 
 
 @pytest.fixture
@@ -91,12 +91,14 @@ def test_stream_end_to_end_then_replay(pubsub, streaming_env, es_client, es_url,
         record("r1", V[1], url["a"], price=100),
         malformed, not_utf8,
         record("br1", V[1], url["broken"]), record("bl1", V[1], blocked), record("nf1", V[1], url["missing"]),
+        record("s1", V[1], url["a"], price=4),
     ]
     round2 = [
         record("late", V[3], url["c"], price=30),                  # older than the indexed V5: stale
         json.dumps({"id": "x1", "deleted": True, "updated_at": V[2]}).encode(),
         record("r1", V[2], url["a"], price=90),                    # price only: the stored score is reused
         record("g1", V[2], url["new"], price=10),                  # image change: scored again
+        record("s1", V[2], url["missing"], price=3),               # new image that fails: indexed, score dropped
     ]
     round3 = [record("x1", V15, url["b"], price=8)]                # older than the delete: stale
 
@@ -109,19 +111,22 @@ def test_stream_end_to_end_then_replay(pubsub, streaming_env, es_client, es_url,
         wait_accounted(job, len(round1) + len(round2))
         publish(pubsub, env["raw_topic"], round3)
         totals = wait_accounted(job, len(round1) + len(round2) + len(round3))
-        letters = pull_all(pubsub, env["check_sub"], 5)   # while the job runs: it publishes them as it goes
+        letters = pull_all(pubsub, env["check_sub"], 6)   # while the job runs: it publishes them as it goes
     finally:
         totals = job.cancel()
 
-    assert first["superseded"] == 4 and first["deadlettered"] == 5
+    # A broken image never freezes a listing: br1, bl1, nf1 and s1's second version are written without a
+    # score (their writes are the messages' outcomes) and their images dead-lettered beside them.
+    assert first["superseded"] == 4 and first["deadlettered"] == 2 and first["image_deadlettered"] == 3
     assert expected_outcomes(totals) == {
-        "messages_read": 21, "superseded": 4, "written": 9, "stale": 2, "deleted": 1, "missing": 0,
-        "deadlettered": 5, "score_reused": 2, "scored": 9}   # reused: r1, and "late" (then stale)
+        "messages_read": 23, "superseded": 4, "written": 14, "stale": 2, "deleted": 1, "missing": 0,
+        "deadlettered": 2, "image_deadlettered": 4, "score_reused": 2, "scored": 10}  # reused: r1, "late"
+    assert totals["indexed_without_score"] == 4
     assert totals["deadletter_aggregator_malformed_json"] == 1
     assert totals["deadletter_aggregator_bad_encoding"] == 1
     assert totals["deadletter_analyzer_not_an_image"] == 1
     assert totals["deadletter_analyzer_blocked_address"] == 1
-    assert totals["deadletter_analyzer_http_404"] == 1
+    assert totals["deadletter_analyzer_http_404"] == 2
 
     es_client.indices.refresh(index=es_index)
     docs = {doc_id: es_client.get(index=es_index, id=doc_id)["_source"]
@@ -134,11 +139,17 @@ def test_stream_end_to_end_then_replay(pubsub, streaming_env, es_client, es_url,
     assert docs["x1"]["deleted"] is True and docs["x1"]["updated_at"] == V[2] and "price" not in docs["x1"]
     assert docs["r1"]["updated_at"] == V[2] and docs["r1"]["price"] == 90
     assert docs["r1"]["image_scored_at"] == scored_at_r1          # reused, not scored again
-    for doc_id in ("br1", "bl1", "nf1"):
-        assert not es_client.options(ignore_status=404).get(index=es_index, id=doc_id)["found"]
+    for doc_id, version in (("br1", V[1]), ("bl1", V[1]), ("nf1", V[1]), ("s1", V[2])):
+        doc = es_client.get(index=es_index, id=doc_id)["_source"]
+        assert doc["updated_at"] == version and doc["created_at"] == "2026-01-01T00:00:00Z", doc
+        assert not [name for name in doc if name.startswith("image_score")], doc   # no score, old or new
+    assert es_client.get(index=es_index, id="s1")["_source"]["price"] == 3
 
-    by_reason = {m.attributes["reason"]: m for m in letters}
+    assert sorted(m.attributes.get("item_id", "-") for m in letters) == ["-", "-", "bl1", "br1", "nf1", "s1"]
+    by_reason = {m.attributes["reason"]: m for m in letters if m.attributes.get("item_id") != "s1"}
     assert sorted(by_reason) == ["bad_encoding", "blocked_address", "http_404", "malformed_json", "not_an_image"]
+    assert {m.attributes.get("indexed_without_score") for m in letters if m.attributes["stage"] == "analyzer"} \
+        == {"true"}
     assert by_reason["malformed_json"].data == malformed
     assert by_reason["bad_encoding"].data == not_utf8
     assert by_reason["not_an_image"].data == round1[13]
@@ -151,23 +162,27 @@ def test_stream_end_to_end_then_replay(pubsub, streaming_env, es_client, es_url,
         assert attributes["message_id"].isdigit() and attributes["publish_time"].endswith("Z")
         assert attributes["error"]
 
-    # The operator fixes the broken image, then replays only that reason.
+    # The operator fixes the broken image, then replays only that reason: the score lands on the document
+    # indexed without it (same version: the guard lets a score complete its version), written, not stale.
     image_server.route("/broken.jpg", body=jpeg((120, 120, 20), 60), content_type="image/jpeg")
     replayed = replay_subscription(env["replay_sub"], env["raw_topic"], reasons=["not_an_image"], stages=[],
                                    limit=None, dry_run=False, idle_seconds=3)
-    assert replayed == {"replayed": 1, "skipped": 4, "failed": 0}
+    assert replayed == {"replayed": 1, "skipped": 5, "failed": 0}
     job = start_job(env, es_url, es_index, image_server)
     try:
         after = wait_accounted(job, 1)
     finally:
         after = job.cancel()
-    assert after["written"] == 1 and after["scored"] == 1 and after.get("deadlettered", 0) == 0
+    assert after["written"] == 1 and after["scored"] == 1 and after.get("stale", 0) == 0
+    assert after.get("deadlettered", 0) == 0 and after.get("image_deadlettered", 0) == 0
     es_client.indices.refresh(index=es_index)
-    assert es_client.get(index=es_index, id="br1")["_source"]["updated_at"] == V[1]
-    # the other four letters are still on the replay subscription, for later
-    left = pull_all(pubsub, env["replay_sub"], 4, timeout_s=20)
+    br1 = es_client.get(index=es_index, id="br1")["_source"]
+    assert br1["updated_at"] == V[1] and br1["image_score_image_url"] == url["broken"]
+    assert 0.0 <= br1["image_score"] <= 1.0 and br1["image_score_version"] == V[1]
+    # the other five letters are still on the replay subscription, for later
+    left = pull_all(pubsub, env["replay_sub"], 5, timeout_s=20)
     assert sorted(m.attributes["reason"] for m in left) == ["bad_encoding", "blocked_address", "http_404",
-                                                            "malformed_json"]
+                                                            "http_404", "malformed_json"]
 
 
 def test_stages_run_apart_between_topics(pubsub, es_client, es_url, es_index, image_server):

@@ -2,8 +2,9 @@
 
 Real services: the Pub/Sub emulator, a tritonserver of our own (so the test can stop
 and restart it on the same ports), the Elasticsearch double with injected faults.
-Nothing may be lost: every message is written, or dead-lettered as
-``model_unavailable`` when the model stays down past ``--model-unavailable-seconds``.
+Nothing may be lost: every message is written; when the model stays down past
+``--model-unavailable-seconds`` the item is written without a score and its image
+dead-lettered as ``model_unavailable``, to be replayed.
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def test_triton_restart_and_es_faults_lose_nothing(pubsub, es_double, es_url, es
         letters = pull_all(pubsub, check_sub, 3)   # while the job runs: it publishes dead letters as it goes
     finally:
         totals = job.cancel()
-    assert totals["written"] == 12 and totals.get("missing", 0) == 0
-    assert totals["deadletter_analyzer_model_unavailable"] == 3 and totals["deadlettered"] == 3
+    assert totals["written"] == 15 and totals.get("missing", 0) == 0
+    assert totals["deadletter_analyzer_model_unavailable"] == 3 and totals.get("deadlettered", 0) == 0
+    assert totals["image_deadlettered"] == 3 and totals["indexed_without_score"] == 3
     assert totals["es_retried"] > 0
     assert sorted(m.attributes["item_id"] for m in letters) == ["c0", "c1", "c2"]
     assert {m.attributes["reason"] for m in letters} == {"model_unavailable"}
@@ -82,3 +84,6 @@ def test_triton_restart_and_es_faults_lose_nothing(pubsub, es_double, es_url, es
     for i in range(6):
         for prefix in "ab":
             assert es_client.get(index=es_index, id=f"{prefix}{i}")["_source"]["image_score_model"]
+    for i in range(3):   # the fields are in search; the score comes with the replay
+        source = es_client.get(index=es_index, id=f"c{i}")["_source"]
+        assert source["updated_at"] == V[1] and "image_score" not in source

@@ -16,6 +16,11 @@ import apache_beam as beam
 from es.secrets import scrub
 
 DEAD_LETTER = "deadletter"  # tag of the dead-letter output of every DoFn
+#: the counter of dead letters that are their message's outcome
+DEADLETTERED = "deadlettered"
+#: the counter of image dead letters whose item was indexed anyway, without its score (streaming,
+#: document mode): the document write is that message's outcome, so they are kept out of ``deadlettered``
+IMAGE_DEADLETTERED = "image_deadlettered"
 
 
 class MessagePayload(str):
@@ -105,15 +110,17 @@ def dead_letter(stage: str, reason: str, error: str | BaseException, payload: An
     return record
 
 
-def count_dead_letter(stage: str, reason: str) -> None:
-    """The counters every dead letter adds to: the total, and one per stage and reason."""
-    beam.metrics.Metrics.counter("imagescore", "deadlettered").inc()
+def count_dead_letter(stage: str, reason: str, total: str = DEADLETTERED) -> None:
+    """The counters every dead letter adds to: ``total`` (:data:`DEADLETTERED`, or
+    :data:`IMAGE_DEADLETTERED`), and one per stage and reason."""
+    beam.metrics.Metrics.counter("imagescore", total).inc()
     beam.metrics.Metrics.counter("imagescore", f"deadletter_{stage}_{reason}").inc()
 
 
-def to_dead_letter(stage: str, exc: BaseException, payload: Any, id: str | None = None) -> beam.pvalue.TaggedOutput:
+def to_dead_letter(stage: str, exc: BaseException, payload: Any, id: str | None = None,
+                   total: str = DEADLETTERED) -> beam.pvalue.TaggedOutput:
     """The tagged output for an exception; :class:`Rejected` keeps its reason, anything else is ``unexpected_error``."""
     reason = exc.reason if isinstance(exc, Rejected) else "unexpected_error"
     id = id if id is not None else getattr(exc, "id", None)
-    count_dead_letter(stage, reason)
+    count_dead_letter(stage, reason, total)
     return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(stage, reason, exc, payload, id=id))

@@ -4,7 +4,8 @@ A dead-letter record (see :mod:`transforms.deadletter`) becomes one message whos
 data is the input exactly as it arrived (base64 payloads decoded back to their
 bytes), so ``imagescore replay`` can republish it unchanged to the input topic.
 Attributes: ``stage``, ``reason``, ``error`` (secrets already scrubbed), and, when
-known, ``item_id``, ``message_id`` and ``publish_time`` of the original message.
+known, ``item_id``, ``message_id`` and ``publish_time`` of the original message, and
+``indexed_without_score: true`` on an image failure whose item was indexed anyway (streaming).
 
 Pub/Sub takes at most 10,000,000 bytes per publish request. A payload that would not
 fit beside its attributes (only an input close to that limit can be so large) keeps
@@ -30,7 +31,8 @@ REQUEST_OVERHEAD = 2048
 TRUNCATED = "payload_truncated"
 #: record field -> message attribute
 ATTRIBUTES = {"stage": "stage", "reason": "reason", "error": "error", "id": "item_id",
-              "message_id": "message_id", "publish_time": "publish_time"}
+              "message_id": "message_id", "publish_time": "publish_time",
+              "indexed_without_score": "indexed_without_score"}
 
 
 def _clip(text: str, limit: int = ATTRIBUTE_VALUE_LIMIT) -> str:

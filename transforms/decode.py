@@ -31,7 +31,7 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
+from transforms.deadletter import DEAD_LETTER, DEADLETTERED, Rejected, to_dead_letter
 from transforms.provenance import ProvenanceLimits, WithProvenance, read_provenance
 
 # Pillow format IDs parsed at all. A camera JPEG carrying extra pictures (MPO) opens through JPEG.
@@ -193,7 +193,8 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, size: int, max_pixels: int, stage: str, provenance: ProvenanceLimits | None):
+    def __init__(self, size: int, max_pixels: int, stage: str, provenance: ProvenanceLimits | None, total: str):
+        self._total = total
         self._size = size
         self._max_pixels = max_pixels
         self._stage = stage
@@ -209,7 +210,7 @@ class _DecodeFn(beam.DoFn):
             provenance = None if self._provenance is None else read_provenance(data, self._provenance)
             array = decode_image(data, self._size, self._max_pixels)
         except Exception as exc:  # every failure becomes a dead letter (counted there); nothing is dropped
-            yield to_dead_letter(self._stage, exc, item.payload, id=item.id)
+            yield to_dead_letter(self._stage, exc, item.payload, id=item.id, total=self._total)
             return
         self._decoded.inc()
         yield (item if provenance is None else WithProvenance(item, provenance)), array
@@ -223,14 +224,15 @@ class DecodeImages(beam.PTransform):
     bytes before decoding.
 
     Apply it and read ``result[DecodeImages.MAIN]`` (or ``result.decoded``) and
-    ``result[DEAD_LETTER]`` (or ``result.deadletter``).
+    ``result[DEAD_LETTER]`` (or ``result.deadletter``). ``total`` is the counter its dead letters add to.
     """
 
     MAIN = "decoded"
 
     def __init__(self, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, stage: str = "decode",
-                 provenance: ProvenanceLimits | None = None):
+                 provenance: ProvenanceLimits | None = None, total: str = DEADLETTERED):
         super().__init__()
+        self._total = total
         if size <= 0 or max_pixels <= 0:
             raise ValueError(f"size and max_pixels must be positive, got size={size} max_pixels={max_pixels}")
         self._size = size
@@ -240,4 +242,4 @@ class DecodeImages(beam.PTransform):
 
     def expand(self, pcoll):
         return pcoll | f"Decode[{self._stage}]" >> beam.ParDo(
-            _DecodeFn(self._size, self._max_pixels, self._stage, self._provenance)).with_outputs(DEAD_LETTER, main=self.MAIN)
+            _DecodeFn(self._size, self._max_pixels, self._stage, self._provenance, self._total)).with_outputs(DEAD_LETTER, main=self.MAIN)

@@ -47,7 +47,7 @@ from urllib3.util.retry import Retry
 
 from transforms.address_guard import AddressGuard, GuardedAdapter
 from transforms.address_policy import parse_allowed_hosts
-from transforms.deadletter import DEAD_LETTER, Rejected, to_dead_letter
+from transforms.deadletter import DEAD_LETTER, DEADLETTERED, Rejected, to_dead_letter
 from transforms.watchdog import Watchdog, clip
 
 HTTP_SCHEMES = frozenset({"http", "https"})
@@ -420,9 +420,10 @@ def _exists(path: str) -> bool:
 class _FetchBatchFn(beam.DoFn):
     """Fetch a batch of items' thumbnails concurrently, so one slow server does not serialise the bundle."""
 
-    def __init__(self, policy: FetchPolicy, stage: str):
+    def __init__(self, policy: FetchPolicy, stage: str, total: str = DEADLETTERED):
         self._policy = policy
         self._stage = stage
+        self._total = total
         self._fetcher: ImageFetcher | None = None  # sessions and threads do not pickle: built in setup()
         self._fetched = beam.metrics.Metrics.counter("imagescore", f"{stage}_fetched")
         self._bytes = beam.metrics.Metrics.counter("imagescore", f"{stage}_bytes")
@@ -444,7 +445,7 @@ class _FetchBatchFn(beam.DoFn):
                 self._bytes.inc(len(result))
                 yield item, result
             else:  # to_dead_letter counts deadletter_<stage>_<reason>
-                yield to_dead_letter(self._stage, result, item.payload, id=item.id)
+                yield to_dead_letter(self._stage, result, item.payload, id=item.id, total=self._total)
 
 
 class FetchImages(beam.PTransform):
@@ -453,18 +454,20 @@ class FetchImages(beam.PTransform):
     Read ``result[FetchImages.MAIN]`` (or ``result.images``) and ``result[DEAD_LETTER]``.
     Items are batched (``BatchElements``) and each batch is fetched by
     ``policy.concurrency`` threads; every item leaves on exactly one of the two outputs.
+    ``total`` is the counter its dead letters add to (:func:`transforms.deadletter.count_dead_letter`).
     """
 
     MAIN = "images"
 
-    def __init__(self, policy: FetchPolicy = FetchPolicy(), stage: str = "fetch"):
+    def __init__(self, policy: FetchPolicy = FetchPolicy(), stage: str = "fetch", total: str = DEADLETTERED):
         super().__init__()
         self._policy = policy
         self._stage = stage
+        self._total = total
 
     def expand(self, items):
         return (items
                 | f"Batch[{self._stage}]" >> beam.BatchElements(
                     min_batch_size=1, max_batch_size=max(1, 4 * self._policy.concurrency))
-                | f"Fetch[{self._stage}]" >> beam.ParDo(_FetchBatchFn(self._policy, self._stage)).with_outputs(
+                | f"Fetch[{self._stage}]" >> beam.ParDo(_FetchBatchFn(self._policy, self._stage, self._total)).with_outputs(
                     DEAD_LETTER, main=self.MAIN))

@@ -28,7 +28,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from es.guard import score_fields
-from transforms.deadletter import DEAD_LETTER, count_dead_letter, dead_letter
+from transforms.deadletter import DEAD_LETTER, DEADLETTERED, count_dead_letter, dead_letter
 from transforms.decode import DEFAULT_MAX_PIXELS, DecodeImages
 from transforms.fetch import FetchImages, FetchPolicy
 from transforms.provenance import ProvenanceLimits, WithProvenance
@@ -41,8 +41,9 @@ INFERENCE_STAGE = "inference"
 class _InferenceDeadLettersFn(beam.DoFn):
     """A batch RunInference failed on -> one dead letter per element, with the element's original payload."""
 
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, total: str):
         self._stage = stage
+        self._total = total
 
     def process(self, failure):
         batch, error = failure
@@ -53,7 +54,7 @@ class _InferenceDeadLettersFn(beam.DoFn):
         for element, _ in (batch if isinstance(batch, list) else [batch]):
             if isinstance(element, WithProvenance):
                 element = element.element
-            count_dead_letter(self._stage, reason)
+            count_dead_letter(self._stage, reason, self._total)
             yield dead_letter(self._stage, reason, exc, element.payload, id=element.id)
 
 
@@ -61,13 +62,16 @@ class ScoreImages(beam.PTransform):
     """Elements -> ``scored`` (element, PredictionResult) and ``deadletter`` (fetch, decode, inference).
 
     ``stage`` names the dead letters of all three steps (the analyzer's ``analyzer``); by
-    default they are ``fetch``, ``decode`` and ``inference``.
+    default they are ``fetch``, ``decode`` and ``inference``. ``total`` is the counter they add to
+    (:func:`~transforms.deadletter.count_dead_letter`): ``deadlettered`` unless the caller makes
+    something else of the failed element (the analyzer indexes it without its score).
     """
 
     def __init__(self, handler: ModelHandler, input_size: int, policy: FetchPolicy | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, stage: str | None = None,
-                 provenance: ProvenanceLimits | None = None):
+                 provenance: ProvenanceLimits | None = None, total: str = DEADLETTERED):
         super().__init__()
+        self._total = total
         self._provenance = provenance
         self._handler = handler
         self._input_size = input_size
@@ -76,14 +80,14 @@ class ScoreImages(beam.PTransform):
         self._stage = stage
 
     def expand(self, elements):
-        stages = {} if self._stage is None else {"stage": self._stage}
+        stages = {"total": self._total} if self._stage is None else {"stage": self._stage, "total": self._total}
         fetched = elements | "Fetch" >> FetchImages(self._policy, **stages)
         decoded = fetched[FetchImages.MAIN] | "Decode" >> DecodeImages(
             self._input_size, max_pixels=self._max_pixels, provenance=self._provenance, **stages)
         scored, failed = (decoded[DecodeImages.MAIN]
                           | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling())
         inference_failures = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(
-            _InferenceDeadLettersFn(self._stage or INFERENCE_STAGE))
+            _InferenceDeadLettersFn(self._stage or INFERENCE_STAGE, self._total))
         dead = ((fetched[DEAD_LETTER], decoded[DEAD_LETTER], inference_failures)
                 | "AllDeadLetters" >> beam.Flatten())
         return {SCORED: scored, DEAD_LETTER: dead}

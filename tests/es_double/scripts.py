@@ -26,7 +26,7 @@ from tests.es_double.errors import EsHttpError
 from tests.es_double.rest import Routes, check_params
 from tests.es_double.state import Cluster
 
-GUARD_SCRIPT_SHA256 = "a5b928deaef24a90463616c3a206972a147f429a364cd41f382aabf1d4411995"
+GUARD_SCRIPT_SHA256 = "1afcaa423288e8171e8e6a3eb0ad130c72ad1b715221ad63026244af4f26165c"
 PUT_SCRIPT_PARAMS = {"timeout", "master_timeout", "context"}
 UPDATE_FIELDS = {"script", "upsert", "scripted_upsert"}
 
@@ -57,11 +57,13 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
                { throw new IllegalArgumentException('stored version [' + v + '] is not in the canonical form'); }
                int c = v == null ? -1 : v.compareTo(params.version);
                if ((params.score && s.deleted == true) || c > 0
-                   || (c == 0 && (params.score || s.deleted == true || params.fields.deleted != true)))
+                   || (c == 0 && (params.score || s.deleted == true
+                   || (params.fields.deleted != true && (s.image_score != null || params.fields.image_score == null)))))
                { ctx.op = 'noop'; } else { if (!params.score) { s.clear(); } s.putAll(params.fields); }
 
-    Older or equal versions are a ``noop``, but a delete wins a tie: in document mode a tombstone
-    with the same version as a live document replaces it.
+    Older or equal versions are a ``noop``, with two ties in document mode that write: a tombstone
+    replaces a live document of the same version, and a document with ``image_score`` replaces a
+    live one of the same version that has none.
     """
     score = params.get("score")
     if score is None:
@@ -88,7 +90,7 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
         if stored > version:  # String.compareTo: the versions are ASCII, so code points order them the same
             return False
         if stored == version and (score or source.get("deleted") is True
-                                  or not _is_tombstone(params.get("fields"), script_id)):
+                                  or not _wins_tie(params.get("fields"), source, script_id)):
             return False
     fields = params.get("fields")
     if not isinstance(fields, dict):
@@ -100,14 +102,17 @@ def run_guard(source: dict, params: dict, script_id: str) -> bool:
     return True
 
 
-def _is_tombstone(fields: Any, script_id: str) -> bool:
-    """``params.fields.deleted == true``, with Painless's errors when ``fields`` is not a map."""
+def _wins_tie(fields: Any, source: dict, script_id: str) -> bool:
+    """``params.fields.deleted == true || (s.image_score == null && params.fields.image_score != null)``,
+    evaluated in the script's order, with Painless's errors when ``fields`` is not a map."""
     if fields is None:
         raise _runtime_error(script_id, "null_pointer_exception", "cannot read [deleted] of null (params.fields)")
     if not isinstance(fields, dict):
         raise _runtime_error(script_id, "illegal_argument_exception",
                              f"dynamic getter [{_java_type(fields)}, deleted] not found")
-    return fields.get("deleted") is True
+    if fields.get("deleted") is True:
+        return True
+    return source.get("image_score") is None and fields.get("image_score") is not None
 
 
 KNOWN_SCRIPTS = {GUARD_SCRIPT_SHA256: run_guard}
