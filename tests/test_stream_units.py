@@ -215,3 +215,35 @@ class Contains(str):
 
     def __hash__(self):
         return 0
+
+
+def test_an_image_that_fails_after_a_failed_lookup_keeps_the_reusable_score(es_double, es_config, es_index,
+                                                                            es_client):
+    """The first stored-score lookup fails, so the update is fetched; its image fails too. The second lookup
+    finds the stored score of the same thumbnail and model: the document keeps it (score reuse)."""
+    from transforms.analyzer import Analyze
+    from transforms.fetch import FetchPolicy
+    from transforms.inference import make_score_handler, score_model_info
+
+    model_id, input_size = score_model_info("handcrafted")
+    thumbnail = "http://169.254.169.254/keep.jpg"   # refused by the address policy: the fetch fails
+    stored = {"updated_at": "2026-01-01T00:00:00.000000Z", "image_score": 0.42, "image_score_model": model_id,
+              "image_scored_at": "2026-01-01T00:00:01.000000Z", "image_score_image_url": thumbnail,
+              "image_score_version": "2026-01-01T00:00:00.000000Z"}
+    es_double.seed(es_index, {"keep": stored})
+    es_double.fail_requests(400, times=1, path=r"/_mget$")   # not retried: the first lookup fails at once
+    update = {**item("keep", "2026-01-03T00:00:00Z", price=9.0), "image_urls": [thumbnail]}
+    stream = TestStream().add_elements([message(update, "1", 100)]).advance_watermark_to_infinity()
+    p = streaming_pipeline()
+    parsed = p | stream | ParseUpdates("aggregator")
+    analyzed = parsed.updates | Analyze(make_score_handler("handcrafted"), model_id, input_size, FetchPolicy(),
+                                        40_000_000, es_config, es_index)
+    assert_that(analyzed["documents"] | beam.Map(
+        lambda d: (d["id"], d["price"], d["updated_at"], d["image_score"], d["image_score_version"])),
+                equal_to([("keep", 9.0, "2026-01-03T00:00:00.000000Z", 0.42, "2026-01-01T00:00:00.000000Z")]))
+    result = p.run()
+    result.wait_until_finish()
+    assert es_double.unfired_faults() == 0
+    assert counter(result, "score_lookup_failed") == 1 and counter(result, "score_reused") == 1
+    assert counter(result, "image_deadlettered") == 1 and counter(result, "deadletter_analyzer_blocked_address") == 1
+    assert counter(result, "deadlettered") == 0
