@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: demo stream-demo lint test test-es test-es8 test-latest install install-dev bench clean system-deps
+.PHONY: demo stream-demo lint test test-es test-es8 test-latest install install-dev bench mutation clean system-deps
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -76,5 +76,14 @@ test-latest: $(LATEST_VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
+# Mutation testing of the arithmetic and policy modules (setup.cfg's [mutmut], docs/testing.md); not part of
+# `make test`. One line per module; fails when one kills under 90 % of its non-equivalent mutants.
+$(VENV)/.installed-mutation: $(VENV)/.installed-dev
+	$(PIP) install $(CONSTRAINTS) -e ".[dev,mutation]"
+	touch $@
+
+mutation: $(VENV)/.installed-mutation
+	$(PY) bench/mutation.py
+
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .es8 build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) .es8 build *.egg-info .pytest_cache mutants

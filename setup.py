@@ -38,6 +38,9 @@ EXTRAS = {
     "open_clip": ["open_clip_torch>=2.24"],
     # `imagescore serve-triton`: the real tritonserver binary ships inside this wheel (Linux x86-64, numpy<2).
     "triton": ["nvidia-pytriton==0.7.0"],
+    # `make mutation` (bench/mutation.py): not in "dev", since CI's `make test` does not run it. Pinned: the
+    # report reads the files mutmut writes under mutants/, and its config keys moved between majors.
+    "mutation": ["mutmut==3.8.1"],
 }
 EXTRAS["dev"] = sorted(
     set(EXTRAS["demo"]) | set(EXTRAS["triton"])
