@@ -7,7 +7,7 @@ mutants) are listed with the reason in docs/mutation-survivors.md; they leave th
 reads killed / (total - listed). Every listing must still name a surviving mutant whose diff adds the listed
 line, or the report fails: a stale entry cannot excuse a different mutant after the code moves.
 
-    python bench/mutation.py [--max-children N] [--report-only]
+    python bench/mutation.py [--max-children N] [--only TEXT ...] [--report-only]
 """
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def read_listed(path: Path = SURVIVORS) -> dict[str, str]:
     return listed
 
 
-def run_mutmut(max_children: int, log: Path) -> None:
-    """mutmut run over every target's functions; its progress spinner goes to ``log``."""
-    patterns = [p for t in TARGETS for p in t.patterns]
+def run_mutmut(targets: tuple[Target, ...], max_children: int, log: Path) -> None:
+    """mutmut run over the targets' functions; its progress spinner goes to ``log``."""
+    patterns = [p for t in targets for p in t.patterns]
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns]
     log.parent.mkdir(exist_ok=True)
     with log.open("w", encoding="utf-8") as out:
@@ -105,11 +105,11 @@ def added_lines(name: str, path: str) -> list[str]:
     return [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
 
 
-def report(listed: dict[str, str]) -> int:
+def report(targets: tuple[Target, ...], listed: dict[str, str]) -> int:
     """Prints one line per module (and the survivors to look at); the number of problems found."""
     problems = 0
     seen: set[str] = set()
-    for target in TARGETS:
+    for target in targets:
         status = results(target)
         total = len(status)
         killed = sum(s in KILLED for s in status.values())
@@ -139,6 +139,8 @@ def report(listed: dict[str, str]) -> int:
         for line in open_survivors:
             print(f"    survivor {line}: python -m mutmut show {line.split()[0]}")
     for name in sorted(set(listed) - seen):
+        if len(targets) < len(TARGETS):
+            break  # a partial run (--only) cannot tell a stale row of another module
         print(f"  stale listing {name}: no such mutant of the modules above; drop it from {SURVIVORS.name}")
         problems += 1
     return problems
@@ -147,13 +149,18 @@ def report(listed: dict[str, str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutmut workers (default 2)")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="only the modules whose label contains one of these (e.g. ranking/ guard)")
     parser.add_argument("--report-only", action="store_true", help="read the last run's results; run nothing")
     args = parser.parse_args(argv)
+    targets = tuple(t for t in TARGETS if not args.only or any(text in t.label for text in args.only))
+    if not targets:
+        parser.error(f"--only {' '.join(args.only)} matches none of: {', '.join(t.label for t in TARGETS)}")
     listed = read_listed()
     if not args.report_only:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # a fresh copy: no verdict left from older code
-        run_mutmut(args.max_children, ROOT / "mutants" / "mutmut-run.log")
-    return 1 if report(listed) else 0
+        run_mutmut(targets, args.max_children, ROOT / "mutants" / "mutmut-run.log")
+    return 1 if report(targets, listed) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""training/metrics.py: the cases `make mutation` showed no test pinned (docs/testing.md, Mutation testing).
+
+Expected values are written by hand, with the arithmetic in a comment; none comes from the code under test.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.metrics import PairOutcomes, bootstrap_ci, ca_stats, opa_outcomes, opa_stats, pair_stats
+
+
+def _outcomes(correct: list[bool], groups: list[int] | None = None) -> PairOutcomes:
+    groups = list(range(len(correct))) if groups is None else groups
+    return PairOutcomes(np.array(groups), np.array(correct, bool), np.zeros(len(correct), bool))
+
+
+def test_as_dict_names_every_figure():
+    # 3 pairs in 2 groups, 2 right, 1 tie: accuracy 2/3, tie rate 1/3.
+    stats = pair_stats(PairOutcomes(np.array([0, 0, 1]), np.array([True, True, False]), np.array([False, False, True])))
+    assert stats.as_dict() == {"accuracy": 2 / 3, "pairs": 3, "correct": 2, "ties": 1, "tie_rate": 1 / 3,
+                               "groups": 2, "ci_low": None, "ci_high": None}
+
+
+def test_shape_error_names_the_labels():
+    with pytest.raises(ValueError, match=r"^scores, labels and groups must be 1-d and the same length"):
+        opa_stats([0.1, 0.2], [1.0], ["a", "a"])
+    with pytest.raises(ValueError, match=r"^scores, clicked and groups must be 1-d"):
+        ca_stats([0.1, 0.2], [1], ["a", "a"])
+
+
+def test_nan_label_error():
+    with pytest.raises(ValueError, match=r"^labels contain NaN; drop unlabelled images before computing OPA$"):
+        opa_stats([0.1, 0.2], [1.0, float("nan")], ["a", "a"])
+
+
+def test_opa_sign_survives_a_denormal_gap():
+    # score gap 5e-324 (the smallest double) times label gap 2 is 1e-323 > 0: right order. Divided instead,
+    # 5e-324 / 2 rounds to 0.0, which would read as a tie.
+    outcomes = opa_outcomes([5e-324, 0.0], [2.0, 0.0], ["a", "a"])
+    assert outcomes.correct.tolist() == [True]
+    assert outcomes.tied.tolist() == [False]
+
+
+def test_bootstrap_ci_of_no_pairs_is_nan():
+    low, high = bootstrap_ci(_outcomes([]))
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_bootstrap_ci_of_one_pair():
+    # One group with its one pair right: every resample is that group, so both ends are 1/1 = 1.0.
+    assert bootstrap_ci(_outcomes([True])) == (1.0, 1.0)
+
+
+# Two groups of one pair each, one right and one wrong. A resample of 2 groups reads 0/2 (p 1/4), 1/2 (p 1/2)
+# or 2/2 (p 1/4). Over 1000 resamples (defaults) the 2.5 % and 97.5 % quantiles are 0.0 and 1.0; at level
+# 0.4 the 30 % and 70 % quantiles both fall in the middle half: 0.5 and 0.5.
+HALF = _outcomes([True, False])
+
+
+def test_bootstrap_ci_level_and_default_level():
+    assert bootstrap_ci(HALF) == (0.0, 1.0)
+    assert bootstrap_ci(HALF, level=0.4) == (0.5, 0.5)
+
+
+def test_bootstrap_ci_n_boot_is_used():
+    # One resample: both ends are that resample's value, one of 0.0, 0.5, 1.0.
+    low, high = bootstrap_ci(HALF, n_boot=1)
+    assert low == high and low in (0.0, 0.5, 1.0)
+
+
+def test_bootstrap_ci_seed_is_used_and_defaults_to_zero():
+    # With one resample the value depends on the draw: some seed among 0..9 must give a different one.
+    draws = {bootstrap_ci(HALF, n_boot=1, seed=seed) for seed in range(10)}
+    assert len(draws) > 1
+    assert bootstrap_ci(HALF, n_boot=1) == bootstrap_ci(HALF, n_boot=1, seed=0)
+    assert bootstrap_ci(HALF) == bootstrap_ci(HALF, n_boot=1000, seed=0)
+
+
+def test_pair_stats_ci_only_when_asked():
+    assert pair_stats(HALF).ci_low is None and pair_stats(HALF).ci_high is None
+    one = pair_stats(HALF, n_boot=1)  # n_boot=1 is a (one-resample) CI, not "no CI"
+    assert one.ci_low == one.ci_high and one.ci_low in (0.0, 0.5, 1.0)
+    draws = {pair_stats(HALF, n_boot=1, seed=seed).ci_low for seed in range(10)}
+    assert len(draws) > 1
+    assert pair_stats(HALF, n_boot=1).ci_low == pair_stats(HALF, n_boot=1, seed=0).ci_low
+
+
+# One group per SERP, each with one (higher label / clicked, lower / not clicked) pair: a right, b wrong.
+SCORES, GROUPS = [0.9, 0.1, 0.1, 0.9], ["a", "a", "b", "b"]
+
+
+def test_opa_and_ca_stats_pass_n_boot_and_seed():
+    for stats in (opa_stats, ca_stats):
+        assert stats(SCORES, [1, 0, 1, 0], GROUPS).ci_low is None
+        assert stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1000).ci_low == 0.0  # as HALF above: (0.0, 1.0)
+        assert stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1000).ci_high == 1.0
+        assert stats(SCORES, [1, 0, 1, 0], GROUPS, 1, 0).ci_low in (0.0, 0.5, 1.0)
+        draws = {stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1, seed=seed).ci_low for seed in range(10)}
+        assert len(draws) > 1
+        assert stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1).ci_low == \
+            stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1, seed=0).ci_low
