@@ -48,7 +48,7 @@ TARGETS = (
     _module_target("es/boosting.py"),
     # The stale-update guard's Python twin; the rest of the double's scripts module is request plumbing.
     Target("run_guard (tests/es_double/scripts.py)", "tests/es_double/scripts.py",
-           ("tests.es_double.scripts.x_run_guard__mutmut_*", "tests.es_double.scripts.x__is_tombstone__mutmut_*")),
+           ("tests.es_double.scripts.x_run_guard__mutmut_*", "tests.es_double.scripts.x__wins_tie__mutmut_*")),
     *(_module_target(str(p.relative_to(ROOT))) for p in sorted((ROOT / "ranking").glob("*.py"))
       if p.name != "__init__.py"),
     _module_target("training/metrics.py"),

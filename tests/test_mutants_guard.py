@@ -132,3 +132,19 @@ def test_the_stored_fields_are_a_copy():
     assert run_guard(source, {"score": False, "version": NEW, "fields": fields}, SID) is True
     fields["tags"].append("b")
     assert source == {"updated_at": NEW, "tags": ["a"]}
+
+
+def test_a_scored_document_wins_a_tie_over_an_unscored_one():
+    # Equal version, both live: the incoming document carries image_score and the stored one has none.
+    source = {"updated_at": OLD, "title": "t"}
+    scored = {"updated_at": OLD, "title": "t", "image_score": 0.5}
+    assert run_guard(source, {"score": False, "version": OLD, "fields": scored}, SID) is True
+    assert source == {"updated_at": OLD, "title": "t", "image_score": 0.5}
+    # ...but not when the stored one has a score, nor when the incoming one has none (image_score None).
+    assert run_guard(source, {"score": False, "version": OLD, "fields": {"updated_at": OLD, "image_score": 0.9}},
+                     SID) is False
+    assert source == {"updated_at": OLD, "title": "t", "image_score": 0.5}
+    source = {"updated_at": OLD, "title": "t"}
+    assert run_guard(source, {"score": False, "version": OLD, "fields": {"updated_at": OLD, "image_score": None}},
+                     SID) is False
+    assert source == {"updated_at": OLD, "title": "t"}
