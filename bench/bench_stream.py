@@ -9,7 +9,10 @@ this model for its current thumbnail. Then:
   them price-only edits and the rest image changes. Measured: messages/s until all are
   accounted for (or ``--seconds``), the share of fetches saved by ``score_reused`` (ok when
   every price-only edit drawn reused its score: the target is the share drawn, near
-  ``--edit-share``), and the feeder's mean documents per bulk request against ``--es-max-docs``.
+  ``--edit-share``), and the feeder's mean documents per bulk request against what could reach
+  one request: ``--es-max-docs``, or fewer when documents reach the feeder slower than
+  ``--es-max-docs`` per ``--es-max-buffer-seconds`` (on a 2-core machine fetch and scoring
+  hold the job to a few messages/s, so a batch closes on time, not on size); ok at 0.8 of it.
 * **paced**: a fresh job gets ``--rate`` messages/s (price edits and image changes in
   the same mix) for ``--paced-seconds``; measured: p50/p99 publish-to-write latency.
 * **outage**: a fresh job writes through a loopback TCP forwarder in front of the
@@ -23,7 +26,7 @@ Peak RSS is this process's (the job, the ES double and the image server; the emu
 is a separate JVM). Prints four lines::
 
     RESULT bench=stream_backlog messages=... msgs_per_s=... fetches_saved_share=... target_saved=... ok=...
-    RESULT bench=stream_feeder mean_docs_per_bulk=... es_max_docs=... share=... target=0.8 ok=...
+    RESULT bench=stream_feeder mean_docs_per_bulk=... es_max_docs=... share_of_max=... reachable=... fill=... ok=...
     RESULT bench=stream_latency rate=... p50_ms=... p99_ms=... peak_rss_mib=...
     RESULT bench=stream_outage outage_s=... before_msgs_per_s=... during_msgs_per_s=... after_msgs_per_s=... \
         recovery_to_empty_s=... lost=...
@@ -57,6 +60,8 @@ from tests.fixtures.image_server import ImageServer  # noqa: E402
 INDEX = "items"
 VERSION = "2026-01-01T00:00:00.000000Z"
 
+BUFFER_S = 1.0  # --es-max-buffer-seconds of every job here
+
 
 def _jpeg(seed: int, size: int) -> bytes:
     rng = random.Random(seed)
@@ -82,7 +87,7 @@ def _job(emulator, es_url, images, args, subscription: str, dead_topic: str, *ex
     _, job = streaming.launch([
         "--input-subscription", subscription, "--deadletter-topic", dead_topic, "--es-url", es_url,
         "--es-index", INDEX, "--allow-image-hosts", images.host_port, "--aggregate-seconds", "1",
-        "--es-max-docs", str(args.es_max_docs), "--es-max-buffer-seconds", "1", *extra])
+        "--es-max-docs", str(args.es_max_docs), "--es-max-buffer-seconds", str(BUFFER_S), *extra])
     return job
 
 
@@ -129,9 +134,9 @@ def _outage(emulator, double, images, args, publisher, topic: str, dead_topic: s
         warm_up = 5  # the job is running once these are accounted for
         for n in range(warm_up):
             publisher.publish(topic, make_update(rng.choice(ids), 200_000 + n)).result(timeout=30)
-        job.wait(stop=lambda t: streaming.accounted(t) >= warm_up, max_seconds=120, every=0.5)
+        job.wait(stop=lambda t: accounted(t) >= warm_up, max_seconds=120, every=0.5)
         feed = _Publisher(publisher, topic, lambda n: make_update(rng.choice(ids), 300_000 + n), args.outage_rate)
-        done = lambda: streaming.accounted(job.totals()) - warm_up  # noqa: E731
+        done = lambda: accounted(job.totals()) - warm_up  # noqa: E731
         t0, d0 = time.monotonic(), done()
         feed.start()
         time.sleep(args.before_seconds)
@@ -141,9 +146,9 @@ def _outage(emulator, double, images, args, publisher, topic: str, dead_topic: s
         t_up, d_up = time.monotonic(), done()
         forwarder.start()
         published = feed.finish()
-        totals = job.wait(stop=lambda t: streaming.accounted(t) - warm_up >= published, max_seconds=args.seconds * 5,
+        totals = job.wait(stop=lambda t: accounted(t) - warm_up >= published, max_seconds=args.seconds * 5,
                           every=0.5)
-        t_empty, d_empty = time.monotonic(), streaming.accounted(totals) - warm_up
+        t_empty, d_empty = time.monotonic(), accounted(totals) - warm_up
         totals = job.cancel()
     finally:
         forwarder.stop()
@@ -232,9 +237,13 @@ def run(argv: list[str] | None = None) -> int:
               f"edit_share={args.edit_share} target_saved={target_saved:.3f} "
               f"ok={str(totals.get('score_reused', 0) == len(price_edits) and done == len(backlog)).lower()}",
               flush=True)
+        # A batch closes at --es-max-docs or after BUFFER_S: it can hold at most what reaches the feeder
+        # in BUFFER_S. Flushing per bundle (apache/beam#19444) would send 1-2 documents per request.
+        reachable = max(1.0, min(args.es_max_docs, sent / elapsed * BUFFER_S))
         print(f"RESULT bench=stream_feeder mean_docs_per_bulk={per_bulk:.1f} es_max_docs={args.es_max_docs} "
-              f"bulk_requests={totals.get('es_bulk_requests', 0)} share={per_bulk / args.es_max_docs:.2f} "
-              f"target=0.8 ok={str(per_bulk >= 0.8 * args.es_max_docs).lower()}", flush=True)
+              f"bulk_requests={totals.get('es_bulk_requests', 0)} share_of_max={per_bulk / args.es_max_docs:.2f} "
+              f"reachable={reachable:.1f} fill={per_bulk / reachable:.2f} target=0.8 "
+              f"ok={str(per_bulk >= 0.8 * reachable).lower()}", flush=True)
 
         # -- paced
         paced_sub = _subscribe(emulator, topic, f"paced-{suffix}")
