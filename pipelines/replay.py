@@ -6,7 +6,8 @@
                       [--reason R ...] [--stage S ...] [--max N] [--dry-run]
 
 From a subscription, each dead letter is republished with its original payload as data,
-and acknowledged only after its publish succeeded, so an interrupted replay loses
+and acknowledged only after its publish succeeded (a letter whose payload was cut to fit a
+publish request, ``payload_truncated``, is never replayed: it is named and left there), so an interrupted replay loses
 nothing (at worst a message is replayed twice, which the stale-update guard makes
 harmless). Letters that do not match ``--reason``/``--stage``, and every letter in
 ``--dry-run``, are handed back unacknowledged for later. The republished message keeps
@@ -69,7 +70,7 @@ def replay_subscription(subscription: str, topic: str | None, *, reasons: list[s
     from google.cloud import pubsub_v1
 
     from pipelines.pubsub_emulator import check_pubsub, subscriber_client
-    from transforms.deadletter_topic import to_record
+    from transforms.deadletter_topic import TRUNCATED, to_record
 
     check_pubsub([("--subscription", "subscription", subscription)]
                  + ([("--topic", "topic", topic)] if topic and not dry_run else []))
@@ -99,6 +100,13 @@ def replay_subscription(subscription: str, topic: str | None, *, reasons: list[s
                 if not _matches(attributes, reasons, stages):
                     totals["skipped"] += 1
                     to_nack.append(received_message.ack_id)
+                elif TRUNCATED in attributes:   # its first bytes only: replayed, it would be a new, wrong message
+                    totals["skipped"] += 1
+                    to_nack.append(received_message.ack_id)
+                    print(f"replay: letter {message.message_id} (item {attributes.get('item_id', '?')}) holds only "
+                          f"the first {len(message.data):,} of its {attributes[TRUNCATED]} bytes "
+                          f"({TRUNCATED}): it cannot be replayed as it came; left on the subscription. Recover "
+                          "the record from its producer and publish it again", file=sys.stderr)
                 elif limit is not None and totals["replayed"] + len(pending) >= limit:
                     to_nack.append(received_message.ack_id)
                 elif dry_run:
