@@ -17,6 +17,7 @@ import os
 from cli_common import ArgumentParser, DefaultsHelpFormatter
 from es.names import DOCUMENT, WRITE_MODES
 from scoring.specs import DEFAULT_MODEL
+from transforms.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 #: the streaming job's stages: all in one job, or one alone between topics
 STAGES = ("all", "aggregator", "analyzer", "feeder")
@@ -189,7 +190,7 @@ class StreamingFlags:
         parser.add_argument("--write", dest="write", choices=WRITE_MODES, default=DOCUMENT,
                             help="document (default): upsert the whole processed item, deletes leave tombstones; "
                                  "score: write only the score fields to documents another indexer owns")
-        parser.add_argument("--max-message-bytes", dest="max_message_bytes", type=int, default=1024 * 1024,
+        parser.add_argument("--max-message-bytes", dest="max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                             help="dead-letter a message larger than this as message_too_large (Pub/Sub allows 10 MB)")
         parser.add_argument("--aggregate-seconds", dest="aggregate_seconds", type=float, default=5.0,
                             help="keep only the newest update per item over this many seconds")

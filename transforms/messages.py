@@ -54,14 +54,13 @@ from transforms.items import (
     parse_item,
     parse_version,
 )
+from transforms.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 #: attributes that carry the original message's id and publish time between stages
 MESSAGE_ID = "imagescore_message_id"
 PUBLISH_TIME = "imagescore_publish_time"
 #: the analyzer -> feeder message's attribute with the document id
 ITEM_ID = "item_id"
-#: ``--max-message-bytes``' default: a listing record is a few kilobytes
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 
