@@ -92,6 +92,12 @@ def _start_triton(workdir: Path):
     return process, f"triton://{grpc_url}/image_score"
 
 
+def services_line(emulator_host: str, es_url: str, model: str) -> str:
+    """What the demo runs against; an ``ES_URL`` with credentials in it is shown without them."""
+    from es.secrets import scrub
+    return f"stream-demo: Pub/Sub emulator {emulator_host}, Elasticsearch {scrub(es_url)}, model {model}"
+
+
 def check_index(es_url: str, index: str, stream: UpdateStream) -> list[str]:
     """Problems with the index against the stream's expected newest state (empty: all good)."""
     from es.client import EsConfig, make_client
@@ -172,7 +178,7 @@ def run(argv: list[str] | None = None) -> int:
                 process, model = _start_triton(workdir)
                 from scoring.triton_server import stop_triton
                 started.append(lambda: stop_triton(process))
-            print(f"stream-demo: Pub/Sub emulator {emulator.host}, Elasticsearch {es_url}, model {model}")
+            print(services_line(emulator.host, es_url, model))
             print(f"stream-demo: {stream.total} messages in {len(stream.rounds)} rounds: "
                   + ", ".join(f"{n} {kind}" for kind, n in sorted(stream.kinds.items())))
             result, job = streaming.launch([

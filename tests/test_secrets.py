@@ -264,3 +264,10 @@ def test_backfill_cli_with_credentials_in_es_url_env(secret_env, tmp_path):
     assert done.returncode == imagescore.USAGE_EXIT, done.stderr
     assert done.stderr.count("\n") == 1 and "must not contain credentials" in done.stderr
     assert_clean(done.stdout, done.stderr)
+
+
+def test_stream_demo_shows_a_credentialed_es_url_without_its_credentials():
+    from pipelines.stream_demo import services_line
+
+    line = services_line("127.0.0.1:8085", "https://elastic:hunter2@es.example:9243", "handcrafted")
+    assert "hunter2" not in line and "elastic:" not in line and "es.example:9243" in line
