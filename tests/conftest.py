@@ -1,6 +1,11 @@
 """Fixtures for real services live in tests/fixtures/, one module per service."""
 import os
 
+# One intra-op thread for torch (read when torch is first imported, here or in a subprocess the tests start):
+# the suite's models and batches are tiny, and on a small shared machine a second OpenMP thread per process
+# made training steps 10-20x slower, not faster. Parallelism comes from pytest-xdist's workers instead.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 pytest_plugins = [
     "tests.fixtures.network_guard",  # first: its session patch is in place before any service starts
     "tests.fixtures.image_server",
