@@ -1,11 +1,6 @@
 """Fixtures for real services live in tests/fixtures/, one module per service."""
 import os
 
-# One intra-op thread for torch (read when torch is first imported, here or in a subprocess the tests start):
-# the suite's models and batches are tiny, and on a small shared machine a second OpenMP thread per process
-# made training steps 10-20x slower, not faster. Parallelism comes from pytest-xdist's workers instead.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 pytest_plugins = [
     "tests.fixtures.network_guard",  # first: its session patch is in place before any service starts
     "tests.fixtures.image_server",
@@ -21,6 +16,16 @@ pytest_plugins = [
 # Tests never reach a model hub; loading code must work from local directories alone.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    """One intra-op torch thread in the test process: the suite's models and batches are tiny, and on a small
+    shared machine a second OpenMP thread made training steps 10-20x slower, not faster; parallelism comes
+    from pytest-xdist's workers. Subprocesses the tests start keep torch's default, as users run them."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return   # the xdist controller runs no tests
+    import torch
+    torch.set_num_threads(1)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
