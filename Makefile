@@ -38,8 +38,11 @@ system-deps:
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 
+# -n: worker processes (pytest-xdist), each with its own services on free ports; --dist loadfile keeps a
+# module's tests (and its module-scoped fixtures) in one worker. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: lint $(VENV)/.installed-dev system-deps
-	$(PY) -m pytest -p randomly
+	$(PY) -m pytest -p randomly -n $(TEST_WORKERS) --dist loadfile
 
 # Every Elasticsearch suite: tests/test_es_*.py and tests/test_*_es.py (name new ones that way), and the
 # boosting queries, whose mirror-vs-explain parity tests run only against a real cluster.

@@ -48,6 +48,7 @@ EXTRAS["dev"] = sorted(
         "pytest>=8,<10",
         "pytest-randomly>=3.15,<6",  # random test order; prints the seed that replays a failing order
         "pytest-timeout>=2.3,<3",
+        "pytest-xdist>=3.8,<4",  # `make test` runs the suite in 2 worker processes (docs/testing.md)
         "markdown-it-py>=3,<5",  # parses README.md for the walkthrough doc test
         "ir-measures>=0.3,<0.5",  # trec_eval-semantics oracle for the rerank-eval ranking metrics
         "scikit-learn>=1.3,<2",  # its bundled china/flower photos are part of the handcrafted scorer's held-out split

@@ -18,6 +18,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    """One intra-op torch thread in the test process: the suite's models and batches are tiny, and on a small
+    shared machine a second OpenMP thread made training steps 10-20x slower, not faster; parallelism comes
+    from pytest-xdist's workers. Subprocesses the tests start keep torch's default, as users run them."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return   # the xdist controller runs no tests
+    import torch
+    torch.set_num_threads(1)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The random-order seed on every run, ``-q`` included, so an order-dependent failure can be replayed."""
     seed = getattr(config.option, "randomly_seed", None)

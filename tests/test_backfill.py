@@ -46,6 +46,28 @@ def catalog(tmp_path_factory):
         yield root, server, entries
 
 
+@pytest.fixture(scope="module")
+def catalog_slice(catalog):
+    """A few items of the catalog for the tests that need the job's paths, not its volume: every entry that is
+    not scored (one per dead-letter reason, and the skip) and 12 scored ones (products, photos, listing shots)."""
+    root, server, entries = catalog
+    scored = [e for e in entries if e.expect == "scored"]
+    chosen = {id(e) for e in scored[::max(1, len(scored) // 12)][:12]}
+    subset = [e for e in entries if e.expect != "scored" or id(e) in chosen]
+    write_catalog(subset, root / "slice.jsonl")
+    return root / "slice.jsonl", server, subset
+
+
+@pytest.fixture(scope="module")
+def catalog_run(catalog, tmp_path_factory):
+    """One backfill of the whole catalog with the default model, read by every test that checks its output."""
+    root, server, _ = catalog
+    out = tmp_path_factory.mktemp("catalog-run") / "out"
+    result = backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
+                           "--allow-image-hosts", server.host_port, "--now", NOW.isoformat(), "--es-index", "catalog"])
+    return out, result
+
+
 def _expected(entries):
     expect = {}
     for entry in entries:
@@ -74,11 +96,9 @@ def _check_every_record_lands_once(entries, out, dead_dir, result):
     return scores, dead
 
 
-def test_files_to_output_every_record_lands_once(catalog, tmp_path):
-    root, server, entries = catalog
-    out = tmp_path / "out"
-    result = backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
-                           "--allow-image-hosts", server.host_port, "--now", NOW.isoformat(), "--es-index", "catalog"])
+def test_files_to_output_every_record_lands_once(catalog, catalog_run):
+    _, _, entries = catalog
+    out, result = catalog_run
     scores, dead = _check_every_record_lands_once(entries, out, out / "deadletter", result)
     by_id = {d["id"]: d for d in dead}
     assert by_id["hostile-metadata"]["stage"] == "fetch" and "169.254.169.254" in by_id["hostile-metadata"]["error"]
@@ -101,11 +121,8 @@ def test_files_to_output_every_record_lands_once(catalog, tmp_path):
     assert c["items_read"] == len(entries)
 
 
-def test_clean_photos_outscore_their_degraded_copies(catalog, tmp_path):
-    root, server, entries = catalog
-    out = tmp_path / "out"
-    backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
-                  "--allow-image-hosts", server.host_port, "--now", NOW.isoformat()])
+def test_clean_photos_outscore_their_degraded_copies(catalog_run):
+    out, _ = catalog_run
     scores = {s["id"]: s["image_score"] for s in _jsonl(f"{out}/scores*.jsonl")}
     for name in ("astronaut", "coffee", "chelsea"):
         clean = scores[f"photo-{name}-clean"]
@@ -117,11 +134,12 @@ def test_clean_photos_outscore_their_degraded_copies(catalog, tmp_path):
     assert len(wrong) <= 0.15 * len(LISTING_OBJECTS) * (len(LISTING_SHOTS) - 1), wrong
 
 
-def test_multi_processing_runner_pickles_every_stage(catalog, tmp_path):
-    """Two worker processes pickle every DoFn and model handler, the way Dataflow does."""
-    root, server, entries = catalog
+def test_multi_processing_runner_pickles_every_stage(catalog_slice, tmp_path):
+    """Two worker processes pickle every DoFn and model handler, the way Dataflow does; the slice takes every
+    path (each dead-letter reason, the skip, scoring)."""
+    items, server, entries = catalog_slice
     out = tmp_path / "out"
-    result = backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
+    result = backfill.run(["--source", "files", "--input", str(items), "--output", str(out),
                            "--allow-image-hosts", server.host_port, "--now", NOW.isoformat(),
                            "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     _check_every_record_lands_once(entries, out, out / "deadletter", result)
@@ -156,7 +174,7 @@ def test_unknown_model_is_a_clear_error():
         backfill.run(["--source", "files", "--input", "x.jsonl", "--output", "/tmp/x", "--model", "no-such-model"])
 
 
-def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_path):
+def test_trained_run_directory_scores_through_the_same_interface(catalog_slice, tmp_path):
     """``--model RUN_DIR`` loads backbone + head as one uint8 model; its id is on every score."""
     from scoring.model import model_info
     from tests.fixtures.training import write_world
@@ -169,9 +187,9 @@ def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_pa
     model_id, input_size = model_info(str(run_dir))
     assert model_id.startswith("handcrafted-mlp:run@") and input_size == 384
 
-    root, server, entries = catalog
+    items, server, entries = catalog_slice
     out = tmp_path / "out"
-    backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
+    backfill.run(["--source", "files", "--input", str(items), "--output", str(out),
                   "--model", str(run_dir), "--allow-image-hosts", server.host_port, "--now", NOW.isoformat()])
     scores = _jsonl(f"{out}/scores*.jsonl")
     assert len(scores) == sum(e.expect == "scored" for e in entries)
@@ -180,15 +198,17 @@ def test_trained_run_directory_scores_through_the_same_interface(catalog, tmp_pa
         expected_scores(entries, str(run_dir)), abs=1e-6)
 
 
-def test_triton_model_gives_the_local_scores(catalog, tmp_path, triton_server):
-    """``--model triton://HOST:PORT/NAME``: the same records, the same scores, the same model id."""
-    root, server, entries = catalog
-    scores = {}
-    for name, model in (("local", "handcrafted"), ("triton", triton_server.spec())):
-        out = tmp_path / name
-        backfill.run(["--source", "files", "--input", str(root / "items.jsonl"), "--output", str(out),
-                      "--model", model, "--allow-image-hosts", server.host_port, "--now", NOW.isoformat()])
-        scores[name] = {s["id"]: (s["image_score"], s["image_score_model"]) for s in _jsonl(f"{out}/scores*.jsonl")}
+def test_triton_model_gives_the_local_scores(catalog_slice, catalog_run, tmp_path, triton_server):
+    """``--model triton://HOST:PORT/NAME``: the same records, the same scores, the same model id as the local
+    model's run (``catalog_run``)."""
+    items, server, entries = catalog_slice
+    out = tmp_path / "triton"
+    backfill.run(["--source", "files", "--input", str(items), "--output", str(out),
+                  "--model", triton_server.spec(), "--allow-image-hosts", server.host_port, "--now", NOW.isoformat()])
+    in_slice = {json.loads(e.record)["id"] for e in entries if e.expect == "scored"}
+    scores = {name: {s["id"]: (s["image_score"], s["image_score_model"]) for s in _jsonl(f"{path}/scores*.jsonl")}
+              for name, path in (("local", catalog_run[0]), ("triton", out))}
+    scores["local"] = {item_id: scored for item_id, scored in scores["local"].items() if item_id in in_slice}
     assert scores["triton"].keys() == scores["local"].keys() and len(scores["local"]) > 10
     for item_id, (score, model_id) in scores["local"].items():
         assert scores["triton"][item_id][1] == model_id

@@ -133,12 +133,14 @@ def test_persistent_429_is_dead_lettered_after_the_unavailable_budget(es_double,
 def test_the_helpers_429_retries_fit_the_budget(es_double, es_config, es_client, es_index):
     seed_items(es_client, es_index, items(1))
     es_double.fail_bulk_items(429, times=None)
-    started = time.monotonic()
     out = write_batch(es_config, es_index, [score("item-0")], max_retries=50, initial_backoff=0.05,
                       max_backoff=0.2, max_retry_time=10, unavailable_seconds=0.5, mode="score")
-    assert time.monotonic() - started < 0.5 + 2  # 50 retries at up to 0.2 s would sleep about 10 s
     assert [f[1] for f in out["failed"]] == ["es_unavailable"]
-    assert helper_retries_within(50, 0.05, 0.2, 0.5) < 10
+    fits = helper_retries_within(50, 0.05, 0.2, 0.5)
+    assert fits < 10
+    # Unbounded, the helper would send 51 requests and sleep about 10 s. Counted, not timed: a loaded machine
+    # makes fewer passes within the 0.5 s, never more, and each pass is the first try plus the retries that fit.
+    assert 1 + fits <= len(es_double.bulk_requests()) <= 2 * (1 + fits)
 
 
 def test_helper_retries_fit_the_time_budget():

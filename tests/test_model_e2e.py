@@ -12,29 +12,32 @@ nothing of photo quality. The judge is the simulator's latent quality.
 
 Training runs 15 epochs instead of 100 (``e2e-config.json`` below) to stay well
 under two minutes per world; collect keeps 30% of SERPs for the test split so
-the CIs are narrow enough to separate the two worlds.
+the CIs are narrow enough to separate the two worlds. The steps run in this
+process, through the entry point ``python -m`` uses; the README walkthrough
+(tests/test_readme.py) runs the chain as ``imagescore`` processes.
 """
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cli_common import guarded
+
 E2E_CONFIG = {"epochs": 15, "bootstrap": 500, "seed": 0}
 
 
 def _step(module: str, *argv: str) -> None:
-    """One pipeline step as its own process, the way the README runs it (Beam jobs each own their flags)."""
-    done = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": REPO})
-    assert done.returncode == 0, f"{module} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    """One pipeline step through its ``python -m`` entry point (``guarded(run)``), in this process: each
+    step reads only its flags and the files of the step before. The README walkthrough
+    (tests/test_readme.py) runs the same chain as separate ``imagescore`` processes."""
+    code = guarded(f"python -m {module}", importlib.import_module(module).run, list(argv))
+    assert code == 0, f"{module} {' '.join(argv)} exited with {code}"
 
 
 def _pipeline(root: str, quality_effect: float) -> dict:
