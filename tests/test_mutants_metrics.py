@@ -160,3 +160,39 @@ def test_ca_outcomes_reads_the_click_on_either_side():
     outcomes = ca_outcomes([0.9, 0.1, 0.2, 0.8], [1, 0, 0, 1], ["a", "a", "b", "b"])
     assert outcomes.correct.tolist() == [True, True]
     assert outcomes.tied.tolist() == [False, False]
+
+
+def test_ca_outcomes_reads_click_counts_as_clicked():
+    # click counts 2 and 1: both clicked, so no (clicked, not clicked) pair
+    assert len(ca_outcomes([0.9, 0.1], [2, 1], ["a", "a"]).group) == 0
+
+
+def test_integer_scores_are_compared_as_doubles():
+    # 2**62 - (-2**62) = 2**63 overflows int64 to -2**63; as doubles it is 9.223372036854776e18 > 0: right order
+    assert ca_outcomes([2 ** 62, -2 ** 62], [1, 0], ["a", "a"]).correct.tolist() == [True]
+    assert opa_outcomes([2 ** 62, -2 ** 62], [1.0, 0.0], ["a", "a"]).correct.tolist() == [True]
+
+
+def test_group_bootstrap_ci_warns_nothing_on_empty_resamples():
+    # row 1 has denominator 0: a resample of only row 1 (p 1/4) reads 1/0 (divide) or 0/0 (invalid), kept as
+    # inf / NaN; at level 0 both ends are the median, which lies among the finite ratios (1 or 2, and 1 or 1/2)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group_bootstrap_ci([1.0, 1.0], [1.0, 0.0], n_boot=200, level=0.0)
+        group_bootstrap_ci([1.0, 0.0], [1.0, 0.0], n_boot=200, level=0.0)
+
+
+def test_ca_stats_passes_the_seed():
+    # the same seed twice gives the same one-resample CI, for every seed
+    for seed in range(20):
+        assert ca_stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1, seed=seed).ci_low == \
+            ca_stats(SCORES, [1, 0, 1, 0], GROUPS, n_boot=1, seed=seed).ci_low
+
+
+def test_within_group_pairs_list_the_earlier_position_first():
+    # 40 positions in three groups: numpy's default sort is not stable at this size; pairs still run forward
+    groups = [0, 2, 1, 0, 1, 0, 1, 2, 2, 1, 0, 0, 1, 0, 1, 2, 1, 2, 0, 2,
+              2, 0, 0, 1, 2, 1, 0, 0, 2, 2, 2, 1, 0, 1, 0, 1, 2, 2, 1, 0]
+    first, second = within_group_pairs(groups)
+    assert (first < second).all()

@@ -76,3 +76,30 @@ def test_for_ranks_takes_each_ranks_propensity_and_names_a_rank_beyond_the_list(
     with pytest.raises(ValueError, match=r"^p\.json gives propensities for ranks 1\.\.3, but the logs show rank 4; "
                                          r"give one propensity per logged rank$"):
         for_ranks(theta, np.array([1, 4]), "p.json")
+
+
+# Two pairs: p0 at rank 1 (clicked) and rank 2 (not), p1 at rank 1 (not clicked); clicks as bools.
+MIXED = (np.array([0, 1, 0]), np.array([1, 1, 2]), np.array([True, False, False]))
+
+
+def test_em_steps_with_two_impressions_at_rank_one():
+    # step 1 from theta = gamma = .5: P(examined | no click) = .5 * .5 / .75 = 1/3, P(relevant | no click) = 1/3;
+    # theta = [(1 + 1/3) / 2, 1/3] = [2/3, 1/3], gamma = [(1 + 1/3) / 2, 1/3] = [2/3, 1/3]; relative: [1, 1/2]
+    assert estimate_em(*MIXED, iterations=1).tolist() == pytest.approx([1.0, 0.5], abs=1e-12)
+    # step 2: row 1 (t 2/3, g 1/3): denom 1 - 2/9 = 7/9, examined (2/3 * 2/3) / (7/9) = 4/7;
+    # row 2 (t 1/3, g 2/3): examined (1/3 * 1/3) / (7/9) = 1/7; theta = [(1 + 4/7) / 2, 1/7] = [11/14, 1/7];
+    # relative: (1/7) / (11/14) = 2/11
+    assert estimate_em(*MIXED, iterations=2).tolist() == pytest.approx([1.0, 2 / 11], abs=1e-12)
+
+
+def test_em_reads_float_ranks():
+    query_item, rank, clicked = MIXED
+    assert estimate_em(query_item, rank.astype(float), clicked, iterations=1).tolist() == pytest.approx(
+        [1.0, 0.5], abs=1e-12)
+
+
+def test_load_propensities_of_integers_are_floats(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text("[1, 1]")
+    result = load_propensities(str(path))
+    assert result.dtype == np.float64 and result.tolist() == [1.0, 1.0]

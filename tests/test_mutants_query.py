@@ -98,3 +98,63 @@ def test_es_url_defaults_to_the_items_index_and_five_hits_and_prints_what_a_hit_
     assert path == "/items/_search" and body["size"] == 5 and body["explain"] is True
     assert capsys.readouterr().out == ("item-2  score 1.0  image_score missing  provenance unknown  matched {}\n"
                                        "    None = \n")
+
+
+def test_flags_defaults_types_choices_and_help():
+    parser = query_cli._parser()
+    assert parser.prog == "imagescore query"
+    assert parser.description == ("``imagescore query``: print the boosted search, or run it and show "
+                                  "Elasticsearch's ``explain`` tree per hit.")
+    table = {(a.dest, a.default, a.type, a.required, a.choices, a.help) for a in parser._actions
+             if a.dest not in ("help", "verbose")}
+    assert table == {
+        ("base_query", None, None, False, None, "JSON file holding the query to boost"),
+        ("match", None, None, False, None, "boost a match query on --field for this text"),
+        ("field", "title", None, False, None, "field of --match"),
+        ("formula", "multiplicative", None, False, ("multiplicative", "power", "additive", "rank_feature"), None),
+        ("w", 0.3, float, False, None, "weight of the image score"),
+        ("missing", 0.5, float, False, None, "image score of documents without one"),
+        ("ai_factor", 1.0, float, False, None, "multiply the score of listings whose image says AI made it "
+                                               "(image_provenance) by this, e.g. 0.8; 1 leaves them alone"),
+        ("rank_function", "saturation", None, False, ("saturation", "log", "sigmoid", "linear"), None),
+        ("rank_params", '{"pivot": 0.5}', None, False, None, "rank_feature function parameters (JSON)"),
+        ("platform", None, None, False, ("web", "ios", "android"),
+         "use this platform's formula and w from --platform-config"),
+        ("platform_config", None, None, False, None, "JSON of per-platform boosts (see the module help)"),
+        ("rescore_window", None, int, False, None, "apply the boost as a rescore of this many top hits"),
+        ("es_url", None, None, False, None, "run the search on this cluster and print the hits with explain "
+                                            "(credentials from the environment)"),
+        ("es_index", "items", None, False, None, "index (or pattern) to search"),
+        ("size", 5, int, False, None, "hits to show"),
+    }
+    (group,) = parser._mutually_exclusive_groups
+    assert group.required and [a.dest for a in group._group_actions] == ["base_query", "match"]
+
+
+def test_platform_config_entries_start_from_the_flags(tmp_path, capsys):
+    config = tmp_path / "boosts.json"
+    config.write_text(json.dumps({"web": {"formula": "power"}}))
+    body = _printed(capsys, "--match", "bag", "--w", "0.7", "--platform-config", str(config), "--platform", "web")
+    (function,) = body["query"]["bool"]["must"][0]["function_score"]["functions"]
+    assert function["script_score"]["script"]["params"] == {"field": "image_score", "w": 0.7, "missing": 0.5}
+
+
+def test_the_body_is_printed_indented_by_two(capsys):
+    assert query_cli.run(["--match", "bag"]) == 0
+    assert capsys.readouterr().out.startswith('{\n  "query": {\n    "bool": {\n')
+
+
+def test_es_url_prints_the_provenance(capsys):
+    response = {"took": 1, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+                "hits": {"total": {"value": 1, "relation": "eq"}, "max_score": 1.0, "hits": [
+                    {"_index": "items", "_id": "item-3", "_score": 1.0,
+                     "_source": {"image_score": 0.25, "image_provenance": "c2pa_ai"}}]}}
+    with CannedSearch(response) as server:
+        assert query_cli.run(["--match", "bag", "--es-url", server.url]) == 0
+    assert capsys.readouterr().out.startswith("item-3  score 1.0  image_score 0.25  provenance c2pa_ai  matched {}\n")
+
+
+def test_an_unreachable_cluster_is_a_usage_error_naming_the_url():
+    with pytest.raises(query_cli.UsageError, match=r"^Elasticsearch is not reachable at http://127\.0\.0\.1:9 "
+                                                   r"\(search of 'items' failed: .*\); check --es-url"):
+        query_cli.run(["--match", "bag", "--es-url", "http://127.0.0.1:9"])

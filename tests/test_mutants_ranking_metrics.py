@@ -72,3 +72,17 @@ def test_no_click_serps_raise_no_warning():
 def test_metric_names_carry_k():
     assert metric_names(5) == ("mrr", "mean_click_position", "ndcg@5", "pairwise_click_accuracy", "ips_dcg@5",
                                "topk_changed@5")
+
+
+def test_k_defaults_to_ten():
+    m = per_serp(SERP, 3, CLICKED, NEW, LOGGED, THETA[LOGGED - 1], skip_above_rows(SERP, LOGGED, CLICKED))
+    assert "ndcg@10" in m and "topk_changed@10" in m
+
+
+def test_a_serp_without_items_gets_zeros():
+    # n_serps 4: SERP 3 logged no item; every per-SERP array still has 4 entries, SERP 3's all 0
+    m = per_serp(SERP, 4, CLICKED, NEW, LOGGED, THETA[LOGGED - 1], skip_above_rows(SERP, LOGGED, CLICKED), 2)
+    for name, (num, den) in m.items():
+        assert len(num) == len(den) == 4 and num[3] == 0.0, name
+    assert m["mrr"][1].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert m["topk_changed@2"][0].tolist() == [1.0, 1.0, 0.0, 0.0]
