@@ -196,3 +196,18 @@ def test_within_group_pairs_list_the_earlier_position_first():
               2, 0, 0, 1, 2, 1, 0, 0, 2, 2, 2, 1, 0, 1, 0, 1, 2, 2, 1, 0]
     first, second = within_group_pairs(groups)
     assert (first < second).all()
+
+
+def test_group_bootstrap_ci_defaults_are_1000_resamples_from_seed_0():
+    # ten groups with different ratios: the 2.5 % and 97.5 % quantiles move with the number and the draw of
+    # the resamples, so the defaults must be exactly n_boot 1000 and seed 0
+    numerator = [2.0, 3.0, 5.0, 7.0, 11.0, 13.0, 17.0, 19.0, 23.0, 29.0]
+    denominator = [1.0, 2.0, 1.0, 3.0, 2.0, 1.0, 4.0, 1.0, 2.0, 3.0]
+    default = group_bootstrap_ci(numerator, denominator)
+    assert default == group_bootstrap_ci(numerator, denominator, n_boot=1000, seed=0)
+    assert default != group_bootstrap_ci(numerator, denominator, n_boot=1001, seed=0)
+    assert default != group_bootstrap_ci(numerator, denominator, n_boot=1000, seed=1)
+    outcomes = _outcomes([True, False, True, True, False, True, True, False, True, False, False, True],
+                         [0, 0, 1, 2, 2, 3, 4, 5, 5, 6, 7, 8])
+    assert bootstrap_ci(outcomes) == bootstrap_ci(outcomes, n_boot=1000, seed=0)
+    assert bootstrap_ci(outcomes) != bootstrap_ci(outcomes, n_boot=1001, seed=0)

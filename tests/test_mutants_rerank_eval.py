@@ -2,17 +2,17 @@
 
 Expected values are written by hand, with the arithmetic in a comment; none comes from the code under test.
 
-The SERP (web, query "bag"): a at position 1 (engine score 2, image score 0, not clicked), b at position 2
-(engine score 1, image score 1, clicked); propensities [1, 0.5]. Multiplicative w = 1.5: a 2 * (1 + 0) = 2,
-b 1 * (1 + 1.5) = 2.5, so b moves to the top.
+The SERP (web, query "bag"): a at position 1 (engine score 2, no image score: --missing 0, not clicked), b at
+position 2 (engine score 1, image score 1, clicked); propensities [1, 0.5, ...]. Multiplicative w = 1.5:
+a 2 * (1 + 1.5 * 0) = 2, b 1 * (1 + 1.5) = 2.5, so b moves to the top. At k = 1 only rank 1 counts:
 
-                       logged (w = 0)                  w = 1.5                    delta
-  mrr                  1/2 = 0.5                       1                          +0.5
-  mean_click_position  2                               1                          -1
-  ndcg@10              1/log2(3) = 0.6309297535714575  1                          +0.3690702464285425
-  pairwise (b over a)  0 of 1                          1 of 1                     +1
-  ips_dcg@10           0.6309.../0.5 = 1.261859507142915  1/0.5 = 2               +0.738140492857085
-  topk_changed@10      0                               1                          +1
+                       logged (w = 0)   w = 1.5          delta
+  mrr                  1/2 = 0.5        1                +0.5
+  mean_click_position  2                1                -1
+  ndcg@1               0 (b is rank 2)  1                +1
+  pairwise (b over a)  0 of 1           1 of 1           +1
+  ips_dcg@1            0                1 / 0.5 = 2      +2
+  topk_changed@1       0                1                +1
 
 One SERP: every bootstrap resample is that SERP, so both CI ends are the delta.
 """
@@ -21,41 +21,52 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 
+import numpy as np
 import pytest
 
 from ranking import rerank_eval
+from ranking.replay import attach_scores, load_logs
 
-NAMES = ["mrr", "mean_click_position", "ndcg@10", "pairwise_click_accuracy", "ips_dcg@10", "topk_changed@10"]
-LOGGED = [0.5, 2.0, 0.6309297535714575, 0.0, 1.261859507142915, 0.0]
+NAMES = ["mrr", "mean_click_position", "ndcg@1", "pairwise_click_accuracy", "ips_dcg@1", "topk_changed@1"]
+LOGGED = [0.5, 2.0, 0.0, 0.0, 0.0, 0.0]
 BOOSTED = [1.0, 1.0, 1.0, 1.0, 2.0, 1.0]
-DELTA = [0.5, -1.0, 0.3690702464285425, 1.0, 0.738140492857085, 1.0]
+DELTA = [0.5, -1.0, 1.0, 1.0, 2.0, 1.0]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("rerank")
-    items = [{"item_id": "a", "position": 1, "price": 1.0, "image_url": "file:///x/a.jpg", "clicked": False, "score": 2.0},
-             {"item_id": "b", "position": 2, "price": 1.0, "image_url": "file:///x/b.jpg", "clicked": True, "score": 1.0}]
-    logs = tmp_path / "logs.jsonl"
-    logs.write_text(json.dumps({"serp_id": "s1", "query": "bag", "platform": "web", "ts": "2024-01-01T00:00:00Z",
-                                "items": items}) + "\n")
+def _item(item: str, position: int, clicked: bool, score: float, **extra) -> dict:
+    return {"item_id": item, "position": position, "price": 1.0, "image_url": f"file:///x/{item}.jpg",
+            "clicked": clicked, "score": score, **extra}
+
+
+def _logs(tmp_path, *serps: tuple) -> str:
+    path = tmp_path / "logs.jsonl"
+    path.write_text("".join(json.dumps({"serp_id": sid, "query": "bag", "platform": platform,
+                                        "ts": "2024-01-01T00:00:00Z", "items": items}) + "\n"
+                            for sid, platform, items in serps))
+    return str(path)
+
+
+ONE_SERP = ("s1", "web", [_item("a", 1, False, 2.0), _item("b", 2, True, 1.0)])
+
+
+def test_one_serp_end_to_end(tmp_path):
+    logs = _logs(tmp_path, ONE_SERP)
     scores = tmp_path / "scores.jsonl"
-    scores.write_text('{"id": "a", "image_score": 0.0}\n{"id": "b", "image_score": 1.0}\n')
+    scores.write_text('{"id": "b", "image_score": 1.0}\n')
     theta = tmp_path / "p.json"
-    theta.write_text("[1.0, 0.5]")
+    theta.write_text("[1.0, 0.5, 0.1234567]")
     out = tmp_path / "out"
+    out.mkdir()  # an existing output directory is fine
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert rerank_eval.run(["--logs", str(logs), "--scores", str(scores), "--formula", "multiplicative",
-                                "--w", "1.5", "--propensities", str(theta), "--bootstrap", "20",
-                                "--output", str(out)]) == 0
-    return out, str(theta), json.loads(printed.getvalue())
+        assert rerank_eval.run(["--logs", logs, "--scores", str(scores), "--formula", "multiplicative", "--w", "1.5",
+                                "--missing", "0", "--k", "1", "--propensities", str(theta), "--bootstrap", "1",
+                                "--samples", "1", "--output", str(out)]) == 0
 
-
-def test_rows_hold_every_figure(run):
-    out, _, _ = run
-    rows = json.loads((out / "rerank.json").read_text())
+    text = (out / "rerank.json").read_text()
+    assert text.startswith('[\n {\n  "formula": "multiplicative",\n')  # indent 1
     expected = []
     for platform in ("all", "web"):
         for w, values, deltas in ((0.0, LOGGED, [0.0] * 6), (1.5, BOOSTED, DELTA)):
@@ -63,42 +74,33 @@ def test_rows_hold_every_figure(run):
                 expected.append({"formula": "multiplicative", "w": w, "ai_factor": 1.0, "platform": platform,
                                  "metric": name, "value": value, "delta": delta, "ci_low": delta, "ci_high": delta,
                                  "serps": 1})
-    assert _close(rows, expected)
+    assert json.loads(text) == expected
 
-
-def _close(rows: list[dict], expected: list[dict]) -> bool:
-    assert len(rows) == len(expected)
-    for row, want in zip(rows, expected):
-        assert row.keys() == want.keys()
-        for key, value in want.items():
-            assert row[key] == (pytest.approx(value, abs=1e-12) if isinstance(value, float) else value), (key, row)
-    return True
-
-
-def test_markdown_propensities_and_summary(run):
-    out, theta, printed = run
-    table = ("| formula | w | mrr | mean_click_position | ndcg@10 | pairwise_click_accuracy | ips_dcg@10 | "
-             "topk_changed@10 |\n"
+    table = ("| formula | w | mrr | mean_click_position | ndcg@1 | pairwise_click_accuracy | ips_dcg@1 | "
+             "topk_changed@1 |\n"
              "|---|---|---|---|---|---|---|---|\n"
              "| multiplicative | 0 | 0.5000 (+0.0000 [+0.0000, +0.0000]) | 2.0000 (+0.0000 [+0.0000, +0.0000]) | "
-             "0.6309 (+0.0000 [+0.0000, +0.0000]) | 0.0000 (+0.0000 [+0.0000, +0.0000]) | "
-             "1.2619 (+0.0000 [+0.0000, +0.0000]) | 0.0000 (+0.0000 [+0.0000, +0.0000]) |\n"
+             "0.0000 (+0.0000 [+0.0000, +0.0000]) | 0.0000 (+0.0000 [+0.0000, +0.0000]) | "
+             "0.0000 (+0.0000 [+0.0000, +0.0000]) | 0.0000 (+0.0000 [+0.0000, +0.0000]) |\n"
              "| multiplicative | 1.5 | 1.0000 (+0.5000 [+0.5000, +0.5000]) | 1.0000 (-1.0000 [-1.0000, -1.0000]) | "
-             "1.0000 (+0.3691 [+0.3691, +0.3691]) | 1.0000 (+1.0000 [+1.0000, +1.0000]) | "
-             "2.0000 (+0.7381 [+0.7381, +0.7381]) | 1.0000 (+1.0000 [+1.0000, +1.0000]) |")
+             "1.0000 (+1.0000 [+1.0000, +1.0000]) | 1.0000 (+1.0000 [+1.0000, +1.0000]) | "
+             "2.0000 (+2.0000 [+2.0000, +2.0000]) | 1.0000 (+1.0000 [+1.0000, +1.0000]) |")
     assert (out / "rerank.md").read_text() == (
         f"# rerank-eval\n\nvalue (delta vs the logged order [95% CI, SERP bootstrap]); propensities: {theta}; "
         f"1 SERPs; ai_factor 1.\n\n## all\n\n{table}\n\n## web\n\n{table}\n")
-    assert json.loads((out / "propensities.json").read_text()) == {"source": theta, "propensities": [1.0, 0.5]}
+
+    # rounded to 6 places, indent 1
+    assert (out / "propensities.json").read_text() == (
+        f'{{\n "source": "{theta}",\n "propensities": [\n  1.0,\n  0.5,\n  0.123457\n ]\n}}')
     assert (out / "rerank_all.png").stat().st_size > 0 and (out / "rerank_web.png").stat().st_size > 0
-    assert printed.keys() == {"output", "serps", "items", "points", "seconds"}
-    assert (printed["output"], printed["serps"], printed["items"], printed["points"]) == (str(out), 1, 2, 2)
 
+    summary = json.loads(printed.getvalue())
+    assert summary.keys() == {"output", "serps", "items", "points", "seconds"}
+    assert (summary["output"], summary["serps"], summary["items"], summary["points"]) == (str(out), 1, 2, 2)
+    assert 0 <= summary["seconds"] < 60 and round(summary["seconds"], 2) == summary["seconds"]
 
-def test_samples_page_shows_the_serp_in_both_orders(run):
-    out, _, _ = run
     a = ('<figure><img src="file:///x/a.jpg" alt="a" style="border:4px solid transparent" loading="lazy">'
-         '<figcaption>logged #1 → #2 · image score 0.000</figcaption></figure>')
+         '<figcaption>logged #1 → #2 · image score missing</figcaption></figure>')
     b = ('<figure><img src="file:///x/b.jpg" alt="b" style="border:4px solid #e4002b" loading="lazy">'
          '<figcaption>logged #2 → #1 · image score 1.000 · <b>clicked</b></figcaption></figure>')
     section = (f'<section><h2>s1 — web, query “bag”</h2><div class="row"><div class="tag">logged order</div>{a}{b}'
@@ -165,8 +167,7 @@ def test_bad_flags_are_named(tmp_path, flags, message):
         rerank_eval.run(["--logs", "x", "--scores", "y", "--output", str(tmp_path), *flags])
 
 
-def test_the_propensities_come_from_the_file_or_from_em(run, tmp_path):
-    from ranking.replay import attach_scores, load_logs
+def test_the_propensities_come_from_the_file_or_from_em(tmp_path):
     logs = tmp_path / "logs.jsonl"
     rows = []
     for sid, clicked in (("s1", (True, False)), ("s2", (False, True)), ("s3", (True, False))):
@@ -216,33 +217,82 @@ def test_a_plot_per_platform_of_each_metric_against_w(monkeypatch, tmp_path):
     assert (int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")) == (1170, 630)
 
 
-def test_samples_page_without_a_changed_serp_says_so(run, tmp_path):
-    from ranking.replay import attach_scores, load_logs
-    logs = tmp_path / "logs.jsonl"
-    logs.write_text(json.dumps({"serp_id": "s1", "query": "bag", "platform": "web", "ts": "2024-01-01T00:00:00Z",
-                                "items": [{"item_id": "a", "position": 1, "price": 1.0, "image_url": "u",
-                                           "clicked": True, "score": 1.0}]}) + "\n")
-    data = attach_scores(load_logs(str(logs)), {})
+def test_samples_page_defaults_and_a_page_without_a_changed_serp(tmp_path):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"not really a jpeg")  # a local image file: embed_images would inline it
+    items = [_item("a", 1, False, 2.0, image_url=image.as_uri()), _item("b", 2, True, 1.0)]
+    data = attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {})
+    page = rerank_eval.samples_html(data, np.array([2, 1]), "t")  # n 12, seed 0, no embedding
+    assert f'src="{image.as_uri()}"' in page and "data:image" not in page
+    assert page.count("<section>") == 1
     page = rerank_eval.samples_html(data, data.logged_rank(), "t")
     assert "<h1>rerank-eval: t</h1>" in page and "<p>No SERP with a click changed order.</p>" in page
+    assert "<section>" not in page
+
+
+def test_samples_page_picks_n_clicked_serps_that_changed(tmp_path):
+    # four SERPs: s1 and s3 changed and have a click; s2 changed without a click; s4 has a click, unchanged
+    serps = [(sid, "web", [_item(f"{sid}a", 1, clicked[0], 2.0), _item(f"{sid}b", 2, clicked[1], 1.0)])
+             for sid, clicked in (("s1", (False, True)), ("s2", (False, False)), ("s3", (True, False)),
+                                  ("s4", (True, False)))]
+    data = attach_scores(load_logs(_logs(tmp_path, *serps)), {})
+    ranks = np.array([2, 1, 2, 1, 2, 1, 1, 2])
+    page = rerank_eval.samples_html(data, ranks, "t", n=2)
+    assert page.count("<section>") == 2 and "<h2>s1 " in page and "<h2>s3 " in page  # every candidate, once
+    assert page.index("<h2>s1 ") < page.index("<h2>s3 ")  # in SERP order
+    assert rerank_eval.samples_html(data, ranks, "t", n=1).count("<section>") == 1
 
 
 def test_with_an_ai_factor_deltas_are_against_the_undiscounted_logged_order(tmp_path):
-    import numpy as np
-
-    from ranking.replay import attach_scores, load_logs
-    items = [{"item_id": "a", "position": 1, "price": 1.0, "image_url": "u", "clicked": False, "score": 2.0,
-              "image_provenance": "c2pa_ai"},
-             {"item_id": "b", "position": 2, "price": 1.0, "image_url": "u", "clicked": True, "score": 1.5}]
-    logs = tmp_path / "logs.jsonl"
-    logs.write_text(json.dumps({"serp_id": "s1", "query": "bag", "platform": "web", "ts": "2024-01-01T00:00:00Z",
-                                "items": items}) + "\n")
-    data = attach_scores(load_logs(str(logs)), {})
+    items = [_item("a", 1, False, 2.0, image_provenance="c2pa_ai"), _item("b", 2, True, 1.5)]
+    data = attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {"a": 0.0, "b": 1.0})
     rows, ranks = rerank_eval.sweep(data, ["multiplicative"], [0.0], theta=np.array([1.0, 0.5]), n_boot=5,
                                     ai_factor=0.5)
     # w = 0 with the discount: a 2 * 0.5 = 1 falls below b's 1.5, so the click moves to rank 1 (MRR 1);
-    # the logged order (a, b) had it at rank 2 (MRR 0.5): delta +0.5
+    # the logged order (w = 0, no discount: a 2, b 1.5) had it at rank 2 (MRR 0.5): delta +0.5
     mrr = [r for r in rows if r["metric"] == "mrr"]
     assert [(r["platform"], r["w"], r["ai_factor"], r["value"], r["delta"]) for r in mrr] == [
         ("all", 0.0, 0.5, 1.0, 0.5), ("web", 0.0, 0.5, 1.0, 0.5)]
     assert ranks["multiplicative", 0.0].tolist() == [2, 1]
+
+
+def test_sweep_defaults_missing_0_5_and_k_10(tmp_path):
+    # a 2 * (1 + 0.6) = 3.2; b has no image score: 1.5 * (1 + 0.5) = 2.25, below a (with missing 1.5 it would lead)
+    items = [_item("a", 1, False, 2.0), _item("b", 2, True, 1.5)]
+    data = attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {"a": 0.6})
+    rows, ranks = rerank_eval.sweep(data, ["multiplicative"], [1.0], theta=np.array([1.0, 0.5]))
+    assert ranks["multiplicative", 1.0].tolist() == [1, 2]
+    assert [r["metric"] for r in rows[:6]] == ["mrr", "mean_click_position", "ndcg@10", "pairwise_click_accuracy",
+                                               "ips_dcg@10", "topk_changed@10"]
+
+
+def test_sweep_replays_the_rescore_window(tmp_path):
+    # power, w = 1, window 1: only a (the top hit) is rescored, 2 * 0^1 = 0, below b's unrescored 1, yet a rescored
+    # hit sorts above every hit outside the window: the order stays a, b
+    items = [_item("a", 1, False, 2.0), _item("b", 2, True, 1.0)]
+    data = attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {"a": 0.0, "b": 1.0})
+    _, ranks = rerank_eval.sweep(data, ["power"], [1.0], theta=np.array([1.0, 0.5]), n_boot=5, rescore_window=1)
+    assert ranks["power", 1.0].tolist() == [1, 2]
+
+
+def test_sweep_names_short_propensities(tmp_path):
+    data = attach_scores(load_logs(_logs(tmp_path, ONE_SERP)), {})
+    with pytest.raises(ValueError, match=r"^the propensities gives propensities for ranks 1\.\.1, but the logs show "
+                                         r"rank 2; "):
+        rerank_eval.sweep(data, ["multiplicative"], [1.0], theta=np.array([1.0]), n_boot=5)
+
+
+def test_a_platform_without_clicks_reads_nan_without_warnings(tmp_path):
+    serps = [("s1", "web", [_item("a", 1, False, 2.0), _item("b", 2, True, 1.0)]),
+             ("s2", "ios", [_item("c", 1, False, 2.0), _item("d", 2, False, 1.0)])]
+    data = attach_scores(load_logs(_logs(tmp_path, *serps)), {"a": 0.0, "b": 1.0})
+    with warnings.catch_warnings():  # the 0 / 0 of a click-less platform is read as NaN, not computed
+        warnings.filterwarnings("error", message=r".*(divide|invalid value)")
+        rows, _ = rerank_eval.sweep(data, ["multiplicative"], [1.5], theta=np.array([1.0, 0.5]), n_boot=5)
+    ios = {(r["w"], r["metric"]): r for r in rows if r["platform"] == "ios"}
+    mrr = ios[1.5, "mrr"]
+    assert np.isnan(mrr["value"]) and np.isnan(mrr["delta"]) and mrr["serps"] == 0  # no click: 0 / 0
+    assert ios[1.5, "topk_changed@10"]["serps"] == 1  # every SERP counts for top-k changes
+    web = {(r["w"], r["metric"]): r for r in rows if r["platform"] == "web"}
+    assert web[1.5, "mrr"]["value"] == 1.0  # b (1 * 2.5) passes a (2): the web rows use the web SERP only
+    assert {(r["w"], r["metric"]): r["value"] for r in rows if r["platform"] == "all"}[1.5, "mrr"] == 1.0
