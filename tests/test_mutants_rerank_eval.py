@@ -97,7 +97,8 @@ def test_one_serp_end_to_end(tmp_path):
     summary = json.loads(printed.getvalue())
     assert summary.keys() == {"output", "serps", "items", "points", "seconds"}
     assert (summary["output"], summary["serps"], summary["items"], summary["points"]) == (str(out), 1, 2, 2)
-    assert 0 <= summary["seconds"] < 60 and round(summary["seconds"], 2) == summary["seconds"]
+    assert isinstance(summary["seconds"], float) and 0 < summary["seconds"] < 60
+    assert round(summary["seconds"], 2) == summary["seconds"]
 
     a = ('<figure><img src="file:///x/a.jpg" alt="a" style="border:4px solid transparent" loading="lazy">'
          '<figcaption>logged #1 → #2 · image score missing</figcaption></figure>')
@@ -195,17 +196,22 @@ def test_a_plot_per_platform_of_each_metric_against_w(monkeypatch, tmp_path):
             {**row, "metric": "mrr", "w": 0.0, "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0},
             {**row, "metric": "ndcg@10", "w": 0.0, "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0},
             {**row, "metric": "ndcg@10", "w": 1.0, "delta": -0.5, "ci_low": -1.0, "ci_high": 0.0},
-            {**row, "metric": "mrr", "w": 1.0, "delta": 9.0, "ci_low": 9.0, "ci_high": 9.0, "platform": "ios"}]
+            {**row, "metric": "mrr", "w": 1.0, "delta": 9.0, "ci_low": 9.0, "ci_high": 9.0, "platform": "ios"},
+            {**row, "metric": "ips_dcg@10", "w": 0.0, "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+            {**row, "metric": "ips_dcg@10", "w": 2.0, "delta": 1.0, "ci_low": 0.5, "ci_high": 1.5}]
     path = tmp_path / "p.png"
     rerank_eval.plot(str(path), rows, "web")
     (fig,) = closed
     assert fig.get_size_inches().tolist() == [13.0, 7.0]
     assert fig._suptitle.get_text() == "rerank-eval, platform web (95% CI, SERP bootstrap)"
-    (mrr, ndcg) = fig.axes  # two metrics: a 2 x 1 grid
-    for ax, title, deltas, band in ((mrr, "mrr", [0.0, 0.5], [0.25, 0.75]), (ndcg, "ndcg@10", [0.0, -0.5], [-1.0, 0.0])):
+    (mrr, ndcg, ips, empty) = fig.axes  # three metrics: a 2 x 2 grid, the last one unused
+    assert len(empty.lines) == 0 and empty.get_title() == ""
+    for ax, title, ws, deltas, band in ((mrr, "mrr", [0.0, 1.0], [0.0, 0.5], [0.25, 0.75]),
+                                        (ndcg, "ndcg@10", [0.0, 1.0], [0.0, -0.5], [-1.0, 0.0]),
+                                        (ips, "ips_dcg@10", [0.0, 2.0], [0.0, 1.0], [0.5, 1.5])):
         assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (title, "w", "delta vs w = 0")
         line, zero = ax.lines
-        assert list(line.get_xdata()) == [0.0, 1.0] and list(line.get_ydata()) == deltas  # sorted by w; no ios
+        assert list(line.get_xdata()) == ws and list(line.get_ydata()) == deltas  # sorted by w; no ios
         assert line.get_marker() == "o" and line.get_label() == "power"
         assert list(zero.get_ydata()) == [0, 0] and zero.get_color() == "#888" and zero.get_linewidth() == 0.8
         (fill,) = ax.collections
@@ -225,9 +231,18 @@ def test_samples_page_defaults_and_a_page_without_a_changed_serp(tmp_path):
     page = rerank_eval.samples_html(data, np.array([2, 1]), "t")  # n 12, seed 0, no embedding
     assert f'src="{image.as_uri()}"' in page and "data:image" not in page
     assert page.count("<section>") == 1
+    # base64 of b"not really a jpeg"
+    assert 'src="data:image/jpeg;base64,bm90IHJlYWxseSBhIGpwZWc="' in rerank_eval.samples_html(
+        data, np.array([2, 1]), "t", embed_images=True)
     page = rerank_eval.samples_html(data, data.logged_rank(), "t")
-    assert "<h1>rerank-eval: t</h1>" in page and "<p>No SERP with a click changed order.</p>" in page
-    assert "<section>" not in page
+    assert "<h1>rerank-eval: t</h1>" in page and "<section>" not in page
+    assert "</p>\n<p>No SERP with a click changed order.</p>\n</body>" in page
+
+
+def test_samples_page_escapes_quotes_in_image_urls(tmp_path):
+    items = [_item("a", 1, False, 2.0, image_url='http://x/a".jpg'), _item("b", 2, True, 1.0)]
+    data = attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {})
+    assert 'src="http://x/a&quot;.jpg"' in rerank_eval.samples_html(data, np.array([2, 1]), "t")
 
 
 def test_samples_page_picks_n_clicked_serps_that_changed(tmp_path):
@@ -240,7 +255,14 @@ def test_samples_page_picks_n_clicked_serps_that_changed(tmp_path):
     page = rerank_eval.samples_html(data, ranks, "t", n=2)
     assert page.count("<section>") == 2 and "<h2>s1 " in page and "<h2>s3 " in page  # every candidate, once
     assert page.index("<h2>s1 ") < page.index("<h2>s3 ")  # in SERP order
-    assert rerank_eval.samples_html(data, ranks, "t", n=1).count("<section>") == 1
+    assert "</section><section>" in page
+    s1, s3 = page.split("</section><section>")
+    assert 'alt="s1a"' in s1 and 'alt="s3a"' not in s1  # each section holds its own SERP's items only
+    assert 'alt="s3a"' in s3 and 'alt="s1a"' not in s3 and 'alt="s2a"' not in s3
+    for seed in range(10):  # the pick of one among two is the seed's, and seed 0 by default
+        one = rerank_eval.samples_html(data, ranks, "t", n=1, seed=seed)
+        assert one.count("<section>") == 1 and one == rerank_eval.samples_html(data, ranks, "t", n=1, seed=seed)
+    assert rerank_eval.samples_html(data, ranks, "t", n=1) == rerank_eval.samples_html(data, ranks, "t", n=1, seed=0)
 
 
 def test_with_an_ai_factor_deltas_are_against_the_undiscounted_logged_order(tmp_path):
@@ -295,4 +317,55 @@ def test_a_platform_without_clicks_reads_nan_without_warnings(tmp_path):
     assert ios[1.5, "topk_changed@10"]["serps"] == 1  # every SERP counts for top-k changes
     web = {(r["w"], r["metric"]): r for r in rows if r["platform"] == "web"}
     assert web[1.5, "mrr"]["value"] == 1.0  # b (1 * 2.5) passes a (2): the web rows use the web SERP only
-    assert {(r["w"], r["metric"]): r["value"] for r in rows if r["platform"] == "all"}[1.5, "mrr"] == 1.0
+    every = {(r["w"], r["metric"]): r for r in rows if r["platform"] == "all"}
+    assert every[1.5, "mrr"]["value"] == 1.0  # 1 click SERP: 1 / 1
+    # top-k changed counts both SERPs: web changed, ios did not (c 2 * 1.75 = 3.5 stays above d 1 * 1.75): 1 / 2
+    assert (every[1.5, "topk_changed@10"]["value"], every[1.5, "topk_changed@10"]["delta"]) == (0.5, 0.5)
+
+
+def test_table_markdown_defaults_to_the_pooled_platform():
+    row = {"formula": "f", "w": 0.0, "metric": "m", "delta": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    rows = [{**row, "platform": "web", "value": 2.0}, {**row, "platform": "all", "value": 1.0}]
+    assert rerank_eval.table_markdown(rows) == "| formula | w | m |\n|---|---|---|\n| f | 0 | 1.0000 (+0.0000 [+0.0000, +0.0000]) |"
+
+
+def test_sweep_passes_the_rank_function_and_its_parameters(tmp_path):
+    # rank_feature, linear: relevance + w * f. a (AI-made, no image score): 2 * 0.5 = 1; b: 1 + 3 * 1 = 4.
+    # The logged order is recomputed at w = 0 without the discount, with the same (linear) function.
+    items = [_item("a", 1, False, 2.0, relevance_score=2.0, image_provenance="c2pa_ai"),
+             _item("b", 2, True, 1.0, relevance_score=1.0)]
+    data = attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {"b": 1.0})
+    rows, ranks = rerank_eval.sweep(data, ["rank_feature"], [3.0], theta=np.array([1.0, 0.5]), n_boot=5,
+                                    rank_function="linear", rank_params={}, ai_factor=0.5)
+    assert ranks["rank_feature", 3.0].tolist() == [2, 1]
+    mrr = {(r["platform"], r["w"]): (r["value"], r["delta"]) for r in rows if r["metric"] == "mrr"}
+    assert mrr["all", 3.0] == (1.0, 0.5)  # b first; logged (a 2, b 1): b second, MRR 0.5
+
+
+def _rank_feature_logs(tmp_path, relevance_a: float) -> object:
+    items = [_item("a", 1, False, relevance_a, relevance_score=relevance_a, image_provenance="c2pa_ai"),
+             _item("b", 2, True, 1.0, relevance_score=1.0)]
+    return attach_scores(load_logs(_logs(tmp_path, ("s1", "web", items))), {"b": 1.0})
+
+
+def test_sweep_rank_feature_log_with_an_ai_factor(tmp_path):
+    # log: relevance + w * ln(1 + f), f = 1: b 1 + 3 * 0.6931 = 3.079; a (AI-made, no image score) 7 * 0.5 = 3.5
+    # stays first. With saturation (pivot 0.5) b would be 1 + 3 * (1 - 0.5 / 1.5) = 3 and with linear 4.
+    data = _rank_feature_logs(tmp_path, 7.0)
+    _, ranks = rerank_eval.sweep(data, ["rank_feature"], [3.0], theta=np.array([1.0, 0.5]), n_boot=5,
+                                 rank_function="log", rank_params={"scaling_factor": 1.0}, ai_factor=0.5)
+    assert ranks["rank_feature", 3.0].tolist() == [1, 2]
+    # linear: b 1 + 3 * 1 = 4 passes a's 3.5 (saturation's 3 would not)
+    _, ranks = rerank_eval.sweep(data, ["rank_feature"], [3.0], theta=np.array([1.0, 0.5]), n_boot=5,
+                                 rank_function="linear", rank_params={}, ai_factor=0.5)
+    assert ranks["rank_feature", 3.0].tolist() == [2, 1]
+
+
+def test_sweep_rank_feature_defaults_to_saturation_pivot_one_half(tmp_path):
+    # saturation, pivot 0.5: b 1 + 3 * (1 - 0.5 / 1.5) = 3 passes a's 5.2 * 0.5 = 2.6
+    # (pivot 1.5 would give b 1 + 3 * (1 - 1.5 / 2.5) = 2.2, below a)
+    data = _rank_feature_logs(tmp_path, 5.2)
+    for rank_params in (None, {}):
+        _, ranks = rerank_eval.sweep(data, ["rank_feature"], [3.0], theta=np.array([1.0, 0.5]), n_boot=5,
+                                     rank_params=rank_params, ai_factor=0.5)
+        assert ranks["rank_feature", 3.0].tolist() == [2, 1]
