@@ -141,6 +141,10 @@ def _check_multiplying_path(root: dict, path: tuple) -> None:
             if kind == "function_score" and nxt == "query" and body.get("boost_mode", "multiply") != "multiply":
                 raise ValueError(f"the relevance clause sits in a function_score with boost_mode "
                                  f"{body['boost_mode']!r}; the additive formula needs the outer factors to multiply")
+            if (kind == "bool" and nxt in ("filter", "must_not")) or (kind == "function_score" and nxt != "query"):
+                raise ValueError(f"the relevance clause sits in a {kind}'s {nxt!r}, which does not score, so the "
+                                 "image term would do nothing there; name a scoring clause (a bool's must or "
+                                 "should, or a function_score's query) \"relevance\"")
             if kind == "bool" and nxt in ("should", "must"):
                 scoring = len(body.get("must", [])) + len(body.get("should", []))
                 if scoring > 1:

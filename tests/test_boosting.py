@@ -89,6 +89,13 @@ def test_rank_feature_variant_is_the_documented_rank_feature_query():
                          "functions": [{"weight": 2}]}}, "boost_mode 'sum'"),
     ({"bool": {"must": [{"match": {"a": {"query": "x", "_name": "relevance"}}}],
                "filter": [{"match": {"b": {"query": "y", "_name": "relevance"}}}]}}, "names 2 clauses"),
+    ({"bool": {"must": [{"match": {"a": "x"}}], "filter": [{"match": {"b": {"query": "y", "_name": "relevance"}}}]}},
+     "sits in a bool's 'filter', which does not score"),
+    ({"bool": {"must_not": [{"match": {"b": {"query": "y", "_name": "relevance"}}}]}},
+     "sits in a bool's 'must_not', which does not score"),
+    ({"function_score": {"query": {"match_all": {}}, "functions": [
+        {"filter": {"match": {"b": {"query": "y", "_name": "relevance"}}}, "weight": 2}]}},
+     "sits in a function_score's 'functions', which does not score"),
 ])
 def test_additive_refuses_a_relevance_clause_it_cannot_boost_additively(base, message):
     with pytest.raises(ValueError, match=message):
