@@ -25,7 +25,8 @@ def emulator_command(tmp_path):
         missing_tool("gcloud (Pub/Sub emulator)", "install the Google Cloud SDK with its pubsub-emulator component")
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "pipelines.pubsub_emulator", "--port", str(port)], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"},
+                               stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     try:
@@ -72,7 +73,13 @@ def test_it_creates_the_topics_publishes_your_lines_and_stops_on_ctrl_c(emulator
     assert sorted(got) == sorted(messages)  # every line, byte for byte; the blank one is not a message
 
     os.killpg(process.pid, signal.SIGINT)
-    assert process.wait(60) == 0
+    try:
+        code = process.wait(60)
+    except subprocess.TimeoutExpired:   # say where it hangs: faulthandler prints every thread's stack on SIGABRT
+        process.send_signal(signal.SIGABRT)
+        process.wait(30)
+        pytest.fail(f"imagescore emulator did not stop within 60 s of Ctrl-C; its output:\n{process.stdout.read()}")
+    assert code == 0
     assert "stopped" in process.stdout.read()
     with pytest.raises(ProcessLookupError):  # the gcloud wrapper's Java child went with it
         os.killpg(process.pid, 0)
