@@ -14,7 +14,9 @@ import difflib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 
 USAGE_EXIT = 2
@@ -178,17 +180,47 @@ def guarded(prog: str, run: Callable[[list[str]], object], argv: list[str]) -> i
     """
     setup_logging(verbose=any(arg in VERBOSE_FLAGS for arg in argv))
     argv = [arg for arg in argv if arg not in VERBOSE_FLAGS]
-    try:
-        result = run(argv)
-    except UsageError as exc:
-        print(f"{prog}: error: {exc.message}", file=sys.stderr)
-        return USAGE_EXIT
-    except KeyboardInterrupt:
-        print(interrupted(prog, argv), file=sys.stderr)
-        return INTERRUPTED_EXIT
+    with _SigintSeen() as sigint:
+        try:
+            result = run(argv)
+        except UsageError as exc:
+            print(f"{prog}: error: {exc.message}", file=sys.stderr)
+            return USAGE_EXIT
+        except KeyboardInterrupt:
+            print(interrupted(prog, argv), file=sys.stderr)
+            return INTERRUPTED_EXIT
+        except Exception:
+            if not sigint.seen:
+                raise
+            # Beam re-raises a KeyboardInterrupt inside a bundle as RuntimeError("KeyboardInterrupt [while ...]")
+            print(interrupted(prog, argv), file=sys.stderr)
+            return INTERRUPTED_EXIT
     if isinstance(result, int):
         return result
     return int(getattr(result, "exit_code", 0) or 0)
+
+
+class _SigintSeen:
+    """While entered, Ctrl-C raises KeyboardInterrupt as usual and is remembered, so an exception a library
+    wrapped it in still ends as an interrupt. Changes nothing where SIGINT is ignored or handled by others."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintSeen:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def output_dirs(argv: list[str]) -> list[str]:

@@ -27,7 +27,10 @@ def emulator_command(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "pipelines.pubsub_emulator", "--port", str(port)], cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"},
                                stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               # Ctrl-C as in a shell's foreground job: a test runner's worker may ignore SIGINT,
+                               # and an ignored SIGINT is inherited
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120

@@ -90,3 +90,26 @@ def test_sigint_mid_backfill_exits_130_and_removes_beam_temp(tmp_path):
     assert lines[-1].startswith("python -m pipelines.backfill: interrupted (Ctrl-C)"), output[-2000:]
     assert "Traceback" not in output
     assert not glob.glob(str(out / "**" / "beam-temp-*"), recursive=True)
+
+
+def test_ctrl_c_that_a_library_wrapped_in_another_error_is_still_130(capsys):
+    """Beam re-raises a KeyboardInterrupt inside a bundle as RuntimeError("KeyboardInterrupt [while running ...]")."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a shell's foreground job
+
+    def run(argv):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("KeyboardInterrupt [while running 'ReadFiles/Read/EmitSource']") from exc
+
+    def fails(argv):
+        raise RuntimeError("a bug, with no Ctrl-C")
+
+    try:
+        assert guarded("python -m pipelines.backfill", run, []) == INTERRUPTED_EXIT
+        assert capsys.readouterr().err.startswith("python -m pipelines.backfill: interrupted (Ctrl-C)")
+        with pytest.raises(RuntimeError, match="a bug"):   # any other error keeps its traceback
+            guarded("python -m pipelines.backfill", fails, [])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)

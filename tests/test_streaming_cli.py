@@ -60,7 +60,9 @@ class Cli:
     def __init__(self, argv: list[str], emulator_host: str):
         env = {**os.environ, "PUBSUB_EMULATOR_HOST": emulator_host, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", "pipelines.streaming", *argv], cwd=ROOT, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        # Ctrl-C as in a shell's foreground job (a runner's worker may ignore it)
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
