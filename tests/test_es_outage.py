@@ -34,18 +34,9 @@ ENDED = "is back after an outage of"
 
 
 @pytest.fixture
-def forwarder(es_double):
-    forwarder = TcpForwarder(es_double.url.removeprefix("http://")).start()
-    try:
-        yield forwarder
-    finally:
-        forwarder.stop()
-
-
-@pytest.fixture
-def behind(forwarder) -> EsConfig:
+def behind(es_forwarder) -> EsConfig:
     """The double's config, reached through the forwarder."""
-    return EsConfig(f"http://{forwarder.url}", request_timeout=5)
+    return EsConfig(f"http://{es_forwarder.url}", request_timeout=5)
 
 
 @pytest.fixture
@@ -59,7 +50,7 @@ def outage_lines(caplog) -> tuple[list[str], list[str]]:
     return [m for m in messages if STARTED in m], [m for m in messages if ENDED in m]
 
 
-def restore_after_the_outage_began(forwarder: TcpForwarder, seconds: float) -> threading.Thread:
+def restore_after_the_outage_began(es_forwarder: TcpForwarder, seconds: float) -> threading.Thread:
     """Bring the forwarder back ``seconds`` after the writer logged the outage, however long Beam took to start."""
     began = threading.Event()
 
@@ -77,7 +68,7 @@ def restore_after_the_outage_began(forwarder: TcpForwarder, seconds: float) -> t
             time.sleep(seconds)
         finally:
             logging.getLogger("es.bulk_writer").removeHandler(handler)
-            forwarder.start()
+            es_forwarder.start()
 
     thread = threading.Thread(target=restore, daemon=True)
     thread.start()
@@ -124,15 +115,15 @@ class Worker:
 
 
 @pytest.mark.parametrize("how", ["refused", "dropped"])
-def test_an_outage_shorter_than_the_budget_loses_nothing(how, es_double, es_client, es_index, forwarder, behind,
+def test_an_outage_shorter_than_the_budget_loses_nothing(how, es_double, es_client, es_index, es_forwarder, behind,
                                                          writer_logs):
     seed_items(es_client, es_index, items(6))
     records = [score(f"item-{i}", 0.6) for i in range(6)]
     if how == "refused":
-        forwarder.stop()
+        es_forwarder.stop()
     else:
-        forwarder.drop()
-    back = restore_after_the_outage_began(forwarder, OUTAGE_S)
+        es_forwarder.drop()
+    back = restore_after_the_outage_began(es_forwarder, OUTAGE_S)
     started = time.monotonic()
     try:
         pipeline = BeamTestPipeline(runner=local_runner())
@@ -158,16 +149,16 @@ def test_an_outage_shorter_than_the_budget_loses_nothing(how, es_double, es_clie
 
 
 def test_a_budget_shorter_than_the_outage_dead_letters_each_batch_and_goes_on(es_double, es_client, es_index,
-                                                                              forwarder, behind, writer_logs):
+                                                                              es_forwarder, behind, writer_logs):
     seed_items(es_client, es_index, items(6))
     during = [score(f"item-{i}") for i in range(5)]
-    forwarder.stop()  # down for longer than the budget
+    es_forwarder.stop()  # down for longer than the budget
     with Worker(behind, es_index, max_docs=2, unavailable_seconds=0.6, **QUICK) as worker:
         started = time.monotonic()
         lost = worker.bundle(during)
         elapsed = time.monotonic() - started
         starts, ends = outage_lines(writer_logs)
-        forwarder.start()
+        es_forwarder.start()
         kept = worker.bundle([score("item-5")])  # the same worker goes on once the cluster is back
     assert sorted((f[0]["id"], f[1]) for f in lost[FAILED]) == [(r["id"], "es_unavailable") for r in during]
     assert sorted((f[0] for f in lost[FAILED]), key=lambda r: r["id"]) == during  # the records as they came

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
 from pipelines import streaming
 from pipelines.local_runner import accounted
 from pipelines.replay import replay_subscription
-from tests.fixtures.forwarder import TcpForwarder
 from tests.fixtures.pubsub import publish, pull_all, unique
 from tests.test_es_outage import STARTED, outage_lines, restore_after_the_outage_began
 from tests.test_streaming_e2e import V, jpeg, record, wait_accounted
@@ -24,16 +21,7 @@ BUDGET_S = 8      # --es-unavailable-seconds
 SHORT_S = 4       # an outage the budget covers
 
 
-@pytest.fixture
-def forwarder(es_double):
-    forwarder = TcpForwarder(es_double.url.removeprefix("http://")).start()
-    try:
-        yield forwarder
-    finally:
-        forwarder.stop()
-
-
-def test_es_outages_mid_backlog_lose_nothing(pubsub, es_double, es_index, es_client, image_server, forwarder,
+def test_es_outages_mid_backlog_lose_nothing(pubsub, es_double, es_index, es_client, image_server, es_forwarder,
                                              caplog):
     caplog.set_level(logging.INFO, logger="es.bulk_writer")
     raw_topic, (raw_sub,) = pubsub.create(unique("raw"), unique("job"))
@@ -42,15 +30,15 @@ def test_es_outages_mid_backlog_lose_nothing(pubsub, es_double, es_index, es_cli
     backlog = [record(f"a{i:02d}", V[1], url, price=i) for i in range(30)]
     late = [record(f"b{i}", V[1], url, price=i) for i in range(6)]
     _, job = streaming.launch([
-        "--input-subscription", raw_sub, "--deadletter-topic", dlq_topic, "--es-url", f"http://{forwarder.url}",
+        "--input-subscription", raw_sub, "--deadletter-topic", dlq_topic, "--es-url", f"http://{es_forwarder.url}",
         "--es-index", es_index, "--allow-image-hosts", image_server.host_port, "--aggregate-seconds", "0.5",
         "--es-max-buffer-seconds", "0.5", "--es-max-docs", "5", "--es-unavailable-seconds", str(BUDGET_S)])
     try:
         # 1. Elasticsearch goes down mid-backlog, for less than the budget: the batches wait, nothing is lost.
         publish(pubsub, raw_topic, backlog)
         job.wait(stop=lambda t: t.get("written", 0) >= 1, max_seconds=120, every=0.2)
-        forwarder.stop()
-        restore_after_the_outage_began(forwarder, SHORT_S)
+        es_forwarder.stop()
+        restore_after_the_outage_began(es_forwarder, SHORT_S)
         first = wait_accounted(job, len(backlog), timeout=120)
         # A bulk request whose answer the outage cut may have landed: its retry is then stale, not lost.
         landed = first["written"] + first.get("stale", 0)
@@ -59,13 +47,13 @@ def test_es_outages_mid_backlog_lose_nothing(pubsub, es_double, es_index, es_cli
         assert started and ended, "the writer did not log the outage: it ended before Elasticsearch went down"
 
         # 2. Down for longer than the budget: each batch is dead-lettered es_unavailable; the job goes on.
-        forwarder.stop()
+        es_forwarder.stop()
         publish(pubsub, raw_topic, late)
         second = wait_accounted(job, len(backlog) + len(late), timeout=BUDGET_S * 6 + 60)
         letters = pull_all(pubsub, check_sub, len(late))
 
         # 3. Back, and the letters replayed: every message is in the index.
-        forwarder.start()
+        es_forwarder.start()
         replayed = replay_subscription(replay_sub, raw_topic, reasons=["es_unavailable"], stages=[], limit=None,
                                        dry_run=False, idle_seconds=3)
         third = job.wait(stop=lambda t: t.get("written", 0) + t.get("stale", 0) >= len(backlog) + len(late),
