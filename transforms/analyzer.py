@@ -36,12 +36,10 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from es.client import EsConfig, call_with_retries
 from es.client_dofn import EsClientDoFn
-from es.guard import WriteMode
+from es.guard import PROVENANCE_FIELDS, WriteMode  # provenance: reused with the score (same image)
 from es.mapping import (
     DELETED_FIELD,
     MODEL_FIELD,
-    PROVENANCE_DETAIL_FIELD,
-    PROVENANCE_FIELD,
     RANK_FIELD,
     SCORE_FIELD,
     SCORE_VERSION_FIELD,
@@ -62,8 +60,6 @@ REUSED = "reused"
 INDEXED_WITHOUT_SCORE = "indexed_without_score"
 SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION = (
     SCORE_FIELD, MODEL_FIELD, SCORED_AT_FIELD, SCORED_URL_FIELD, SCORE_VERSION_FIELD)
-#: what the image's metadata said of its origin: reused with the score (same image, same reading)
-PROVENANCE_FIELDS = (PROVENANCE_FIELD, PROVENANCE_DETAIL_FIELD)
 #: what the reuse check reads of a stored document
 STORED_FIELDS = (SCORE, MODEL, SCORED_AT, IMAGE_URL, SCORE_VERSION, *PROVENANCE_FIELDS)
 #: fields only the analyzer and the writer set; an incoming message's values for them are dropped
